@@ -1,0 +1,15 @@
+# The two commands a newcomer needs:
+#   make up     install everything into .venv, prepare the default model, start the stack
+#   make test   install everything into .venv, run the whole test suite
+VENV ?= .venv
+
+.PHONY: install up test
+
+install:
+	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh
+
+up: install
+	$(VENV)/bin/llm-ops up
+
+test: install
+	$(VENV)/bin/python -m pytest

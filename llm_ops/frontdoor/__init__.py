@@ -1,0 +1,1 @@
+"""Traefik, the HTTPS front door: its configuration and its certificate."""

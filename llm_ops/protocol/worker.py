@@ -1,0 +1,156 @@
+"""The worker's request and response bodies: FastChat's worker protocol, typed.
+
+A request is checked completely here, before any prompt is built: a field of the wrong type, a
+value out of range, a chat without messages or a turn order no template can render is refused
+with a message that says which field is wrong and why.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+USER_ROLES = frozenset({"user", "human"})
+ASSISTANT_ROLES = frozenset({"ai", "assistant"})
+SYSTEM_ROLE = "system"
+
+Role = Literal["user", "human", "ai", "assistant", "system"]
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class StrictModel(BaseModel):
+    """No type coercion ("0.7" is not a number) and no unknown fields (a typo is an error)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ChatMessage(StrictModel):
+    role: Role = Field(description="user/human, ai/assistant, or system")
+    text: str
+
+
+class SamplingFields(StrictModel):
+    temperature: Annotated[float, Field(ge=0, description="0 means greedy")] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1, description="-1 or 0: consider all tokens")] = -1
+    max_new_tokens: Annotated[int, Field(ge=1)] = 256
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    seed: int | None = None
+    echo: bool = Field(False, description="return the prompt followed by the generated text")
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class GenerateRequest(SamplingFields):
+    """Body of `worker_generate` and `worker_generate_stream`."""
+
+    model_identifier: str = Field(description="a model name this worker serves")
+    generation_mode: Literal["chat", "completion"]
+    messages: list[ChatMessage] | None = Field(None, description="chat mode: the conversation")
+    system_message: str | None = Field(
+        None, description="chat mode: replaces the template's system message; completion mode ignores it"
+    )
+    prompt: str | None = Field(None, description="completion mode: the text to continue, sent as is")
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> GenerateRequest:
+        if self.generation_mode == "chat":
+            if self.prompt is not None:
+                raise ValueError("chat mode takes `messages`, not `prompt` (use generation_mode 'completion')")
+            if not self.messages:
+                raise ValueError("chat mode needs a non-empty `messages` list")
+            check_turn_order(self.messages, self.system_message)
+        else:
+            if self.messages is not None:
+                raise ValueError("completion mode takes `prompt`, not `messages` (use generation_mode 'chat')")
+            if self.prompt is None:
+                raise ValueError("completion mode needs a `prompt` string")
+        return self
+
+    def chat_turns(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """The system message and the turns as ("user" | "assistant", text) pairs."""
+        system = self.system_message
+        turns: list[tuple[str, str]] = []
+        for message in self.messages or []:
+            if message.role == SYSTEM_ROLE:
+                system = message.text
+            elif message.role in USER_ROLES:
+                turns.append(("user", message.text))
+            else:
+                turns.append(("assistant", message.text))
+        return system, turns
+
+
+def check_turn_order(messages: list[ChatMessage], system_message: str | None) -> None:
+    """Templates render turns by position, so the order must be system?, user, ai, user, ..., user."""
+    turns = list(messages)
+    if turns[0].role == SYSTEM_ROLE:
+        if system_message is not None:
+            raise ValueError("give the system message either as `system_message` or as a system turn, not both")
+        turns = turns[1:]
+    for index, message in enumerate(turns):
+        if message.role == SYSTEM_ROLE:
+            raise ValueError("a system turn may only be the first message")
+        expected = USER_ROLES if index % 2 == 0 else ASSISTANT_ROLES
+        if message.role not in expected:
+            who = "user (user/human)" if index % 2 == 0 else "ai (ai/assistant)"
+            raise ValueError(
+                f"messages must alternate user and ai turns, starting with the user: "
+                f"turn {index + 1} has role {message.role!r} where a {who} turn belongs"
+            )
+    if not turns or turns[-1].role not in USER_ROLES:
+        raise ValueError("the last message must be a user turn: it is the one the model answers")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+class GenerateChunk(BaseModel):
+    """One chunk of `worker_generate_stream` (text so far) and the body of `worker_generate`."""
+
+    text: str
+    error_code: int = 0
+    usage: Usage
+    finish_reason: FinishReason | None = None
+
+
+class WorkerStatus(BaseModel):
+    model_names: list[str]
+    speed: int = 1
+    queue_length: int
+
+
+class CountTokenRequest(StrictModel):
+    prompt: str
+
+
+class CountTokenResponse(BaseModel):
+    count: int
+    error_code: int = 0
+
+
+class ConvTemplateResponse(BaseModel):
+    conv: dict[str, object] | None = Field(description="FastChat's Conversation.dict(), or null for a chat template")
+
+
+class ModelDetails(BaseModel):
+    context_length: int

@@ -1,0 +1,77 @@
+"""Typed settings of every LLM Ops process. The CLI (`llm_ops.cli`) fills them from flags.
+
+One definition serves both: each field is a `--kebab-case` flag of the command that uses it, and
+its description is the flag's `--help` text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, StringConstraints
+
+# Model names go into URLs (/api/<name>/...) and Traefik rules: keep them to safe characters.
+ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+class EngineSettings(BaseModel):
+    """How the vLLM engine is built. Anything vLLM accepts goes through `engine_args`."""
+
+    model_path: str | None = Field(
+        None, description="Hugging Face model folder or hub name; unset: the packaged SmolLM2-135M-Instruct"
+    )
+    dtype: str = Field("auto", description="weights dtype; the packaged model runs in float32")
+    max_model_len: int | None = Field(None, ge=16, description="context length; unset: the model's own")
+    kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may use")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over")
+    enforce_eager: bool = Field(False, description="skip torch.compile / CUDA graphs: faster start, slower serving")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description='any other vLLM engine argument, as JSON: \'{"quantization": "awq"}\''
+    )
+
+
+class WorkerSettings(EngineSettings):
+    """A FastChat-protocol worker serving one model."""
+
+    host: str = Field("127.0.0.1", description="address the worker listens on")
+    port: int = Field(21002, ge=0, le=65535, description="port the worker listens on")
+    served_model_names: list[ModelName] = Field(
+        default_factory=list,
+        description="names clients use for this model (model_identifier, /api/<name>/); "
+        "unset: the model folder's name",
+    )
+    conv_template: str | None = Field(
+        None, description="registered FastChat conversation template; unset: the tokenizer's chat template"
+    )
+    log_level: str = Field("info", description="uvicorn log level")
+
+
+class StackSettings(WorkerSettings):
+    """The native stack: Traefik in front of one worker, all started and stopped together."""
+
+    public_host: str = Field("127.0.0.1", description="address Traefik's HTTPS and HTTP entrypoints listen on")
+    https_port: int = Field(8443, ge=0, le=65535, description="HTTPS entrypoint")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP entrypoint; redirects to HTTPS")
+    admin_port: int = Field(8090, ge=0, le=65535, description="Traefik API and ping, on loopback only")
+    state_dir: Path = Field(Path(".llm-ops"), description="generated TLS files and Traefik configuration")
+    tls_hostnames: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "::1"], description="names the certificate is valid for"
+    )
+    ready_timeout: float = Field(900, gt=0, description="seconds to wait for the stack to serve requests")
+
+
+def to_cli_args(settings: BaseModel) -> list[str]:
+    """Flags that make the CLI rebuild `settings` in another process (only non-default values)."""
+    args: list[str] = []
+    for name, value in settings.model_dump(mode="json", exclude_defaults=True).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, value if isinstance(value, str) else json.dumps(value)]
+    return args

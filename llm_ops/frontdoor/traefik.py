@@ -27,8 +27,10 @@ ENTRYPOINT_ADMIN = "traefik"
 
 
 @dataclass(frozen=True)
-class ModelRoute:
-    name: str  # the model name clients use in /api/<name>/
+class Deployment:
+    """One model served by one or more identical workers, reachable under each of its names."""
+
+    names: tuple[str, ...]  # model names clients use in /api/<name>/; the first one names the service
     backends: tuple[str, ...]  # worker base URLs, e.g. "http://127.0.0.1:21002"
 
 
@@ -78,24 +80,25 @@ def static_config(
     return config
 
 
-def dynamic_config(routes: Sequence[ModelRoute], *, cert_file: Path, key_file: Path) -> dict[str, Any]:
+def dynamic_config(deployments: Sequence[Deployment], *, cert_file: Path, key_file: Path) -> dict[str, Any]:
     routers: dict[str, Any] = {}
     services: dict[str, Any] = {}
-    for route in routes:
-        rid = router_id(route.name)
-        routers[rid] = {
-            "rule": route_rule(route.name),
-            "entryPoints": [ENTRYPOINT_HTTPS],
-            "middlewares": [STRIP_MODEL, ADD_API],
-            "service": rid,
-            "tls": {},
-        }
-        services[rid] = {
+    for deployment in deployments:
+        service = router_id(deployment.names[0])
+        services[service] = {
             "loadBalancer": {
-                "servers": [{"url": url} for url in route.backends],
+                "servers": [{"url": url} for url in deployment.backends],
                 "healthCheck": {"path": "/health", "interval": "2s", "timeout": "2s"},
             }
         }
+        for name in deployment.names:
+            routers[router_id(name)] = {
+                "rule": route_rule(name),
+                "entryPoints": [ENTRYPOINT_HTTPS],
+                "middlewares": [STRIP_MODEL, ADD_API],
+                "service": service,
+                "tls": {},
+            }
     certificate = {"certFile": str(cert_file), "keyFile": str(key_file)}
     return {
         "http": {

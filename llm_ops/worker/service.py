@@ -8,6 +8,7 @@ requests in flight exact on every exit path: finished, failed, or abandoned by i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -95,16 +96,18 @@ class WorkerService:
         text = prepared.prompt.text if prepared.echo else ""
         prompt_tokens = len(prepared.prompt_token_ids)
         completion_tokens = 0
+        deltas = self.engine.generate(prepared.prompt_token_ids, prepared.options, prepared.request_id)
         self.in_flight += 1
         try:
-            async for delta in self.engine.generate(prepared.prompt_token_ids, prepared.options, prepared.request_id):
-                text += delta.text
-                completion_tokens += delta.token_count
-                yield GenerateChunk(
-                    text=text,
-                    usage=Usage.of(prompt_tokens, completion_tokens),
-                    finish_reason=delta.finish_reason,
-                )
+            async with contextlib.aclosing(deltas):  # closing the engine stream now, not at GC, aborts now
+                async for delta in deltas:
+                    text += delta.text
+                    completion_tokens += delta.token_count
+                    yield GenerateChunk(
+                        text=text,
+                        usage=Usage.of(prompt_tokens, completion_tokens),
+                        finish_reason=delta.finish_reason,
+                    )
         except Exception as error:  # an engine failure ends the stream with an error chunk, not a cut
             logger.exception("request %s failed in the engine", prepared.request_id)
             yield GenerateChunk(
@@ -119,12 +122,9 @@ class WorkerService:
     async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
         """The whole answer: the stream's last chunk."""
         last: GenerateChunk | None = None
-        stream = self.stream(prepared)
-        try:
+        async with contextlib.aclosing(self.stream(prepared)) as stream:
             async for last in stream:
                 pass
-        finally:
-            await stream.aclose()
         if last is None:  # the engine ended without a single output
             raise RuntimeError(f"engine returned no output for request {prepared.request_id}")
         return last

@@ -1,0 +1,90 @@
+"""The request protocol: what is accepted, what is refused, and how turns are read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from llm_ops.protocol.worker import GenerateRequest
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model_identifier": "m",
+        "generation_mode": "chat",
+        "messages": [{"role": "user", "text": "Hello"}],
+    }
+    return body | fields
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    return {"model_identifier": "m", "generation_mode": "completion", "prompt": "Once"} | fields
+
+
+def refusal(body: dict[str, Any]) -> str:
+    with pytest.raises(ValidationError) as caught:
+        GenerateRequest.model_validate(body)
+    return str(caught.value)
+
+
+def test_echo_is_off_by_default() -> None:
+    assert GenerateRequest.model_validate(chat()).echo is False
+
+
+@pytest.mark.parametrize("user", ["user", "human"])
+@pytest.mark.parametrize("ai", ["ai", "assistant"])
+def test_user_and_ai_role_aliases_mean_the_same_turns(user: str, ai: str) -> None:
+    request = GenerateRequest.model_validate(
+        chat(messages=[{"role": user, "text": "a"}, {"role": ai, "text": "b"}, {"role": user, "text": "c"}])
+    )
+    assert request.chat_turns() == (None, [("user", "a"), ("assistant", "b"), ("user", "c")])
+
+
+def test_a_leading_system_turn_is_the_system_message() -> None:
+    request = GenerateRequest.model_validate(
+        chat(messages=[{"role": "system", "text": "Be brief."}, {"role": "user", "text": "Hi"}])
+    )
+    assert request.chat_turns() == ("Be brief.", [("user", "Hi")])
+
+
+def test_system_message_field_is_the_system_message() -> None:
+    assert GenerateRequest.model_validate(chat(system_message="Be kind.")).chat_turns()[0] == "Be kind."
+
+
+def test_stop_may_be_a_string_or_a_list() -> None:
+    assert GenerateRequest.model_validate(chat(stop="\n")).stop_strings() == ["\n"]
+    assert GenerateRequest.model_validate(chat(stop=["a", "b"])).stop_strings() == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (chat(messages=None), "needs a non-empty `messages`"),
+        (chat(messages=[]), "needs a non-empty `messages`"),
+        (completion(prompt=None), "needs a `prompt`"),
+        (chat(prompt="x"), "takes `messages`, not `prompt`"),
+        (completion(messages=[{"role": "user", "text": "x"}]), "takes `prompt`, not `messages`"),
+        (chat(messages=[{"role": "bob", "text": "x"}]), "'user', 'human', 'ai', 'assistant' or 'system'"),
+        (chat(messages=[{"role": "ai", "text": "x"}]), "turn 1 has role 'ai'"),
+        (chat(messages=[{"role": "user", "text": "a"}, {"role": "user", "text": "b"}]), "turn 2 has role 'user'"),
+        (chat(messages=[{"role": "user", "text": "a"}, {"role": "ai", "text": "b"}]), "last message must be a user"),
+        (chat(messages=[{"role": "user", "text": "a"}, {"role": "system", "text": "b"}]), "only be the first"),
+        (
+            chat(messages=[{"role": "system", "text": "s"}, {"role": "user", "text": "a"}], system_message="t"),
+            "not both",
+        ),
+        (chat(generation_mode="poetry"), "'chat' or 'completion'"),
+        (chat(temperature="0.7"), "valid number"),
+        (chat(temperature=-0.1), "greater than or equal to 0"),
+        (chat(top_p=0), "greater than 0"),
+        (chat(top_p=1.5), "less than or equal to 1"),
+        (chat(max_new_tokens=0), "greater than or equal to 1"),
+        (chat(max_new_tokens=1.5), "valid integer"),
+        (chat(temprature=0.5), "Extra inputs are not permitted"),
+        ({"generation_mode": "chat", "messages": [{"role": "user", "text": "x"}]}, "model_identifier"),
+    ],
+)
+def test_invalid_requests_are_refused_with_a_reason(body: dict[str, Any], says: str) -> None:
+    assert says in refusal(body)

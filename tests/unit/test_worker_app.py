@@ -1,0 +1,176 @@
+"""The worker's HTTP layer over a scripted engine: wire format, errors, and no leaked slots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_ops.protocol.framing import iter_chunks
+from llm_ops.worker.app import create_worker_app
+from tests.unit.fake_engine import FakeEngine, open_fake_service
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+async def client(engine: FakeEngine) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_worker_app(lambda: open_fake_service(engine))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model_identifier": "fake-model",
+        "generation_mode": "chat",
+        "messages": [{"role": "user", "text": "What is the capital of France?"}],
+    }
+    return body | fields
+
+
+async def queue_length(client: httpx.AsyncClient) -> int:
+    return (await client.post("/api/worker_get_status")).json()["queue_length"]
+
+
+async def test_generate_returns_the_final_chunk_as_json(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/worker_generate", json=chat())
+    assert response.status_code == 200
+    assert response.json() == {
+        "text": "The capital is Paris.",
+        "error_code": 0,
+        "usage": {"prompt_tokens": 14, "completion_tokens": 5, "total_tokens": 19},
+        "finish_reason": "stop",
+    }
+
+
+async def test_stream_sends_cumulative_text_in_nul_delimited_json_chunks(client: httpx.AsyncClient) -> None:
+    async with client.stream("POST", "/api/worker_generate_stream", json=chat()) as response:
+        assert response.status_code == 200
+        chunks = [json.loads(chunk) async for chunk in iter_chunks(response.aiter_bytes())]
+    assert [chunk["text"] for chunk in chunks] == [
+        "The",
+        "The capital",
+        "The capital is",
+        "The capital is Paris",
+        "The capital is Paris.",
+    ]
+    assert [chunk["finish_reason"] for chunk in chunks] == [None, None, None, None, "stop"]
+    assert [chunk["usage"]["completion_tokens"] for chunk in chunks] == [1, 2, 3, 4, 5]
+
+
+async def test_echo_puts_the_rendered_prompt_before_the_answer(client: httpx.AsyncClient) -> None:
+    text = (await client.post("/api/worker_generate", json=chat(echo=True))).json()["text"]
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is Paris."
+    )
+
+
+async def test_any_served_name_is_a_valid_model_identifier(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/worker_generate", json=chat(model_identifier="fake.model-1.5"))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "says"),
+    [
+        (chat(messages=None), 400, 40001, "messages"),
+        (chat(messages=[{"role": "robot", "text": "x"}]), 400, 40001, "messages.0.role"),
+        (chat(temperature="hot"), 400, 40001, "temperature"),
+        (chat(temperature=-1), 400, 40302, "temperature"),
+        (chat(top_p=0), 400, 40302, "top_p"),
+        (chat(top_p=1.01), 400, 40302, "top_p"),
+        (chat(max_new_tokens=0), 400, 40302, "max_new_tokens"),
+        (chat(max_new_tokens=10_000), 400, 40303, "context"),
+        (chat(model_identifier="gpt-4"), 404, 40301, "'gpt-4'"),
+        ({"generation_mode": "completion"}, 400, 40001, "model_identifier"),
+    ],
+)
+@pytest.mark.parametrize("endpoint", ["worker_generate", "worker_generate_stream"])
+async def test_invalid_requests_get_a_fastchat_error(
+    client: httpx.AsyncClient, endpoint: str, body: dict[str, Any], status: int, code: int, says: str
+) -> None:
+    response = await client.post(f"/api/{endpoint}", json=body)
+    assert response.status_code == status
+    assert response.json()["error_code"] == code
+    assert says in response.json()["text"]
+
+
+@pytest.mark.parametrize("raw", [b'{"model_identifier": ', b"", b"[]", b"null"])
+async def test_a_body_that_is_not_a_json_object_gets_a_validation_error(client: httpx.AsyncClient, raw: bytes) -> None:
+    response = await client.post(
+        "/api/worker_generate", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error_code"] == 40001
+
+
+async def test_a_prompt_longer_than_the_context_is_refused(client: httpx.AsyncClient) -> None:
+    body = {"model_identifier": "fake-model", "generation_mode": "completion", "prompt": "word " * 64}
+    response = await client.post("/api/worker_generate", json=body)
+    assert response.status_code == 400
+    assert response.json()["error_code"] == 40303
+
+
+async def test_the_default_max_new_tokens_shrinks_to_the_room_left(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = {"model_identifier": "fake-model", "generation_mode": "completion", "prompt": "word " * 61}
+    response = await client.post("/api/worker_generate", json=body)
+    assert response.status_code == 200
+    assert engine.seen_options[-1].max_tokens == 3
+
+
+async def test_sampling_fields_and_template_stops_reach_the_engine(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    body = chat(temperature=0, top_p=0.5, top_k=5, seed=7, stop="END", stop_token_ids=[9], max_new_tokens=2)
+    await client.post("/api/worker_generate", json=body)
+    options = engine.seen_options[-1]
+    assert (options.temperature, options.top_p, options.top_k, options.seed, options.max_tokens) == (0, 0.5, 5, 7, 2)
+    assert options.stop == ("END", "<|im_end|>")
+    assert options.stop_token_ids == (9,)
+
+
+async def test_an_engine_failure_ends_with_an_error_and_frees_the_slot(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    engine.fail_after = 2
+    response = await client.post("/api/worker_generate", json=chat())
+    assert response.status_code == 500
+    assert response.json()["error_code"] == 50001
+    assert await queue_length(client) == 0
+
+
+async def test_status_reports_the_served_names(client: httpx.AsyncClient) -> None:
+    status = (await client.post("/api/worker_get_status")).json()
+    assert status == {"model_names": ["fake-model", "fake.model-1.5"], "speed": 1, "queue_length": 0}
+
+
+async def test_helper_endpoints_answer_like_fastchat_workers(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/api/count_token", json={"prompt": "one two three"})).json() == {
+        "count": 3,
+        "error_code": 0,
+    }
+    assert (await client.post("/api/model_details")).json() == {"context_length": 64}
+    conv = (await client.post("/api/worker_get_conv_template")).json()["conv"]
+    assert conv["template_name"] == "chatml"
+    assert (await client.get("/health")).json() == {"status": "ok"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shlex
 import shutil
+import ssl
 import sys
 import threading
 import time
@@ -71,7 +72,7 @@ def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file:
     """True once every model answers through Traefik over TLS verified against our CA."""
     deadline = time.monotonic() + settings.ready_timeout
     pending = list(model_names)
-    with httpx.Client(verify=str(ca_file), timeout=5) as client:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file)), timeout=5) as client:
         while pending and not stop.is_set() and time.monotonic() < deadline:
             try:
                 response = client.post(f"{base_url(settings)}/api/{pending[0]}/worker_get_status")

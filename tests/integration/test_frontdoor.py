@@ -1,0 +1,80 @@
+"""Traefik in front: verified TLS, per-model routes, names with dots, no prefix bleed, HTTP redirect."""
+
+from __future__ import annotations
+
+import ssl
+import warnings
+
+import httpx
+import pytest
+
+from tests.integration.conftest import DOTTED_ALIAS, MODEL, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_certificate_verifies_against_the_stacks_ca(stack: Stack) -> None:
+    response = httpx.post(f"{stack.model_url()}/worker_get_status", verify=stack.tls())
+    assert response.status_code == 200
+    assert response.json()["model_names"] == [MODEL, DOTTED_ALIAS]
+
+
+def test_a_client_that_does_not_trust_the_ca_is_refused_by_tls(stack: Stack) -> None:
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.post(f"{stack.model_url()}/worker_get_status", verify=ssl.create_default_context())
+
+
+def test_tls_older_than_1_2_is_refused(stack: Stack) -> None:
+    context = stack.tls()
+    with warnings.catch_warnings():  # asking for TLS 1.1 is deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{stack.model_url()}/worker_get_status", verify=context)
+
+
+def test_a_dotted_model_name_routes_to_the_same_worker(client: httpx.Client) -> None:
+    body = {
+        "model_identifier": DOTTED_ALIAS,
+        "generation_mode": "completion",
+        "prompt": "The capital of France is",
+        "temperature": 0,
+        "max_new_tokens": 4,
+    }
+    response = client.post(f"/api/{DOTTED_ALIAS}/worker_generate", json=body)
+    assert response.status_code == 200
+    assert "Paris" in response.json()["text"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/{MODEL}-v2/worker_get_status",
+        f"/api/{MODEL}v2/worker_get_status",
+        "/api/Llama-2-7b-chat/worker_get_status",
+        "/api/SmolLM2-0/worker_get_status",
+        "/api/worker_get_status",
+        "/worker_get_status",
+    ],
+)
+def test_paths_of_models_that_are_not_deployed_get_404(client: httpx.Client, path: str) -> None:
+    assert client.post(path).status_code == 404
+
+
+def test_the_bare_model_path_is_routed_to_the_worker(client: httpx.Client) -> None:
+    # /api/<model> reaches the worker as /api/, which has no endpoint: the worker's 404, not Traefik's.
+    response = client.post(f"/api/{MODEL}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+def test_http_redirects_to_https_keeping_method_and_path(stack: Stack) -> None:
+    response = httpx.post(f"{stack.http_url}/api/{MODEL}/worker_get_status", follow_redirects=False)
+    assert response.status_code == 308
+    assert response.headers["location"] == f"{stack.model_url()}/worker_get_status"
+
+
+def test_the_worker_health_endpoint_answers(stack: Stack) -> None:
+    assert httpx.get(f"{stack.worker_url}/health").json() == {"status": "ok"}

@@ -3,7 +3,7 @@
 #   make test   install everything into .venv, run the whole test suite
 VENV ?= .venv
 
-.PHONY: install up test
+.PHONY: install up test lint
 
 install:
 	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh
@@ -11,5 +11,10 @@ install:
 up: install
 	$(VENV)/bin/llm-ops up
 
-test: install
+test: install lint
 	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check llm_ops tests
+	$(VENV)/bin/ruff format --check llm_ops tests
+	$(VENV)/bin/mypy llm_ops

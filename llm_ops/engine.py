@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from llm_ops.protocol.worker import FinishReason
 from llm_ops.settings import EngineSettings
 
 
@@ -37,7 +38,7 @@ class Delta:
 
     text: str
     token_count: int
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    finish_reason: FinishReason | None  # None while running
 
 
 class Engine(Protocol):
@@ -45,7 +46,9 @@ class Engine(Protocol):
 
     def tokenizer(self) -> Any: ...
 
-    def generate(self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str) -> AsyncIterator[Delta]:
+    def generate(
+        self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncGenerator[Delta, None]:
         """Stream deltas. Closing the iterator early aborts the request in the engine."""
         ...
 
@@ -64,7 +67,7 @@ class VLLMEngine:
 
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
@@ -86,7 +89,9 @@ class VLLMEngine:
         async with contextlib.aclosing(outputs):
             async for output in outputs:
                 completion = output.outputs[0]
-                yield Delta(completion.text, len(completion.token_ids), completion.finish_reason)
+                yield Delta(
+                    completion.text, len(completion.token_ids), cast(FinishReason | None, completion.finish_reason)
+                )
 
     async def check_health(self) -> None:
         await self._llm.check_health()

@@ -42,8 +42,7 @@ class WorkerSettings(EngineSettings):
     port: int = Field(21002, ge=0, le=65535, description="port the worker listens on")
     served_model_names: list[ModelName] = Field(
         default_factory=list,
-        description="names clients use for this model (model_identifier, /api/<name>/); "
-        "unset: the model folder's name",
+        description="names clients use for this model (model_identifier, /api/<name>/); unset: the model folder's name",
     )
     conv_template: str | None = Field(
         None, description="registered FastChat conversation template; unset: the tokenizer's chat template"

@@ -22,7 +22,9 @@ class TLSFiles:
 
     @classmethod
     def in_dir(cls, directory: Path) -> TLSFiles:
-        return cls(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem", directory / "hostnames")
+        return cls(
+            directory / "ca.pem", directory / "server.pem", directory / "server-key.pem", directory / "hostnames"
+        )
 
     def exist_for(self, hostnames: list[str]) -> bool:
         files = (self.ca_file, self.cert_file, self.key_file, self.hostnames_file)

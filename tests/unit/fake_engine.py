@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from llm_ops.engine import Delta, SamplingOptions
@@ -39,7 +39,7 @@ class FakeEngine:
 
     async def generate(
         self, prompt_token_ids: list[int], options: SamplingOptions, request_id: str
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         self.started.append(request_id)
         self.seen_options.append(options)
         words = self.words[: options.max_tokens]

@@ -116,7 +116,9 @@ def test_rendering_does_not_change_the_registered_template() -> None:
 
 
 def test_registering_a_name_twice_is_an_error_unless_overridden() -> None:
-    template = Conversation(name="test-duplicate", roles=("Q", "A"), sep_style=SeparatorStyle.ADD_COLON_SINGLE, sep="\n")
+    template = Conversation(
+        name="test-duplicate", roles=("Q", "A"), sep_style=SeparatorStyle.ADD_COLON_SINGLE, sep="\n"
+    )
     register_conv_template(template)
     with pytest.raises(ValueError, match="already registered"):
         register_conv_template(template)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -116,9 +115,7 @@ async def test_invalid_requests_get_a_fastchat_error(
 
 @pytest.mark.parametrize("raw", [b'{"model_identifier": ', b"", b"[]", b"null"])
 async def test_a_body_that_is_not_a_json_object_gets_a_validation_error(client: httpx.AsyncClient, raw: bytes) -> None:
-    response = await client.post(
-        "/api/worker_generate", content=raw, headers={"content-type": "application/json"}
-    )
+    response = await client.post("/api/worker_generate", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["error_code"] == 40001
 

@@ -1,0 +1,86 @@
+"""The native stack's certificate and how settings travel from `llm-ops up` to the worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import CliApp
+
+from llm_ops.cli import LLMOps, WorkerCommand
+from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
+from llm_ops.settings import StackSettings, WorkerSettings, to_cli_args
+
+
+def handshake(files: TLSFiles, server_hostname: str) -> None:
+    """A real TLS handshake on loopback: server with our certificate, client trusting only our CA."""
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(files.cert_file, files.key_file)
+    client_context = ssl.create_default_context(cafile=str(files.ca_file))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            connection, _ = listener.accept()
+            with contextlib.suppress(ssl.SSLError), server_context.wrap_socket(connection, server_side=True):
+                pass
+
+        server = threading.Thread(target=serve)
+        server.start()
+        try:
+            with socket.create_connection(listener.getsockname()) as raw:
+                client_context.wrap_socket(raw, server_hostname=server_hostname).close()
+        finally:
+            server.join()
+
+
+def test_the_server_certificate_verifies_against_the_ca_for_the_requested_names(tmp_path: Path) -> None:
+    files = ensure_certificates(tmp_path, ["localhost", "127.0.0.1"])
+    handshake(files, "localhost")
+    handshake(files, "127.0.0.1")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(files, "example.com")
+    assert oct(files.key_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_certificates_are_kept_across_restarts_and_remade_for_new_names(tmp_path: Path) -> None:
+    first = ensure_certificates(tmp_path, ["localhost"]).ca_file.read_bytes()
+    assert ensure_certificates(tmp_path, ["localhost"]).ca_file.read_bytes() == first
+    assert ensure_certificates(tmp_path, ["localhost", "llm.example"]).ca_file.read_bytes() != first
+
+
+def test_worker_flags_rebuild_the_same_settings() -> None:
+    settings = WorkerSettings(
+        model_path="/models/x",
+        dtype="float32",
+        enforce_eager=True,
+        engine_args={"quantization": "awq", "seed": 3},
+        served_model_names=["x", "x.v1"],
+        port=9999,
+        conv_template="llama-2",
+    )
+    rebuilt = CliApp.run(WorkerCommand, cli_args=to_cli_args(settings), cli_cmd_method_name="model_dump")
+    assert WorkerSettings.model_validate(rebuilt.model_dump()) == settings
+
+
+def test_model_names_that_would_break_urls_or_routing_rules_are_refused() -> None:
+    for bad in ["has space", "back`tick", "../etc", "slash/name", ""]:
+        with pytest.raises(ValidationError):
+            WorkerSettings(served_model_names=[bad])
+
+
+def test_stack_defaults_are_the_documented_ports_on_loopback() -> None:
+    settings = StackSettings()
+    assert (settings.public_host, settings.https_port, settings.http_port) == ("127.0.0.1", 8443, 8080)
+    assert settings.host == "127.0.0.1"
+
+
+def test_the_cli_has_the_up_and_worker_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        CliApp.run(LLMOps, cli_args=["--help"])
+    out = capsys.readouterr().out
+    assert "up" in out and "worker" in out and "prepare-model" in out

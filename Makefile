@@ -15,6 +15,6 @@ test: install lint
 	$(VENV)/bin/python -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check llm_ops tests
-	$(VENV)/bin/ruff format --check llm_ops tests
+	$(VENV)/bin/ruff check llm_ops tests benchmarks
+	$(VENV)/bin/ruff format --check llm_ops tests benchmarks
 	$(VENV)/bin/mypy llm_ops

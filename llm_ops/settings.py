@@ -48,6 +48,12 @@ class WorkerSettings(EngineSettings):
         None, description="registered FastChat conversation template; unset: the tokenizer's chat template"
     )
     log_level: str = Field("info", description="uvicorn log level")
+    keep_alive_timeout: int = Field(
+        75,
+        gt=0,
+        description="seconds an idle connection stays open; must exceed the proxy's idle timeout "
+        "(Traefik here: 60 s) so that the proxy never sends a request on a connection the worker is closing",
+    )
 
 
 class StackSettings(WorkerSettings):
@@ -61,6 +67,7 @@ class StackSettings(WorkerSettings):
     tls_hostnames: list[str] = Field(
         default_factory=lambda: ["localhost", "127.0.0.1", "::1"], description="names the certificate is valid for"
     )
+    traefik_log_level: str = Field("INFO", description="Traefik's log level: DEBUG, INFO, WARN, ERROR")
     ready_timeout: float = Field(900, gt=0, description="seconds to wait for the stack to serve requests")
 
 

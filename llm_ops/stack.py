@@ -63,6 +63,7 @@ def write_front_door(settings: StackSettings, model_names: list[str], tls: TLSFi
         admin_port=settings.admin_port,
         dynamic_config_file=dynamic_file,
         access_log_file=directory / "access.log",
+        log_level=settings.traefik_log_level,
     )
     write_yaml_atomically(static_file, static)
     return static_file

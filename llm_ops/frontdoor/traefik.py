@@ -24,6 +24,9 @@ ADD_API = "llm-ops-add-api"
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"
+# Traefik closes idle connections to workers after this; workers keep them open longer
+# (WorkerSettings.keep_alive_timeout), or a request can race the worker's close and fail.
+BACKEND_IDLE_TIMEOUT = "60s"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def static_config(
     admin_port: int,
     dynamic_config_file: Path,
     access_log_file: Path | None = None,
+    log_level: str = "INFO",
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "entryPoints": {
@@ -74,7 +78,8 @@ def static_config(
             "providersThrottleDuration": "100ms",
             "file": {"filename": str(dynamic_config_file), "watch": True},
         },
-        "log": {"level": "INFO"},
+        "serversTransport": {"forwardingTimeouts": {"idleConnTimeout": BACKEND_IDLE_TIMEOUT}},
+        "log": {"level": log_level},
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
     }
     if access_log_file is not None:

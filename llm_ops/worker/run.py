@@ -50,4 +50,14 @@ async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerS
 
 def run_worker(settings: WorkerSettings) -> None:
     app = create_worker_app(lambda: open_worker_service(settings))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        # With uvicorn's httptools parser, about one in three streams proxied by Traefik on a reused
+        # connection, right after a long stream on another connection, was cut after its headers
+        # (seen with benchmarks/stream_overhead.py; cause not found). h11 never showed it.
+        http="h11",
+    )

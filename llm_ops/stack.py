@@ -107,9 +107,9 @@ def run_stack(settings: StackSettings) -> int:
     model_path, dtype, names = resolve_model(settings)  # converts the default model once, before anything starts
     static_file = write_front_door(settings, names, tls)
     worker = WorkerSettings.model_validate(
-        {**settings.model_dump(include=set(WorkerSettings.model_fields)), "model_path": model_path, "dtype": dtype}
+        settings.model_dump(include=set(WorkerSettings.model_fields))
+        | {"model_path": model_path, "dtype": dtype, "served_model_names": names}
     )
-    worker.served_model_names = names
 
     manager = Manager()
     manager.add_process("traefik", shlex.join([traefik_binary(), f"--configFile={static_file}"]))

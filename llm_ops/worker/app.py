@@ -51,8 +51,9 @@ async def worker_generate_stream(body: GenerateRequest, request: Request) -> Str
 
 
 async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIterator[bytes]:
-    async for chunk in worker.stream(prepared):
-        yield encode_chunk(chunk)
+    async with contextlib.aclosing(worker.stream(prepared)) as chunks:
+        async for chunk in chunks:
+            yield encode_chunk(chunk)
 
 
 @router.post("/worker_generate", response_model=GenerateChunk)

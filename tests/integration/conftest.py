@@ -26,6 +26,8 @@ from tests.conftest import free_port
 
 MODEL = "SmolLM2-135M-Instruct"
 DOTTED_ALIAS = "SmolLM2-0.135B-Instruct"
+CAPITAL_QUESTION = [{"role": "user", "text": "What is the capital of France?"}]
+LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}]
 START_TIMEOUT = 900.0
 STOP_TIMEOUT = 30.0
 
@@ -47,6 +49,18 @@ class Stack:
 
     def model_url(self, model: str = MODEL) -> str:
         return f"{self.base_url}/api/{model}"
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    """A greedy chat request body asking for the capital of France; `fields` override."""
+    body = {"model_identifier": MODEL, "generation_mode": "chat", "messages": CAPITAL_QUESTION, "temperature": 0}
+    return body | fields
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    """A greedy 8-token completion of "The capital of France is"; `fields` override."""
+    body = {"model_identifier": MODEL, "generation_mode": "completion", "prompt": "The capital of France is"}
+    return body | {"temperature": 0, "max_new_tokens": 8} | fields
 
 
 def _wait_until_serving(process: subprocess.Popen[bytes], stack: Stack) -> None:

@@ -7,14 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, chat
 
 pytestmark = pytest.mark.integration
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    body = {"model_identifier": MODEL, "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
-    return body | fields
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import warnings
 import httpx
 import pytest
 
-from tests.integration.conftest import DOTTED_ALIAS, MODEL, Stack
+from tests.integration.conftest import DOTTED_ALIAS, LONG_STORY, MODEL, Stack, chat, completion
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,7 @@ def test_tls_older_than_1_2_is_refused(stack: Stack) -> None:
 
 
 def test_a_dotted_model_name_routes_to_the_same_worker(client: httpx.Client) -> None:
-    body = {
-        "model_identifier": DOTTED_ALIAS,
-        "generation_mode": "completion",
-        "prompt": "The capital of France is",
-        "temperature": 0,
-        "max_new_tokens": 4,
-    }
+    body = completion(model_identifier=DOTTED_ALIAS, max_new_tokens=4)
     response = client.post(f"/api/{DOTTED_ALIAS}/worker_generate", json=body)
     assert response.status_code == 200
     assert "Paris" in response.json()["text"]
@@ -88,13 +82,7 @@ def test_a_stream_right_after_a_long_stream_elsewhere_is_not_cut(stack: Stack) -
     headers while the worker used uvicorn's httptools parser; under pytest it did not show up in
     two tries with httptools, so this guards the behaviour rather than reproducing that bug.
     """
-    body = {
-        "model_identifier": MODEL,
-        "generation_mode": "chat",
-        "messages": [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}],
-        "temperature": 0,
-    }
-    long, short = body | {"max_new_tokens": 120}, body | {"max_new_tokens": 4}
+    long, short = chat(messages=LONG_STORY, max_new_tokens=120), chat(messages=LONG_STORY, max_new_tokens=4)
     for _ in range(3):
         with stack.client() as client:
             with client.stream("POST", f"{stack.worker_url}/api/worker_generate_stream", json=long) as response:

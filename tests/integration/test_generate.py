@@ -9,22 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import MODEL, Stack
+from tests.integration.conftest import LONG_STORY, MODEL, Stack, chat, completion
 
 pytestmark = pytest.mark.integration
-
-CAPITAL_QUESTION = [{"role": "user", "text": "What is the capital of France?"}]
-LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}]
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    body = {"model_identifier": MODEL, "generation_mode": "chat", "messages": CAPITAL_QUESTION, "temperature": 0}
-    return body | fields
-
-
-def completion(**fields: Any) -> dict[str, Any]:
-    body = {"model_identifier": MODEL, "generation_mode": "completion", "prompt": "The capital of France is"}
-    return body | {"temperature": 0, "max_new_tokens": 8} | fields
 
 
 def stream_chunks(client: httpx.Client, body: dict[str, Any]) -> list[tuple[float, dict[str, Any]]]:

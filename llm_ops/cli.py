@@ -5,10 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 
-from pydantic_settings import BaseSettings, CliApp, CliSubCommand, SettingsConfigDict
+import httpx
+from pydantic_settings import (
+    BaseSettings,
+    CliApp,
+    CliSubCommand,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from llm_ops.models.default import ensure_default_model
-from llm_ops.settings import StackSettings, WorkerSettings
+from llm_ops.settings import ConfigurationError, StackSettings, WorkerSettings
+
+CLI_CONFIG = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
 
 
 class WorkerCommand(WorkerSettings):
@@ -21,7 +30,7 @@ class WorkerCommand(WorkerSettings):
 
 
 class UpCommand(StackSettings):
-    """Start the native stack: Traefik (HTTPS) in front of a worker with the default model."""
+    """Start the native stack: a model service of docker-compose.yml with Traefik (HTTPS) in front."""
 
     def cli_cmd(self) -> None:
         from llm_ops.stack import run_stack
@@ -36,25 +45,63 @@ class PrepareModelCommand(BaseSettings):
         print(ensure_default_model())
 
 
+class HealthCommand(BaseSettings):
+    """Exit 0 if the worker answers its health check (the containers' HEALTHCHECK), else 1."""
+
+    url: str = "http://127.0.0.1:21002/health"
+    timeout: float = 5.0
+
+    def cli_cmd(self) -> None:
+        try:
+            status = httpx.get(self.url, timeout=self.timeout).status_code
+        except httpx.HTTPError as error:
+            sys.exit(f"{self.url}: {error!r}")
+        if status != 200:
+            sys.exit(f"{self.url}: HTTP {status}")
+
+
 class LLMOps(BaseSettings):
     """LLM Ops: LLMs behind one HTTPS front door."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LLM_OPS_",
-        env_nested_delimiter="__",
-        cli_prog_name="llm-ops",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
+    model_config = CLI_CONFIG | SettingsConfigDict(
+        env_prefix="LLM_OPS_", env_nested_delimiter="__", cli_prog_name="llm-ops"
     )
 
     up: CliSubCommand[UpCommand]
     worker: CliSubCommand[WorkerCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
+    health: CliSubCommand[HealthCommand]
 
     def cli_cmd(self) -> None:
         CliApp.run_subcommand(self)
 
 
+class _WorkerArgs(BaseSettings, WorkerSettings):
+    """Worker flags alone, read as `llm-ops worker` reads them, without the environment."""
+
+    model_config = CLI_CONFIG | SettingsConfigDict(cli_prog_name="llm-ops worker")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def parse_worker_args(args: list[str]) -> WorkerSettings:
+    """Settings from `llm-ops worker` flags (a compose service's command); raises on bad flags."""
+    parsed = CliApp.run(_WorkerArgs, cli_args=args, cli_exit_on_error=False)
+    return WorkerSettings.model_validate(parsed.model_dump(exclude_unset=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    CliApp.run(LLMOps, cli_args=sys.argv[1:] if argv is None else argv)
+    try:
+        CliApp.run(LLMOps, cli_args=sys.argv[1:] if argv is None else argv)
+    except ConfigurationError as error:
+        sys.exit(f"llm-ops: {error}")

@@ -106,6 +106,7 @@ def engine_args(settings: EngineSettings, model_path: str, served_name: str) -> 
         "tensor_parallel_size": settings.tensor_parallel_size,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "enforce_eager": settings.enforce_eager,
+        "quantization": settings.quantization,
     }
     args.update(settings.engine_args)
     return args

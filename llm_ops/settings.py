@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
 # Model names go into URLs (/api/<name>/...) and Traefik rules: keep them to safe characters.
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
 
+class ConfigurationError(ValueError):
+    """Settings that cannot work (a model path that does not exist, ...): reported before anything starts."""
+
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 
 
 class EngineSettings(BaseModel):
@@ -29,6 +34,7 @@ class EngineSettings(BaseModel):
     kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may use")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over")
+    quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8, ...); unset: none")
     enforce_eager: bool = Field(False, description="skip torch.compile / CUDA graphs: faster start, slower serving")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description='any other vLLM engine argument, as JSON: \'{"quantization": "awq"}\''
@@ -37,6 +43,12 @@ class EngineSettings(BaseModel):
 
 class WorkerSettings(EngineSettings):
     """A FastChat-protocol worker serving one model."""
+
+    kind: Literal["chat", "completion"] = Field(
+        "chat",
+        description="chat: refuse to start without a conversation or chat template; "
+        "completion: a base model, for generation_mode completion (chat works only if it has a chat template)",
+    )
 
     host: str = Field("127.0.0.1", description="address the worker listens on")
     port: int = Field(21002, ge=0, le=65535, description="port the worker listens on")
@@ -57,7 +69,14 @@ class WorkerSettings(EngineSettings):
 
 
 class StackSettings(WorkerSettings):
-    """The native stack: Traefik in front of one worker, all started and stopped together."""
+    """The native stack: a model service of docker-compose.yml, run outside Docker with Traefik in front.
+
+    The worker runs the service's start script with its command; worker flags given here are added
+    after them (the last value of a flag wins).
+    """
+
+    compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment whose service to run")
+    service: str = Field(DEFAULT_SERVICE, description="the model service of the compose file to run")
 
     public_host: str = Field("127.0.0.1", description="address Traefik's HTTPS and HTTP entrypoints listen on")
     https_port: int = Field(8443, ge=0, le=65535, description="HTTPS entrypoint")
@@ -71,10 +90,10 @@ class StackSettings(WorkerSettings):
     ready_timeout: float = Field(900, gt=0, description="seconds to wait for the stack to serve requests")
 
 
-def to_cli_args(settings: BaseModel) -> list[str]:
-    """Flags that make the CLI rebuild `settings` in another process (only non-default values)."""
+def to_cli_args(settings: BaseModel, fields: set[str] | None = None) -> list[str]:
+    """Flags that set, in another process, the explicitly set `fields` (default: all) of `settings`."""
     args: list[str] = []
-    for name, value in settings.model_dump(mode="json", exclude_defaults=True).items():
+    for name, value in settings.model_dump(mode="json", include=fields, exclude_unset=True).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])

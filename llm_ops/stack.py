@@ -1,14 +1,16 @@
-"""`llm-ops up`: the whole native stack in one command.
+"""`llm-ops up`: a model service of docker-compose.yml, run natively with Traefik in front.
 
-Writes the TLS files and Traefik's configuration, then runs Traefik and the worker under honcho,
-which starts each in its own process group and, when one stops or on Ctrl-C/SIGTERM, stops them all
-(SIGTERM, then SIGKILL after 5 s). A probe thread waits until a request through Traefik, over
-verified TLS, reaches every model's worker, then prints how to use it.
+Reads the compose file, writes the TLS files and Traefik's configuration (its compose flags and the
+service's labels, see `llm_ops.frontdoor.traefik`), then runs Traefik and the service's start script
+under honcho, which starts each in its own process group and, when one stops or on Ctrl-C/SIGTERM,
+stops them all (SIGTERM, then SIGKILL after 5 s). A probe thread waits until a request through
+Traefik, over verified TLS, reaches the worker under every name it serves, then prints how to use it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import ssl
@@ -21,9 +23,10 @@ import httpx
 from honcho.manager import Manager
 
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
-from llm_ops.frontdoor.traefik import Deployment, dynamic_config, static_config, write_yaml_atomically
+from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, load_compose
+from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, write_local_front_door
 from llm_ops.settings import StackSettings, WorkerSettings, to_cli_args
-from llm_ops.worker.run import resolve_model
+from llm_ops.worker.run import served_names
 
 LOOPBACK = "127.0.0.1"
 
@@ -47,26 +50,33 @@ def base_url(settings: StackSettings) -> str:
     return f"https://{client_host(settings)}:{settings.https_port}"
 
 
-def write_front_door(settings: StackSettings, model_names: list[str], tls: TLSFiles) -> Path:
-    """Traefik's static and dynamic configuration files; returns the static one."""
-    directory = settings.state_dir.resolve() / "traefik"
-    worker_url = f"http://{settings.host}:{settings.port}"
-    deployment = Deployment(tuple(model_names), (worker_url,))
-    dynamic_file = directory / "dynamic.yml"
-    write_yaml_atomically(dynamic_file, dynamic_config([deployment], cert_file=tls.cert_file, key_file=tls.key_file))
-    static_file = directory / "traefik.yml"
-    static = static_config(
+def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFiles) -> list[str]:
+    """Traefik's configuration for the native stack; returns its command line."""
+    addresses = LocalAddresses(
         public_host=settings.public_host,
         https_port=settings.https_port,
         http_port=settings.http_port,
         admin_host=LOOPBACK,
         admin_port=settings.admin_port,
-        dynamic_config_file=dynamic_file,
-        access_log_file=directory / "access.log",
-        log_level=settings.traefik_log_level,
     )
-    write_yaml_atomically(static_file, static)
-    return static_file
+    backends = {settings.service: [f"http://{settings.host}:{settings.port}"]}
+    directory = settings.state_dir.resolve() / "traefik"
+    flags = write_local_front_door(compose, backends, tls, addresses, directory, settings.traefik_log_level)
+    return [traefik_binary(), *flags]
+
+
+def worker_command(settings: StackSettings, service: ModelService) -> tuple[list[str], list[str]]:
+    """(the service's start script with its command, the names it will serve), for a worker on loopback.
+
+    Worker flags given to `llm-ops up` come after the service's own, so they win.
+    """
+    overrides = to_cli_args(settings, set(WorkerSettings.model_fields) - {"host", "port"})
+    local = [*overrides, "--host", settings.host, "--port", str(settings.port)]
+    names = served_names(service.worker_settings(local))
+    problems = route_problems(service, names, service.worker_settings().port)
+    if problems:
+        raise ComposeError("; ".join(problems))
+    return ["bash", str(service.start_script), *service.command, *local], names
 
 
 def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file: Path, stop: threading.Event) -> bool:
@@ -103,17 +113,17 @@ def usage_banner(settings: StackSettings, model_name: str, ca_file: Path) -> str
 
 
 def run_stack(settings: StackSettings) -> int:
+    compose = load_compose(settings.compose_file)
+    service = compose.model(settings.service)
+    worker, names = worker_command(settings, service)
     tls = ensure_certificates(settings.state_dir.resolve() / "tls", settings.tls_hostnames)
-    model_path, dtype, names = resolve_model(settings)  # converts the default model once, before anything starts
-    static_file = write_front_door(settings, names, tls)
-    worker = WorkerSettings.model_validate(
-        settings.model_dump(include=set(WorkerSettings.model_fields))
-        | {"model_path": model_path, "dtype": dtype, "served_model_names": names}
-    )
+    traefik = write_front_door(settings, compose, tls)
 
     manager = Manager()
-    manager.add_process("traefik", shlex.join([traefik_binary(), f"--configFile={static_file}"]))
-    manager.add_process("worker", shlex.join([sys.executable, "-m", "llm_ops", "worker", *to_cli_args(worker)]))
+    # The start script runs `llm-ops`: the one installed beside this Python comes first on its PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    manager.add_process("traefik", shlex.join(traefik))
+    manager.add_process("worker", shlex.join(worker), env=os.environ | {"PATH": path})
 
     stop_probe = threading.Event()
     not_ready = threading.Event()

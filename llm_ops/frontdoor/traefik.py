@@ -1,127 +1,171 @@
-"""Traefik configuration as plain data, built from the list of models and their backends.
+"""Traefik outside Docker, configured from docker-compose.yml.
 
-Per model M, the router matches ``Path(`/api/M`) || PathPrefix(`/api/M/`)``: names with dots work
-and `/api/M-v2/...` never reaches M. Middlewares strip `^/api/[^/]+` and add `/api` back, so
-`/api/M/worker_generate` reaches the worker as `/api/worker_generate`. Router ids may not contain
-dots in Docker labels, so ids are sanitised while the rule keeps the real name.
+Traefik's static configuration is the compose file's `traefik` command with what only Docker has taken
+out (the Docker provider, Let's Encrypt) and local addresses put in. The routes are the model services'
+labels, turned into the file-provider configuration the Docker provider would have built from them,
+with loopback servers in place of containers. The shared middlewares and TLS options are the same
+files (traefik/dynamic/), and a self-signed certificate stands in for Let's Encrypt's.
+
+A model M is routed by ``Path(`/api/M`) || PathPrefix(`/api/M/`)``, so that names with dots work and
+`/api/M-v2/...` never reaches M, then `llm-ops-strip-model` (``^/api/[^/]+``) and `llm-ops-add-api`
+turn `/api/M/worker_generate` into the worker's `/api/worker_generate`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
+import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-STRIP_MODEL = "llm-ops-strip-model"
-ADD_API = "llm-ops-add-api"
+from llm_ops.frontdoor.certs import TLSFiles
+from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, interpolate
+
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
-ENTRYPOINT_ADMIN = "traefik"
-# Traefik closes idle connections to workers after this; workers keep them open longer
-# (WorkerSettings.keep_alive_timeout), or a request can race the worker's close and fail.
-BACKEND_IDLE_TIMEOUT = "60s"
+ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
+MODEL_MIDDLEWARES = ["llm-ops-strip-model@file", "llm-ops-add-api@file"]
+FILE_PROVIDER_DIRECTORY = "providers.file.directory"
+# Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
+DOCKER_ONLY_FLAGS = ("providers.docker", "certificatesresolvers", f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls")
+_LIST_FIELDS = {"entrypoints", "middlewares"}
 
 
 @dataclass(frozen=True)
-class Deployment:
-    """One model served by one or more identical workers, reachable under each of its names."""
+class LocalAddresses:
+    """Where a Traefik outside Docker listens."""
 
-    names: tuple[str, ...]  # model names clients use in /api/<name>/; the first one names the service
-    backends: tuple[str, ...]  # worker base URLs, e.g. "http://127.0.0.1:21002"
-
-
-def router_id(model_name: str) -> str:
-    """A Traefik-safe id for a model name; a hash keeps "a.b" and "a-b" apart."""
-    safe = re.sub(r"[^A-Za-z0-9-]", "-", model_name).lower()
-    if safe == model_name:
-        return safe
-    return f"{safe}-{hashlib.sha1(model_name.encode()).hexdigest()[:8]}"
+    public_host: str
+    https_port: int
+    http_port: int
+    admin_host: str
+    admin_port: int
 
 
 def route_rule(model_name: str) -> str:
     return f"Path(`/api/{model_name}`) || PathPrefix(`/api/{model_name}/`)"
 
 
-def static_config(
-    *,
-    public_host: str,
-    https_port: int,
-    http_port: int,
-    admin_host: str,
-    admin_port: int,
-    dynamic_config_file: Path,
-    access_log_file: Path | None = None,
-    log_level: str = "INFO",
-) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "entryPoints": {
-            ENTRYPOINT_HTTP: {
-                "address": f"{_host(public_host)}:{http_port}",
-                "http": {
-                    "redirections": {"entryPoint": {"to": ENTRYPOINT_HTTPS, "scheme": "https", "permanent": True}}
-                },
-            },
-            ENTRYPOINT_HTTPS: {"address": f"{_host(public_host)}:{https_port}", "http": {"tls": {}}},
-            ENTRYPOINT_ADMIN: {"address": f"{_host(admin_host)}:{admin_port}"},
-        },
-        # The API serves on the admin entrypoint only: readiness probes read the loaded routers there.
-        "api": {"insecure": True, "dashboard": False},
-        "ping": {"entryPoint": ENTRYPOINT_ADMIN},
-        "providers": {
-            "providersThrottleDuration": "100ms",
-            "file": {"filename": str(dynamic_config_file), "watch": True},
-        },
-        "serversTransport": {"forwardingTimeouts": {"idleConnTimeout": BACKEND_IDLE_TIMEOUT}},
-        "log": {"level": log_level},
-        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-    }
-    if access_log_file is not None:
-        config["accessLog"] = {"filePath": str(access_log_file), "format": "json"}
+def labels_to_dynamic_config(labels: Mapping[str, str], server_urls: Sequence[str]) -> dict[str, Any]:
+    """The file-provider configuration Traefik's Docker provider builds from one service's labels.
+
+    `server_urls` stand in for the containers (the Docker provider uses each container's address
+    and the `loadbalancer.server.port` label).
+    """
+    config = _decode_labels(labels)
+    for service in config.get("http", {}).get("services", {}).values():
+        balancer = service.setdefault("loadbalancer", {})
+        balancer.pop("server", None)
+        balancer["servers"] = [{"url": url} for url in server_urls]
     return config
 
 
-def dynamic_config(deployments: Sequence[Deployment], *, cert_file: Path, key_file: Path) -> dict[str, Any]:
-    routers: dict[str, Any] = {}
-    services: dict[str, Any] = {}
-    for deployment in deployments:
-        service = router_id(deployment.names[0])
-        services[service] = {
-            "loadBalancer": {
-                "servers": [{"url": url} for url in deployment.backends],
-                "healthCheck": {"path": "/health", "interval": "2s", "timeout": "2s"},
-            }
-        }
-        for name in deployment.names:
-            routers[router_id(name)] = {
-                "rule": route_rule(name),
-                "entryPoints": [ENTRYPOINT_HTTPS],
-                "middlewares": [STRIP_MODEL, ADD_API],
-                "service": service,
-                "tls": {},
-            }
-    certificate = {"certFile": str(cert_file), "keyFile": str(key_file)}
-    return {
-        "http": {
-            "routers": routers,
-            "services": services,
-            "middlewares": {
-                STRIP_MODEL: {"stripPrefixRegex": {"regex": ["^/api/[^/]+"]}},
-                ADD_API: {"addPrefix": {"prefix": "/api"}},
-            },
-        },
-        "tls": {
-            "certificates": [certificate],
-            "stores": {"default": {"defaultCertificate": certificate}},
-            "options": {"default": {"minVersion": "VersionTLS12"}},
-        },
+def _decode_labels(labels: Mapping[str, str]) -> dict[str, Any]:
+    """`traefik.http.routers.ID.rule=R` -> {"http": {"routers": {"ID": {"rule": R}}}}; keys lower-cased
+    (Traefik ignores their case), ids kept as written."""
+    config: dict[str, Any] = {}
+    for key, value in labels.items():
+        parts = key.split(".")
+        if parts[0] != "traefik" or len(parts) < 5:  # traefik.enable, traefik.docker.network: provider options
+            continue
+        *path, field = (part if index == 3 else part.lower() for index, part in enumerate(parts))
+        node = config
+        for part in path[1:]:
+            node = node.setdefault(part, {})
+        node[field] = value.split(",") if field in _LIST_FIELDS else value
+    return config
+
+
+def route_problems(service: ModelService, served_names: Sequence[str], worker_port: int) -> list[str]:
+    """What is wrong with a model service's routing labels; empty when every served name is routed safely."""
+    config = _decode_labels(service.labels).get("http", {})
+    routers: dict[str, Any] = config.get("routers", {})
+    services: dict[str, Any] = config.get("services", {})
+    where = f"service {service.name}"
+    if len(services) != 1:
+        return [f"{where}: its labels must define exactly one Traefik service, not {len(services)}"]
+    service_id, balancer = next((sid, s.get("loadbalancer", {})) for sid, s in services.items())
+    problems = [f"{where}: router or service id {i!r} contains a dot" for i in [*routers, service_id] if "." in i]
+    port = balancer.get("server", {}).get("port")
+    if port != str(worker_port):
+        problems.append(f"{where}: loadbalancer.server.port is {port}, the worker listens on {worker_port}")
+    if balancer.get("healthcheck", {}).get("path") != "/health":
+        problems.append(f"{where}: the Traefik service needs loadbalancer.healthcheck.path=/health")
+    wanted = {route_rule(name): name for name in served_names}
+    for router_id, router in routers.items():
+        rule = router.get("rule")
+        if rule not in wanted:
+            problems.append(f"{where}: router {router_id} rule {rule!r} is not {route_rule('NAME')} for a served name")
+        if router.get("entrypoints") != [ENTRYPOINT_HTTPS]:
+            problems.append(f"{where}: router {router_id} must use only the {ENTRYPOINT_HTTPS} entrypoint")
+        if router.get("middlewares") != MODEL_MIDDLEWARES:
+            problems.append(f"{where}: router {router_id} middlewares must be {','.join(MODEL_MIDDLEWARES)}")
+        if router.get("service") != service_id:
+            problems.append(f"{where}: router {router_id} must name its service, {service_id}")
+    routed = {router.get("rule") for router in routers.values()}
+    problems += [f"{where}: served name {name} has no router" for rule, name in wanted.items() if rule not in routed]
+    return problems
+
+
+def local_traefik_args(
+    compose_flags: Sequence[str],
+    addresses: LocalAddresses,
+    dynamic_dir: Path,
+    access_log: Path,
+    log_level: str,
+    environ: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The compose file's Traefik flags for a Traefik outside Docker."""
+    local = {
+        f"entrypoints.{ENTRYPOINT_HTTP}.address": f"{_host(addresses.public_host)}:{addresses.http_port}",
+        f"entrypoints.{ENTRYPOINT_HTTPS}.address": f"{_host(addresses.public_host)}:{addresses.https_port}",
+        f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls": "true",  # with the certificate of certificates.yml
+        f"entrypoints.{ENTRYPOINT_ADMIN}.address": f"{_host(addresses.admin_host)}:{addresses.admin_port}",
+        FILE_PROVIDER_DIRECTORY: str(dynamic_dir),
+        "accesslog.filepath": str(access_log),
+        "log.level": log_level,
     }
+    kept = [
+        (key, value)
+        for key, value in (_split_flag(flag) for flag in compose_flags)
+        if not key.startswith(DOCKER_ONLY_FLAGS) and key not in local
+    ]
+    return [f"--{key}" if value is None else f"--{key}={interpolate(value, environ)}" for key, value in kept] + [
+        f"--{key}={value}" for key, value in local.items()
+    ]
+
+
+def write_local_front_door(
+    compose: ComposeFile,
+    backends: Mapping[str, Sequence[str]],
+    tls: TLSFiles,
+    addresses: LocalAddresses,
+    directory: Path,
+    log_level: str = "INFO",
+) -> list[str]:
+    """Write the dynamic configuration for `backends` (model service -> worker URLs); return Traefik's flags."""
+    dynamic_dir = directory / "dynamic"
+    dynamic_dir.mkdir(parents=True, exist_ok=True)
+    for stale in dynamic_dir.glob("*.yml"):
+        stale.unlink()
+    shared_dir = compose.host_path(_flag_value(compose.traefik_command, FILE_PROVIDER_DIRECTORY))
+    for shared in sorted(shared_dir.glob("*.yml")):
+        shutil.copyfile(shared, dynamic_dir / f"shared-{shared.name}")
+    for service_name, urls in backends.items():
+        routes = labels_to_dynamic_config(compose.model(service_name).labels, urls)
+        write_yaml_atomically(dynamic_dir / f"routes-{service_name}.yml", routes)
+    write_yaml_atomically(dynamic_dir / "certificates.yml", certificate_config(tls))
+    return local_traefik_args(compose.traefik_command, addresses, dynamic_dir, directory / "access.log", log_level)
+
+
+def certificate_config(tls: TLSFiles) -> dict[str, Any]:
+    certificate = {"certFile": str(tls.cert_file), "keyFile": str(tls.key_file)}
+    return {"tls": {"certificates": [certificate], "stores": {"default": {"defaultCertificate": certificate}}}}
 
 
 def write_yaml_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -131,6 +175,18 @@ def write_yaml_atomically(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w") as file:
         yaml.safe_dump(data, file, sort_keys=False)
     os.replace(tmp, path)
+
+
+def _split_flag(flag: str) -> tuple[str, str | None]:
+    key, has_value, value = flag.removeprefix("--").partition("=")
+    return key.lower(), value if has_value else None
+
+
+def _flag_value(flags: Sequence[str], key: str) -> str:
+    for flag_key, value in map(_split_flag, flags):
+        if flag_key == key and value is not None:
+            return value
+    raise ComposeError(f"the traefik service has no --{key}")
 
 
 def _host(host: str) -> str:

@@ -4,45 +4,80 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import uvicorn
+from huggingface_hub import try_to_load_from_cache
 
 from llm_ops.engine import open_engine
 from llm_ops.models.default import FOLDER_NAME, ensure_default_model
 from llm_ops.prompts.build import ChatRenderer, ConvTemplateRenderer, TokenizerChatTemplateRenderer
-from llm_ops.settings import DEFAULT_MODEL_NAME, WorkerSettings
+from llm_ops.settings import DEFAULT_MODEL_NAME, ConfigurationError, WorkerSettings
 from llm_ops.worker.app import create_worker_app
 from llm_ops.worker.service import WorkerService
 
 logger = logging.getLogger(__name__)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def resolve_model(settings: WorkerSettings) -> tuple[str, str, list[str]]:
-    """(model path, dtype, served names): the packaged default model when no path is given."""
+def served_names(settings: WorkerSettings) -> list[str]:
+    """The names clients use: as configured, else the model folder's name."""
+    if settings.served_model_names:
+        return list(settings.served_model_names)
     if settings.model_path is None:
-        path, dtype = str(ensure_default_model()), "float32" if settings.dtype == "auto" else settings.dtype
-        default_names = [DEFAULT_MODEL_NAME]
-    else:
-        path, dtype = settings.model_path, settings.dtype
-        default_names = [Path(settings.model_path.rstrip("/")).name or FOLDER_NAME]
-    return path, dtype, settings.served_model_names or default_names
+        return [DEFAULT_MODEL_NAME]
+    return [Path(settings.model_path.rstrip("/")).name or FOLDER_NAME]
+
+
+def check_model_source(settings: WorkerSettings) -> None:
+    """Fail in a second, not after minutes of engine start, when the model cannot be found."""
+    source = settings.model_path
+    if source is None:
+        if settings.kind == "completion":
+            raise ConfigurationError("a completion model needs --model-path (a model folder or a Hugging Face id)")
+        return
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigurationError(f"--model-path {source}: the folder has no config.json, it is not a model")
+        return
+    if source.startswith(("/", ".", "~")) or not HUB_ID.fullmatch(source):
+        raise ConfigurationError(f"--model-path {source}: no such folder (and not a Hugging Face id like org/name)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and try_to_load_from_cache(source, "config.json") is None:
+        raise ConfigurationError(f"--model-path {source}: not in the Hugging Face cache, and HF_HUB_OFFLINE=1")
+
+
+def resolve_model(settings: WorkerSettings) -> tuple[str, str]:
+    """(model path, dtype): the packaged default model, converted once, when no path is given."""
+    if settings.model_path is None:
+        return str(ensure_default_model()), "float32" if settings.dtype == "auto" else settings.dtype
+    return settings.model_path, settings.dtype
 
 
 @contextlib.asynccontextmanager
 async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerService]:
     # Built before the engine loads, so that an unknown template name fails in seconds, not minutes.
     template = ConvTemplateRenderer(settings.conv_template) if settings.conv_template else None
-    model_path, dtype, names = resolve_model(settings)
+    model_path, dtype = resolve_model(settings)
+    names = served_names(settings)
     engine_settings = settings.model_copy(update={"dtype": dtype})
     async with open_engine(engine_settings, model_path, names[0]) as engine:
-        renderer: ChatRenderer = template or TokenizerChatTemplateRenderer(engine.tokenizer())
+        tokenizer = engine.tokenizer()
+        if template is None and settings.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ConfigurationError(
+                f"{model_path} has no chat template: start it with --conv-template NAME, "
+                "or serve it as a completion model (start_completion.sh, --kind completion)"
+            )
+        renderer: ChatRenderer = template or TokenizerChatTemplateRenderer(tokenizer)
         logger.info("serving %s from %s", ", ".join(names), model_path)
         yield WorkerService(engine, names, renderer)
 
 
 def run_worker(settings: WorkerSettings) -> None:
+    check_model_source(settings)
     app = create_worker_app(lambda: open_worker_service(settings))
     uvicorn.run(
         app,

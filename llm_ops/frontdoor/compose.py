@@ -1,0 +1,117 @@
+"""What the native stack and the tests read from docker-compose.yml: Traefik's flags and the model services.
+
+docker-compose.yml is the one description of the deployment. Each model service names a start script
+(its entrypoint), the worker flags (its command) and its Traefik routing (its labels); the native stack
+runs one such service outside Docker, and `llm_ops.frontdoor.traefik` turns its labels into the file
+provider configuration that Traefik's Docker provider would have built from them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llm_ops.cli import parse_worker_args
+from llm_ops.settings import ConfigurationError, WorkerSettings
+
+TRAEFIK_SERVICE = "traefik"
+# Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}.
+_VARIABLE = re.compile(r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_]\w*)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})")
+
+
+class ComposeError(ConfigurationError):
+    """docker-compose.yml does not describe a deployment LLM Ops can run."""
+
+
+@dataclass(frozen=True)
+class ModelService:
+    name: str
+    start_script: Path  # the entrypoint, found beside docker-compose.yml
+    command: list[str]  # the start script's arguments: worker flags
+    labels: dict[str, str]
+
+    def worker_settings(self, extra_args: list[str] | None = None) -> WorkerSettings:
+        """The worker's settings, parsed from the command as `llm-ops worker` parses it."""
+        try:
+            return parse_worker_args([*self.command, *(extra_args or [])])
+        except Exception as error:
+            raise ComposeError(f"service {self.name}: bad worker flags in its command: {error}") from error
+
+
+@dataclass(frozen=True)
+class ComposeFile:
+    path: Path
+    traefik_command: list[str]
+    traefik_volumes: list[str]
+    models: dict[str, ModelService]
+
+    def model(self, service: str) -> ModelService:
+        if service not in self.models:
+            raise ComposeError(f"{self.path} has no model service {service!r}; it has: {', '.join(self.models)}")
+        return self.models[service]
+
+    def host_path(self, container_path: str) -> Path:
+        """The folder on the host that Traefik's container sees at `container_path`."""
+        for volume in self.traefik_volumes:
+            source, _, rest = volume.partition(":")
+            if rest.split(":")[0] == container_path and source.startswith("."):
+                return (self.path.parent / source).resolve()
+        raise ComposeError(f"the {TRAEFIK_SERVICE} service mounts no local folder at {container_path}")
+
+
+def load_compose(path: Path) -> ComposeFile:
+    if not path.is_file():
+        raise ComposeError(f"no compose file at {path} (run from the repository root, or pass --compose-file)")
+    services: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}).get("services") or {}
+    if TRAEFIK_SERVICE not in services:
+        raise ComposeError(f"{path} has no {TRAEFIK_SERVICE} service")
+    traefik = services[TRAEFIK_SERVICE]
+    models = {
+        name: _model_service(path.parent, name, service)
+        for name, service in services.items()
+        if name != TRAEFIK_SERVICE and _labels(service).get("traefik.enable") == "true"
+    }
+    return ComposeFile(path, list(traefik.get("command") or []), list(traefik.get("volumes") or []), models)
+
+
+def interpolate(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Compose's variable substitution, for the Traefik flags the native stack keeps."""
+    env = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        name, op, arg = match["bare"] or match["name"], match["op"] or "", match["arg"] or ""
+        value = env.get(name)
+        if value is not None and not (value == "" and op.startswith(":")):
+            return value
+        if op.endswith("?"):
+            raise ComposeError(f"${{{name}}}: {arg or 'not set'}")
+        return arg if op.endswith("-") else ""
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def _model_service(directory: Path, name: str, service: dict[str, Any]) -> ModelService:
+    entrypoint = service.get("entrypoint") or []
+    if isinstance(entrypoint, str):
+        entrypoint = entrypoint.split()
+    if not entrypoint:
+        raise ComposeError(f"service {name}: no entrypoint; model services run start_chat.sh or start_completion.sh")
+    command = service.get("command") or []
+    if isinstance(command, str):
+        raise ComposeError(f"service {name}: write the command as a list of flags")
+    return ModelService(name, directory / Path(entrypoint[0]).name, [str(arg) for arg in command], _labels(service))
+
+
+def _labels(service: dict[str, Any]) -> dict[str, str]:
+    labels = service.get("labels") or {}
+    if isinstance(labels, list):  # the "key=value" list form
+        labels = dict(label.split("=", 1) for label in labels)
+    return {str(key): str(value) for key, value in labels.items()}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Container entry point for a chat model: its worker, listening on all interfaces of the container's
+# network (Traefik reaches it there; no port is published). Every argument goes to `llm-ops worker`:
+#   --model-path=meta-llama/Llama-2-7b-chat-hf --served-model-names=Llama-2-7b-chat --conv-template=llama-2
+#   --tensor-parallel-size=2 --quantization=awq --gpu-memory-utilization=0.9 --max-model-len=4096
+#   --engine-args='{"enable_prefix_caching": true}'      # any other vLLM engine argument
+# Without --conv-template the tokenizer's chat template renders chats; a model with neither is refused.
+set -euo pipefail
+exec llm-ops worker --kind=chat --host="${LLM_OPS_WORKER_HOST:-0.0.0.0}" "$@"

@@ -18,3 +18,5 @@ lint: install
 	$(VENV)/bin/ruff check llm_ops tests benchmarks
 	$(VENV)/bin/ruff format --check llm_ops tests benchmarks
 	$(VENV)/bin/mypy llm_ops
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh scripts/install.sh

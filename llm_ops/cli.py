@@ -6,6 +6,7 @@ import logging
 import sys
 
 import httpx
+from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliApp,
@@ -105,3 +106,5 @@ def main(argv: list[str] | None = None) -> None:
         CliApp.run(LLMOps, cli_args=sys.argv[1:] if argv is None else argv)
     except ConfigurationError as error:
         sys.exit(f"llm-ops: {error}")
+    except ValidationError as error:  # a flag's value out of its bounds
+        sys.exit(f"llm-ops: invalid settings: {error}")

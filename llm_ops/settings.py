@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, StringConstraints
 # Model names go into URLs (/api/<name>/...) and Traefik rules: keep them to safe characters.
 ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
 
+
 class ConfigurationError(ValueError):
     """Settings that cannot work (a model path that does not exist, ...): reported before anything starts."""
 

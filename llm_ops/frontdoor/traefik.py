@@ -34,6 +34,12 @@ FILE_PROVIDER_DIRECTORY = "providers.file.directory"
 # Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
 DOCKER_ONLY_FLAGS = ("providers.docker", "certificatesresolvers", f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls")
 _LIST_FIELDS = {"entrypoints", "middlewares"}
+# traefik.http.<kind>.<id>.<field>...: a dot in an id shifts the field, which is how it shows.
+_FIELDS = {
+    "routers": {"rule", "rulesyntax", "entrypoints", "middlewares", "service", "tls", "priority", "observability"},
+    "services": {"loadbalancer"},
+}
+LABEL_FIELD_HINT = "unknown field (router and service ids may not contain dots)"
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ def route_problems(service: ModelService, served_names: Sequence[str], worker_po
     if len(services) != 1:
         return [f"{where}: its labels must define exactly one Traefik service, not {len(services)}"]
     service_id, balancer = next((sid, s.get("loadbalancer", {})) for sid, s in services.items())
-    problems = [f"{where}: router or service id {i!r} contains a dot" for i in [*routers, service_id] if "." in i]
+    problems = [f"{where}: label {key}: {LABEL_FIELD_HINT}" for key in service.labels if not _known_label(key)]
     port = balancer.get("server", {}).get("port")
     if port != str(worker_port):
         problems.append(f"{where}: loadbalancer.server.port is {port}, the worker listens on {worker_port}")
@@ -110,6 +116,13 @@ def route_problems(service: ModelService, served_names: Sequence[str], worker_po
     routed = {router.get("rule") for router in routers.values()}
     problems += [f"{where}: served name {name} has no router" for rule, name in wanted.items() if rule not in routed]
     return problems
+
+
+def _known_label(key: str) -> bool:
+    parts = key.lower().split(".")
+    if parts[:2] != ["traefik", "http"] or len(parts) < 5 or parts[2] not in _FIELDS:
+        return True
+    return parts[4] in _FIELDS[parts[2]]
 
 
 def local_traefik_args(

@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from huggingface_hub import try_to_load_from_cache
@@ -57,6 +58,18 @@ def resolve_model(settings: WorkerSettings) -> tuple[str, str]:
     return settings.model_path, settings.dtype
 
 
+def chat_renderer(settings: WorkerSettings, template: ChatRenderer | None, tokenizer: Any) -> ChatRenderer:
+    """The named conversation template, else the tokenizer's chat template; a chat model must have one."""
+    if template is not None:
+        return template
+    if settings.kind == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ConfigurationError(
+            "this model has no chat template: start it with --conv-template NAME, "
+            "or serve it as a completion model (start_completion.sh, --kind completion)"
+        )
+    return TokenizerChatTemplateRenderer(tokenizer)
+
+
 @contextlib.asynccontextmanager
 async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerService]:
     # Built before the engine loads, so that an unknown template name fails in seconds, not minutes.
@@ -65,13 +78,7 @@ async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerS
     names = served_names(settings)
     engine_settings = settings.model_copy(update={"dtype": dtype})
     async with open_engine(engine_settings, model_path, names[0]) as engine:
-        tokenizer = engine.tokenizer()
-        if template is None and settings.kind == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise ConfigurationError(
-                f"{model_path} has no chat template: start it with --conv-template NAME, "
-                "or serve it as a completion model (start_completion.sh, --kind completion)"
-            )
-        renderer: ChatRenderer = template or TokenizerChatTemplateRenderer(tokenizer)
+        renderer = chat_renderer(settings, template, engine.tokenizer())
         logger.info("serving %s from %s", ", ".join(names), model_path)
         yield WorkerService(engine, names, renderer)
 

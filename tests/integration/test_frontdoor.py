@@ -1,14 +1,20 @@
-"""Traefik in front: verified TLS, per-model routes, names with dots, no prefix bleed, HTTP redirect."""
+"""Traefik in front of the native stack: verified TLS, the model's route, no prefix bleed, HTTP redirect.
+
+Names with dots and every model of docker-compose.yml: tests/integration/test_compose_routing.py.
+"""
 
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 import warnings
 
 import httpx
 import pytest
 
-from tests.integration.conftest import DOTTED_ALIAS, LONG_STORY, MODEL, Stack, chat, completion
+from tests.conftest import free_port
+from tests.integration.conftest import LONG_STORY, MODEL, Stack, chat
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +22,7 @@ pytestmark = pytest.mark.integration
 def test_the_certificate_verifies_against_the_stacks_ca(stack: Stack) -> None:
     response = httpx.post(f"{stack.model_url()}/worker_get_status", verify=stack.tls())
     assert response.status_code == 200
-    assert response.json()["model_names"] == [MODEL, DOTTED_ALIAS]
+    assert response.json()["model_names"] == [MODEL]
 
 
 def test_a_client_that_does_not_trust_the_ca_is_refused_by_tls(stack: Stack) -> None:
@@ -33,13 +39,6 @@ def test_tls_older_than_1_2_is_refused(stack: Stack) -> None:
     context.set_ciphers("ALL:@SECLEVEL=0")
     with pytest.raises(httpx.ConnectError):
         httpx.post(f"{stack.model_url()}/worker_get_status", verify=context)
-
-
-def test_a_dotted_model_name_routes_to_the_same_worker(client: httpx.Client) -> None:
-    body = completion(model_identifier=DOTTED_ALIAS, max_new_tokens=4)
-    response = client.post(f"/api/{DOTTED_ALIAS}/worker_generate", json=body)
-    assert response.status_code == 200
-    assert "Paris" in response.json()["text"]
 
 
 @pytest.mark.parametrize(
@@ -72,6 +71,13 @@ def test_http_redirects_to_https_keeping_method_and_path(stack: Stack) -> None:
 
 def test_the_worker_health_endpoint_answers(stack: Stack) -> None:
     assert httpx.get(f"{stack.worker_url}/health").json() == {"status": "ok"}
+
+
+def test_the_containers_health_command_passes_on_a_serving_worker_and_fails_on_a_dead_one(stack: Stack) -> None:
+    llm_ops = [sys.executable, "-m", "llm_ops", "health", "--url"]
+    assert subprocess.run([*llm_ops, f"{stack.worker_url}/health"], timeout=60).returncode == 0
+    dead = subprocess.run([*llm_ops, f"http://127.0.0.1:{free_port()}/health"], capture_output=True, timeout=60)
+    assert dead.returncode == 1 and b"ConnectError" in dead.stderr
 
 
 def test_a_stream_right_after_a_long_stream_elsewhere_is_not_cut(stack: Stack) -> None:

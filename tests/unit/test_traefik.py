@@ -1,101 +1,189 @@
-"""Traefik configuration is built as data: routes per model name, shared service, TLS from our files."""
+"""Traefik outside Docker: labels become file-provider routes, compose flags become local flags."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
+from llm_ops.frontdoor.certs import TLSFiles
+from llm_ops.frontdoor.compose import ComposeError, ModelService, interpolate
 from llm_ops.frontdoor.traefik import (
-    ADD_API,
-    STRIP_MODEL,
-    Deployment,
-    dynamic_config,
+    LocalAddresses,
+    certificate_config,
+    labels_to_dynamic_config,
+    local_traefik_args,
+    route_problems,
     route_rule,
-    router_id,
-    static_config,
     write_yaml_atomically,
 )
 
-CERT, KEY = Path("/tls/server.pem"), Path("/tls/server-key.pem")
+SHARED = Path(__file__).parents[2] / "traefik" / "dynamic" / "llm-ops.yml"
+ADDRESSES = LocalAddresses("127.0.0.1", 1443, 1080, "127.0.0.1", 1090)
 
 
-def test_router_ids_are_traefik_safe_and_distinct_for_distinct_names() -> None:
-    names = ["Qwen2.5-0.5B", "Qwen2-5-0-5B", "qwen2.5-0.5b", "llama-2-7b-chat", "a_b"]
-    ids = [router_id(name) for name in names]
-    assert all(re.fullmatch(r"[a-z0-9-]+", rid) for rid in ids)
-    assert len(set(ids)) == len(ids)
-    assert router_id("llama-2-7b-chat") == "llama-2-7b-chat"
+def model_labels(router: str, name: str, **overrides: str) -> dict[str, str]:
+    """The labels of a model service as docker-compose.yml writes them; `overrides` by label suffix."""
+    labels = {
+        "traefik.enable": "true",
+        f"traefik.http.routers.{router}.rule": route_rule(name),
+        f"traefik.http.routers.{router}.entrypoints": "websecure",
+        f"traefik.http.routers.{router}.middlewares": "llm-ops-strip-model@file,llm-ops-add-api@file",
+        f"traefik.http.routers.{router}.service": router,
+        f"traefik.http.services.{router}.loadbalancer.server.port": "21002",
+        f"traefik.http.services.{router}.loadbalancer.healthcheck.path": "/health",
+    }
+    for suffix, value in overrides.items():
+        key = next(k for k in labels if k.endswith(suffix))
+        labels[key] = value
+    return labels
+
+
+def service(labels: dict[str, str]) -> ModelService:
+    return ModelService("m", Path("start_chat.sh"), [], labels)
 
 
 def test_the_rule_keeps_the_real_name_and_matches_only_that_model() -> None:
     assert route_rule("Qwen2.5-0.5B") == "Path(`/api/Qwen2.5-0.5B`) || PathPrefix(`/api/Qwen2.5-0.5B/`)"
 
 
-def test_every_name_gets_a_router_to_the_deployments_one_service() -> None:
-    deployment = Deployment(("SmolLM2-135M-Instruct", "smol.v1"), ("http://127.0.0.1:1", "http://127.0.0.1:2"))
-    http = dynamic_config([deployment], cert_file=CERT, key_file=KEY)["http"]
-    service = router_id("SmolLM2-135M-Instruct")
-    assert set(http["routers"]) == {router_id("SmolLM2-135M-Instruct"), router_id("smol.v1")}
-    assert {router["service"] for router in http["routers"].values()} == {service}
-    balancer = http["services"][service]["loadBalancer"]
-    assert balancer["servers"] == [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2"}]
-    assert balancer["healthCheck"]["path"] == "/health"
-    for router in http["routers"].values():
-        assert router["middlewares"] == [STRIP_MODEL, ADD_API]
-        assert router["entryPoints"] == ["websecure"]
-        assert router["tls"] == {}
-
-
-def test_the_model_prefix_is_stripped_whatever_characters_the_name_has() -> None:
-    middlewares = dynamic_config([], cert_file=CERT, key_file=KEY)["http"]["middlewares"]
-    strip = re.compile(middlewares[STRIP_MODEL]["stripPrefixRegex"]["regex"][0])
-    for name in ["Qwen2.5-0.5B", "llama-2-7b-chat", "a_b"]:
-        path = f"/api/{name}/worker_generate"
-        rest = path[strip.match(path).end() :]  # type: ignore[union-attr]
-        assert middlewares[ADD_API]["addPrefix"]["prefix"] + rest == "/api/worker_generate"
-
-
-def test_tls_uses_our_certificate_as_default_and_requires_tls_1_2() -> None:
-    tls = dynamic_config([], cert_file=CERT, key_file=KEY)["tls"]
-    ours = {"certFile": str(CERT), "keyFile": str(KEY)}
-    assert tls["certificates"] == [ours]
-    assert tls["stores"]["default"]["defaultCertificate"] == ours
-    assert tls["options"]["default"]["minVersion"] == "VersionTLS12"
-
-
-def test_http_redirects_to_https_and_the_api_stays_on_the_admin_entrypoint() -> None:
-    static = static_config(
-        public_host="0.0.0.0",
-        https_port=8443,
-        http_port=8080,
-        admin_host="127.0.0.1",
-        admin_port=8090,
-        dynamic_config_file=Path("/x/dynamic.yml"),
+def test_labels_become_the_routes_the_docker_provider_would_build_with_our_servers() -> None:
+    config = labels_to_dynamic_config(
+        model_labels("qwen2-5", "Qwen2.5-0.5B"), ["http://127.0.0.1:1", "http://127.0.0.1:2"]
     )
-    entry_points = static["entryPoints"]
-    assert entry_points["web"]["address"] == "0.0.0.0:8080"
-    assert entry_points["web"]["http"]["redirections"]["entryPoint"] == {
-        "to": "websecure",
-        "scheme": "https",
-        "permanent": True,
+    assert config == {
+        "http": {
+            "routers": {
+                "qwen2-5": {
+                    "rule": route_rule("Qwen2.5-0.5B"),
+                    "entrypoints": ["websecure"],
+                    "middlewares": ["llm-ops-strip-model@file", "llm-ops-add-api@file"],
+                    "service": "qwen2-5",
+                }
+            },
+            "services": {
+                "qwen2-5": {
+                    "loadbalancer": {
+                        "healthcheck": {"path": "/health"},
+                        "servers": [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2"}],
+                    }
+                }
+            },
+        }
     }
-    assert entry_points["websecure"]["address"] == "0.0.0.0:8443"
-    assert entry_points["traefik"]["address"] == "127.0.0.1:8090"
-    assert static["api"]["dashboard"] is False
+
+
+def test_label_keys_are_read_case_insensitively_but_ids_keep_their_case() -> None:
+    config = labels_to_dynamic_config({"traefik.http.Routers.MyModel.Rule": "Path(`/x`)"}, [])
+    assert config == {"http": {"routers": {"MyModel": {"rule": "Path(`/x`)"}}}}
+
+
+def test_the_compose_labels_route_safely() -> None:
+    assert route_problems(service(model_labels("qwen2-5", "Qwen2.5-0.5B")), ["Qwen2.5-0.5B"], 21002) == []
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        (model_labels("m", "M", rule="PathPrefix(`/api/M`)"), "is not Path"),  # /api/M-v2 would reach M
+        (model_labels("m.v1", "M"), "ids may not contain dots"),  # refused in Docker labels
+        (model_labels("m", "M", middlewares="llm-ops-strip-model@file"), "middlewares must be"),
+        (model_labels("m", "M", middlewares="buffer@file,llm-ops-strip-model@file,llm-ops-add-api@file"), "middle"),
+        (model_labels("m", "M", entrypoints="web,websecure"), "only the websecure entrypoint"),
+        (model_labels("m", "M", **{"healthcheck.path": "/"}), "healthcheck.path=/health"),
+        (model_labels("m", "M", **{"server.port": "8000"}), "the worker listens on 21002"),
+        (model_labels("m", "Other"), "served name M has no router"),
+    ],
+)
+def test_unsafe_or_incomplete_routing_labels_are_reported(labels: dict[str, str], problem: str) -> None:
+    problems = route_problems(service(labels), ["M"], 21002)
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_service_must_define_exactly_one_traefik_service() -> None:
+    assert route_problems(service({"traefik.enable": "true"}), ["M"], 21002) == [
+        "service m: its labels must define exactly one Traefik service, not 0"
+    ]
+
+
+COMPOSE_FLAGS = [
+    "--log.level=${TRAEFIK_LOG_LEVEL:-INFO}",
+    "--accesslog.format=json",
+    "--entrypoints.web.address=:80",
+    "--entrypoints.web.http.redirections.entrypoint.to=websecure",
+    "--entrypoints.websecure.address=:443",
+    "--entrypoints.websecure.http.tls.certresolver=le",
+    "--entrypoints.websecure.http.tls.domains[0].main=${LLM_OPS_DOMAIN:?set LLM_OPS_DOMAIN}",
+    "--entrypoints.traefik.address=:8090",
+    "--api.insecure=true",
+    "--providers.docker.exposedbydefault=false",
+    "--providers.file.directory=/etc/traefik/dynamic",
+    "--certificatesresolvers.le.acme.email=${ACME_EMAIL:?set ACME_EMAIL}",
+    "--ping",
+]
+
+
+def test_local_flags_drop_docker_and_lets_encrypt_and_listen_where_asked() -> None:
+    args = local_traefik_args(COMPOSE_FLAGS, ADDRESSES, Path("/d"), Path("/a.log"), "DEBUG", environ={})
+    assert not [a for a in args if "docker" in a or "certresolver" in a or "acme" in a or "domains" in a]
+    assert args == [
+        "--accesslog.format=json",
+        "--entrypoints.web.http.redirections.entrypoint.to=websecure",
+        "--api.insecure=true",
+        "--ping",
+        "--entrypoints.web.address=127.0.0.1:1080",
+        "--entrypoints.websecure.address=127.0.0.1:1443",
+        "--entrypoints.websecure.http.tls=true",
+        "--entrypoints.traefik.address=127.0.0.1:1090",
+        "--providers.file.directory=/d",
+        "--accesslog.filepath=/a.log",
+        "--log.level=DEBUG",
+    ]
 
 
 def test_ipv6_addresses_are_bracketed() -> None:
-    static = static_config(
-        public_host="::1",
-        https_port=1,
-        http_port=2,
-        admin_host="::1",
-        admin_port=3,
-        dynamic_config_file=Path("d.yml"),
-    )
-    assert static["entryPoints"]["websecure"]["address"] == "[::1]:1"
+    addresses = LocalAddresses("::1", 1, 2, "::1", 3)
+    args = local_traefik_args([], addresses, Path("/d"), Path("/a.log"), "INFO")
+    assert "--entrypoints.websecure.address=[::1]:1" in args
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "expected"),
+    [
+        ("${A:-x}", {}, "x"),
+        ("${A:-x}", {"A": ""}, "x"),
+        ("${A-x}", {"A": ""}, ""),
+        ("${A:-x}", {"A": "y"}, "y"),
+        ("$A/${B}", {"A": "1", "B": "2"}, "1/2"),
+        ("${A}", {}, ""),
+        ("$$A", {"A": "1"}, "$A"),
+    ],
+)
+def test_compose_variables_are_substituted_as_compose_does(value: str, environ: dict[str, str], expected: str) -> None:
+    assert interpolate(value, environ) == expected
+
+
+def test_a_required_compose_variable_that_is_missing_is_an_error_with_its_message() -> None:
+    with pytest.raises(ComposeError, match="set ACME_EMAIL"):
+        interpolate("${ACME_EMAIL:?set ACME_EMAIL}", {})
+
+
+def test_the_shared_middlewares_turn_a_model_path_into_the_worker_path_whatever_the_name() -> None:
+    middlewares = yaml.safe_load(SHARED.read_text())["http"]["middlewares"]
+    strip = re.compile(middlewares["llm-ops-strip-model"]["stripPrefixRegex"]["regex"][0])
+    for name in ["Qwen2.5-0.5B", "llama-2-7b-chat", "a_b"]:
+        path = f"/api/{name}/worker_generate"
+        rest = path[strip.match(path).end() :]  # type: ignore[union-attr]
+        assert middlewares["llm-ops-add-api"]["addPrefix"]["prefix"] + rest == "/api/worker_generate"
+
+
+def test_tls_needs_1_2_and_the_native_certificate_is_the_default() -> None:
+    assert yaml.safe_load(SHARED.read_text())["tls"]["options"]["default"]["minVersion"] == "VersionTLS12"
+    tls = certificate_config(TLSFiles.in_dir(Path("/tls")))["tls"]
+    ours = {"certFile": "/tls/server.pem", "keyFile": "/tls/server-key.pem"}
+    assert tls == {"certificates": [ours], "stores": {"default": {"defaultCertificate": ours}}}
 
 
 def test_config_files_are_replaced_whole(tmp_path: Path) -> None:

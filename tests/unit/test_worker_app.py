@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from llm_ops.prompts.build import TokenizerChatTemplateRenderer
 from llm_ops.protocol.framing import iter_chunks
 from llm_ops.worker.app import create_worker_app
+from llm_ops.worker.service import WorkerService
 from tests.unit.fake_engine import FakeEngine, open_fake_service
 
 pytestmark = pytest.mark.anyio
@@ -171,3 +174,20 @@ async def test_helper_endpoints_answer_like_fastchat_workers(client: httpx.Async
     conv = (await client.post("/api/worker_get_conv_template")).json()["conv"]
     assert conv["template_name"] == "chatml"
     assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_a_base_model_without_a_chat_template_answers_completions_and_refuses_chats_clearly() -> None:
+    engine = FakeEngine()
+    base_model = WorkerService(engine, ["base-model"], TokenizerChatTemplateRenderer(engine.tokenizer()))
+    app = create_worker_app(lambda: contextlib.nullcontext(base_model))  # type: ignore[arg-type, return-value]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as client:
+            chat_body = chat(model_identifier="base-model")
+            refused = await client.post("/api/worker_generate", json=chat_body)
+            completion = chat_body | {"generation_mode": "completion", "prompt": "Once", "messages": None}
+            answered = await client.post("/api/worker_generate", json=completion)
+    assert refused.status_code == 400
+    assert refused.json()["error_code"] == 40001
+    assert "this model has no chat template: use generation_mode 'completion'" in refused.json()["text"]
+    assert answered.status_code == 200 and answered.json()["text"] == "The capital is Paris."

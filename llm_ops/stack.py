@@ -25,7 +25,7 @@ from honcho.manager import Manager
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, load_compose
 from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, write_local_front_door
-from llm_ops.settings import StackSettings, WorkerSettings, to_cli_args
+from llm_ops.settings import EngineSettings, ServerSettings, StackSettings, to_cli_args
 from llm_ops.worker.run import served_names
 
 LOOPBACK = "127.0.0.1"
@@ -66,16 +66,18 @@ def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFile
 
 
 def worker_command(settings: StackSettings, service: ModelService) -> tuple[list[str], list[str]]:
-    """(the service's start script with its command, the names it will serve), for a worker on loopback.
+    """(the service's start script with its command, the names it serves), for a worker on loopback.
 
-    Worker flags given to `llm-ops up` come after the service's own, so they win.
+    Engine and server flags given to `llm-ops up` come after the service's own, so they win.
     """
-    overrides = to_cli_args(settings, set(WorkerSettings.model_fields) - {"host", "port"})
-    local = [*overrides, "--host", settings.host, "--port", str(settings.port)]
-    names = served_names(service.worker_settings(local))
-    problems = route_problems(service, names, service.worker_settings().port)
+    in_container = service.worker_settings()
+    names = served_names(in_container)
+    problems = route_problems(service, names, in_container.port)
     if problems:
         raise ComposeError("; ".join(problems))
+    worker_fields = set(EngineSettings.model_fields) | set(ServerSettings.model_fields)
+    overrides = to_cli_args(settings, worker_fields - {"host", "port"})
+    local = [*overrides, "--host", settings.host, "--port", str(settings.port)]
     return ["bash", str(service.start_script), *service.command, *local], names
 
 

@@ -92,29 +92,39 @@ def route_problems(service: ModelService, served_names: Sequence[str], worker_po
     config = _decode_labels(service.labels).get("http", {})
     routers: dict[str, Any] = config.get("routers", {})
     services: dict[str, Any] = config.get("services", {})
-    where = f"service {service.name}"
     if len(services) != 1:
-        return [f"{where}: its labels must define exactly one Traefik service, not {len(services)}"]
-    service_id, balancer = next((sid, s.get("loadbalancer", {})) for sid, s in services.items())
-    problems = [f"{where}: label {key}: {LABEL_FIELD_HINT}" for key in service.labels if not _known_label(key)]
-    port = balancer.get("server", {}).get("port")
-    if port != str(worker_port):
-        problems.append(f"{where}: loadbalancer.server.port is {port}, the worker listens on {worker_port}")
-    if balancer.get("healthcheck", {}).get("path") != "/health":
-        problems.append(f"{where}: the Traefik service needs loadbalancer.healthcheck.path=/health")
+        return [f"service {service.name}: its labels must define exactly one Traefik service, not {len(services)}"]
+    service_id, definition = next(iter(services.items()))
+    problems = [f"label {key}: {LABEL_FIELD_HINT}" for key in service.labels if not _known_label(key)]
+    problems += _balancer_problems(definition.get("loadbalancer", {}), worker_port)
     wanted = {route_rule(name): name for name in served_names}
     for router_id, router in routers.items():
-        rule = router.get("rule")
-        if rule not in wanted:
-            problems.append(f"{where}: router {router_id} rule {rule!r} is not {route_rule('NAME')} for a served name")
-        if router.get("entrypoints") != [ENTRYPOINT_HTTPS]:
-            problems.append(f"{where}: router {router_id} must use only the {ENTRYPOINT_HTTPS} entrypoint")
-        if router.get("middlewares") != MODEL_MIDDLEWARES:
-            problems.append(f"{where}: router {router_id} middlewares must be {','.join(MODEL_MIDDLEWARES)}")
-        if router.get("service") != service_id:
-            problems.append(f"{where}: router {router_id} must name its service, {service_id}")
+        problems += [f"router {router_id} {problem}" for problem in _router_problems(router, wanted, service_id)]
     routed = {router.get("rule") for router in routers.values()}
-    problems += [f"{where}: served name {name} has no router" for rule, name in wanted.items() if rule not in routed]
+    problems += [f"served name {name} has no router" for rule, name in wanted.items() if rule not in routed]
+    return [f"service {service.name}: {problem}" for problem in problems]
+
+
+def _balancer_problems(balancer: dict[str, Any], worker_port: int) -> list[str]:
+    problems = []
+    port = balancer.get("server", {}).get("port")
+    if port != str(worker_port):
+        problems.append(f"loadbalancer.server.port is {port}, the worker listens on {worker_port}")
+    if balancer.get("healthcheck", {}).get("path") != "/health":
+        problems.append("the Traefik service needs loadbalancer.healthcheck.path=/health")
+    return problems
+
+
+def _router_problems(router: dict[str, Any], wanted_rules: Mapping[str, str], service_id: str) -> list[str]:
+    problems = []
+    if router.get("rule") not in wanted_rules:
+        problems.append(f"rule {router.get('rule')!r} is not {route_rule('NAME')} for a served name")
+    if router.get("entrypoints") != [ENTRYPOINT_HTTPS]:
+        problems.append(f"must use only the {ENTRYPOINT_HTTPS} entrypoint")
+    if router.get("middlewares") != MODEL_MIDDLEWARES:
+        problems.append(f"middlewares must be {','.join(MODEL_MIDDLEWARES)}")
+    if router.get("service") != service_id:
+        problems.append(f"must name its service, {service_id}")
     return problems
 
 

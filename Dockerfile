@@ -4,7 +4,9 @@
 # The entry point is a start script (start_chat.sh or start_completion.sh, see docker-compose.yml).
 FROM vllm/vllm-openai:v0.32.0
 
+# PIP_BREAK_SYSTEM_PACKAGES: the image's Python is the system one; this image is the environment.
 ENV PYTHONUNBUFFERED=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/home/llm-ops/.cache/huggingface

@@ -201,19 +201,23 @@ def test_tls_verifies_against_our_certificate_and_a_client_that_trusts_others_is
 
 
 @pytest.mark.parametrize("service", list(COMPOSE.models))
-def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(front_door: FrontDoor, service: str) -> None:
+def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(
+    front_door: FrontDoor, service: str, record_property: Callable[[str, object], None]
+) -> None:
     dead, alive = front_door.backends[service]
     name = next(name for svc, name in ROUTES if svc == service)
     url = f"{front_door.base_url}/api/{name}/worker_generate"
     dead.stop()
     try:
-        wait_for(lambda: front_door.server_status(service).get(dead.url) == "DOWN", HEALTH_TIMEOUT, "marked DOWN")
+        down_after = wait_for(lambda: front_door.server_status(service).get(dead.url) == "DOWN", HEALTH_TIMEOUT, "DOWN")
+        record_property("seconds_until_down", round(down_after, 2))
         with front_door.client() as client:
             answers = [client.post(url) for _ in range(20)]
         assert [(a.status_code, a.json()["backend"]) for a in answers] == [(200, alive.name)] * 20
     finally:
         dead.start()
-    wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
+    up_after = wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
+    record_property("seconds_until_up_again", round(up_after, 2))
     with front_door.client() as client:
         answered_by = {client.post(url).json()["backend"] for _ in range(20)}
     assert answered_by == {dead.name, alive.name}

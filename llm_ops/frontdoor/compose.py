@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from llm_ops.cli import parse_worker_args
 from llm_ops.settings import ConfigurationError, WorkerSettings
@@ -38,11 +40,11 @@ class ModelService:
     command: list[str]  # the start script's arguments: worker flags
     labels: dict[str, str]
 
-    def worker_settings(self, extra_args: list[str] | None = None) -> WorkerSettings:
+    def worker_settings(self) -> WorkerSettings:
         """The worker's settings, parsed from the command as `llm-ops worker` parses it."""
         try:
-            return parse_worker_args([*self.command, *(extra_args or [])])
-        except Exception as error:
+            return parse_worker_args(self.command)
+        except (SettingsError, ValidationError) as error:
             raise ComposeError(f"service {self.name}: bad worker flags in its command: {error}") from error
 
 

@@ -16,6 +16,7 @@ from huggingface_hub import try_to_load_from_cache
 from llm_ops.engine import open_engine
 from llm_ops.models.default import FOLDER_NAME, ensure_default_model
 from llm_ops.prompts.build import ChatRenderer, ConvTemplateRenderer, TokenizerChatTemplateRenderer
+from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.settings import DEFAULT_MODEL_NAME, ConfigurationError, WorkerSettings
 from llm_ops.worker.app import create_worker_app
 from llm_ops.worker.service import WorkerService
@@ -33,8 +34,11 @@ def served_names(settings: WorkerSettings) -> list[str]:
     return [Path(settings.model_path.rstrip("/")).name or FOLDER_NAME]
 
 
-def check_model_source(settings: WorkerSettings) -> None:
-    """Fail in a second, not after minutes of engine start, when the model cannot be found."""
+def check_before_start(settings: WorkerSettings) -> None:
+    """Fail in a second, not after minutes of engine start, when the model or its template cannot be found."""
+    if settings.conv_template is not None and settings.conv_template not in conv_template_names():
+        known = ", ".join(conv_template_names())
+        raise ConfigurationError(f"--conv-template {settings.conv_template}: not registered; registered: {known}")
     source = settings.model_path
     if source is None:
         if settings.kind == "completion":
@@ -84,7 +88,7 @@ async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerS
 
 
 def run_worker(settings: WorkerSettings) -> None:
-    check_model_source(settings)
+    check_before_start(settings)
     app = create_worker_app(lambda: open_worker_service(settings))
     uvicorn.run(
         app,

@@ -52,3 +52,10 @@ def test_a_service_whose_labels_do_not_route_its_names_is_refused_before_anythin
 def test_an_unknown_service_is_refused_with_the_ones_there_are() -> None:
     with pytest.raises(ComposeError, match="no model service 'gpt-4'; it has: llama-2-7b-chat"):
         COMPOSE.model("gpt-4")
+
+
+def test_a_service_with_bad_worker_flags_is_refused_with_its_name() -> None:
+    service = COMPOSE.model(DEFAULT_SERVICE)
+    broken = ModelService(service.name, service.start_script, ["--max-model-len=3"], service.labels)
+    with pytest.raises(ComposeError, match=f"service {DEFAULT_SERVICE}: bad worker flags in its command"):
+        worker_command(StackSettings(), broken)

@@ -50,6 +50,12 @@ def test_a_hub_model_missing_from_the_cache_is_refused_when_offline(
     assert result.returncode == 1 and "not in the Hugging Face cache" in result.stderr
 
 
+def test_an_unregistered_conversation_template_is_refused_with_the_registered_ones() -> None:
+    result = run_script("start_chat.sh", "--conv-template=llama2")
+    assert result.returncode == 1
+    assert "--conv-template llama2: not registered; registered: " in result.stderr and "llama-2" in result.stderr
+
+
 def test_a_completion_model_needs_a_model_path() -> None:
     result = run_script("start_completion.sh")
     assert result.returncode == 1 and "a completion model needs --model-path" in result.stderr

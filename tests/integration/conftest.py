@@ -31,6 +31,8 @@ COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
 CAPITAL_QUESTION = [{"role": "user", "text": "What is the capital of France?"}]
 LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}]
 START_TIMEOUT = 900.0
+PORT_ATTEMPTS = 3  # a free port can be taken by another process between our check and the bind
+ADDRESS_IN_USE = "address already in use"
 STOP_TIMEOUT = 30.0
 
 
@@ -76,6 +78,38 @@ def _wait_until_serving(process: subprocess.Popen[bytes], stack: Stack) -> None:
     raise TimeoutError(f"stack not ready after {START_TIMEOUT} s:\n{stack.log_file.read_text()[-5000:]}")
 
 
+def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
+    """`llm-ops up` on free ports; again on new ones if another process took one before it could listen."""
+    for attempt in range(PORT_ATTEMPTS):
+        https_port, http_port, admin_port, worker_port = (free_port() for _ in range(4))
+        stack = Stack(
+            base_url=f"https://localhost:{https_port}",
+            http_url=f"http://localhost:{http_port}",
+            worker_url=f"http://127.0.0.1:{worker_port}",
+            ca_file=state_dir / "tls" / "ca.pem",
+            log_file=state_dir / f"stack-{attempt}.log",
+        )
+        command = [
+            sys.executable, "-m", "llm_ops", "up",
+            "--state-dir", str(state_dir),
+            "--https-port", str(https_port),
+            "--http-port", str(http_port),
+            "--admin-port", str(admin_port),
+            "--port", str(worker_port),
+            "--compose-file", str(COMPOSE_FILE),
+        ]  # fmt: skip
+        with stack.log_file.open("wb") as log:
+            env = os.environ | {"NO_COLOR": "1"}
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_until_serving(process, stack)
+            return process, stack
+        except RuntimeError:
+            if ADDRESS_IN_USE not in stack.log_file.read_text().lower():
+                raise
+    raise RuntimeError(f"no free ports for the stack after {PORT_ATTEMPTS} attempts")
+
+
 def _stop(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
     """SIGTERM `llm-ops up` as a user's Ctrl-C would; return whatever it started that survived."""
     started = psutil.Process(process.pid).children(recursive=True)
@@ -92,28 +126,8 @@ def _stop(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state_dir = tmp_path_factory.mktemp("stack")
-    https_port, http_port, admin_port, worker_port = (free_port() for _ in range(4))
-    stack = Stack(
-        base_url=f"https://localhost:{https_port}",
-        http_url=f"http://localhost:{http_port}",
-        worker_url=f"http://127.0.0.1:{worker_port}",
-        ca_file=state_dir / "tls" / "ca.pem",
-        log_file=state_dir / "stack.log",
-    )
-    command = [
-        sys.executable, "-m", "llm_ops", "up",
-        "--state-dir", str(state_dir),
-        "--https-port", str(https_port),
-        "--http-port", str(http_port),
-        "--admin-port", str(admin_port),
-        "--port", str(worker_port),
-        "--compose-file", str(COMPOSE_FILE),
-    ]  # fmt: skip
-    with stack.log_file.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"NO_COLOR": "1"})
+    process, stack = _start_stack(tmp_path_factory.mktemp("stack"))
     try:
-        _wait_until_serving(process, stack)
         yield stack
     finally:
         survivors = _stop(process)

@@ -10,6 +10,7 @@ out of rotation by the health check, and 404 for models that are not deployed.
 
 from __future__ import annotations
 
+import functools
 import json
 import ssl
 import subprocess
@@ -30,7 +31,7 @@ from llm_ops.frontdoor.traefik import LocalAddresses, labels_to_dynamic_config, 
 from llm_ops.stack import traefik_binary
 from llm_ops.worker.run import served_names
 from tests.conftest import free_port
-from tests.integration.conftest import COMPOSE_FILE
+from tests.integration.conftest import ADDRESS_IN_USE, COMPOSE_FILE, PORT_ATTEMPTS
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +45,22 @@ HEALTH_TIMEOUT = 15.0  # the labels check every 2 s
 class EchoBackend:
     """Stands in for one worker container: answers every request with its own name and the path it got.
 
-    HTTP/1.0, one request per connection: once stopped, it is really gone for Traefik.
+    HTTP/1.0, one request per connection: once stopped, it is really gone for Traefik. It keeps its port
+    across a restart, like a restarted container keeps its address.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0  # the first start takes any free port
         self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True).start()
 
     def stop(self) -> None:
@@ -125,22 +131,8 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
     backends = {name: [EchoBackend(f"{name}/{i}") for i in range(REPLICAS)] for name in COMPOSE.models}
     for replica in (replica for replicas in backends.values() for replica in replicas):
         replica.start()
-    tls = ensure_certificates(state / "tls", ["localhost", "127.0.0.1"])
-    addresses = LocalAddresses("127.0.0.1", free_port(), free_port(), "127.0.0.1", free_port())
-    urls = {name: [replica.url for replica in replicas] for name, replicas in backends.items()}
-    flags = write_local_front_door(COMPOSE, urls, tls, addresses, state / "traefik")
-    door = FrontDoor(
-        base_url=f"https://localhost:{addresses.https_port}",
-        http_url=f"http://localhost:{addresses.http_port}",
-        admin_url=f"http://127.0.0.1:{addresses.admin_port}",
-        ca_file=tls.ca_file,
-        access_log=state / "traefik" / "access.log",
-        backends=backends,
-    )
-    with (state / "traefik.log").open("wb") as log:
-        traefik = subprocess.Popen([traefik_binary(), *flags], stdout=log, stderr=subprocess.STDOUT)
+    traefik, door = _start_traefik(state, backends)
     try:
-        wait_for(lambda: _routers_loaded(door), READY_TIMEOUT, f"routers {router_ids()} in Traefik")
         yield door
     finally:
         traefik.terminate()
@@ -148,6 +140,36 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
         for replicas in backends.values():
             for replica in replicas:
                 replica.stop()
+
+
+def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple[subprocess.Popen[bytes], FrontDoor]:
+    """Traefik on free ports; again on new ones if another process took one before Traefik could listen."""
+    tls = ensure_certificates(state / "tls", ["localhost", "127.0.0.1"])
+    urls = {name: [replica.url for replica in replicas] for name, replicas in backends.items()}
+    for attempt in range(PORT_ATTEMPTS):
+        addresses = LocalAddresses("127.0.0.1", free_port(), free_port(), "127.0.0.1", free_port())
+        flags = write_local_front_door(COMPOSE, urls, tls, addresses, state / "traefik")
+        door = FrontDoor(
+            base_url=f"https://localhost:{addresses.https_port}",
+            http_url=f"http://localhost:{addresses.http_port}",
+            admin_url=f"http://127.0.0.1:{addresses.admin_port}",
+            ca_file=tls.ca_file,
+            access_log=state / "traefik" / "access.log",
+            backends=backends,
+        )
+        log_file = state / f"traefik-{attempt}.log"
+        with log_file.open("wb") as log:
+            traefik = subprocess.Popen([traefik_binary(), *flags], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(functools.partial(_loaded_or_exited, traefik, door), READY_TIMEOUT, "routers in Traefik")
+        if traefik.poll() is None:
+            return traefik, door
+        if ADDRESS_IN_USE not in log_file.read_text():
+            pytest.fail(f"Traefik exited with {traefik.returncode}:\n{log_file.read_text()}")
+    pytest.fail(f"no free ports for Traefik after {PORT_ATTEMPTS} attempts")
+
+
+def _loaded_or_exited(traefik: subprocess.Popen[bytes], door: FrontDoor) -> bool:
+    return traefik.poll() is not None or _routers_loaded(door)
 
 
 def _routers_loaded(door: FrontDoor) -> bool:

@@ -16,7 +16,7 @@ from pydantic_settings import (
 )
 
 from llm_ops.models.default import ensure_default_model
-from llm_ops.settings import ConfigurationError, StackSettings, WorkerSettings
+from llm_ops.settings import ConfigurationError, ControllerSettings, StackSettings, WorkerSettings
 
 CLI_CONFIG = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
 
@@ -28,6 +28,15 @@ class WorkerCommand(WorkerSettings):
         from llm_ops.worker.run import run_worker
 
         run_worker(self)
+
+
+class ControllerCommand(ControllerSettings):
+    """Run a controller: workers register with it, clients ask it which worker serves a model."""
+
+    def cli_cmd(self) -> None:
+        from llm_ops.controller.run import run_controller
+
+        run_controller(self)
 
 
 class UpCommand(StackSettings):
@@ -70,6 +79,7 @@ class LLMOps(BaseSettings):
 
     up: CliSubCommand[UpCommand]
     worker: CliSubCommand[WorkerCommand]
+    controller: CliSubCommand[ControllerCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
     health: CliSubCommand[HealthCommand]
 

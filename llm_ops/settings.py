@@ -73,8 +73,38 @@ class ServerSettings(BaseModel):
     )
 
 
-class WorkerSettings(ModelSettings, EngineSettings, ServerSettings):
+class RegistrationSettings(BaseModel):
+    """How a worker makes itself known to a controller."""
+
+    controller_address: str | None = Field(None, description="controller to register with; unset: none")
+    worker_address: str | None = Field(
+        None, description="the worker's URL for the controller's clients; unset: http://HOST:PORT/api"
+    )
+    heart_beat_interval: float = Field(
+        10.0, gt=0, description="seconds between heartbeats; keep it well under the controller's expiration"
+    )
+
+
+class WorkerSettings(ModelSettings, EngineSettings, ServerSettings, RegistrationSettings):
     """A FastChat-protocol worker serving one model."""
+
+    def address(self) -> str:
+        return self.worker_address or f"http://{self.host}:{self.port}/api"
+
+
+class ControllerSettings(BaseModel):
+    """The controller: FastChat's controller protocol. Defaults are shorter than FastChat's (45 s / 90 s)
+    so that a dead worker leaves the rotation within half a minute."""
+
+    host: str = Field("127.0.0.1", description="address the controller listens on")
+    port: int = Field(21001, ge=0, le=65535, description="port the controller listens on")
+    dispatch_method: Literal["shortest_queue", "lottery"] = Field(
+        "shortest_queue", description="how a worker is chosen among those serving the model"
+    )
+    heart_beat_expiration: float = Field(
+        30.0, gt=0, description="seconds without a heartbeat after which a worker is dropped"
+    )
+    log_level: str = Field("info", description="uvicorn log level")
 
 
 class StackSettings(EngineSettings, ServerSettings):

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fastapi.encoders import jsonable_encoder
+
 from llm_ops.prompts.conversation import get_conv_template
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.worker import GenerateRequest
@@ -50,7 +52,8 @@ class ConvTemplateRenderer:
         return Prompt(conv.get_prompt(), stops, list(conv.stop_token_ids or []))
 
     def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = self.template.dict()
+        """The whole `Conversation`, as FastChat workers send it: FastChat's OpenAI server rebuilds it."""
+        described: dict[str, Any] = jsonable_encoder(self.template)
         return described
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 USER_ROLES = frozenset({"user", "human"})
 ASSISTANT_ROLES = frozenset({"ai", "assistant"})
@@ -110,6 +110,50 @@ def check_turn_order(messages: list[ChatMessage], system_message: str | None) ->
         raise ValueError("the last message must be a user turn: it is the one the model answers")
 
 
+class FastChatGenerateParams(BaseModel):
+    """The body FastChat's own components send to a worker (its OpenAI-compatible server, ...): a prompt
+    they rendered themselves, under `model`. Fields FastChat adds across versions (logprobs, images,
+    best_of, ...) are ignored; the ones LLM Ops knows are checked as strictly as in `GenerateRequest`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str
+    temperature: Annotated[float, Field(ge=0)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=-1)] = -1
+    max_new_tokens: Annotated[int, Field(ge=1)] = 256
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    seed: int | None = None
+    echo: bool = True  # FastChat workers echo the prompt unless told not to
+
+    def as_request(self) -> GenerateRequest:
+        fields = self.model_dump(exclude={"model", "echo"}, exclude_unset=True)
+        return GenerateRequest(model_identifier=self.model, generation_mode="completion", echo=self.echo, **fields)
+
+
+def _body_format(body: object) -> str:
+    is_fastchat = isinstance(body, dict) and "model_identifier" not in body and "model" in body
+    return FASTCHAT_FORMAT if is_fastchat else LLM_OPS_FORMAT
+
+
+LLM_OPS_FORMAT, FASTCHAT_FORMAT = "llm-ops", "fastchat"
+# What `worker_generate` and `worker_generate_stream` accept: our format, or FastChat's when a body
+# has `model` and no `model_identifier`. Errors name the fields of the format the body is in.
+WorkerGenerateBody = Annotated[
+    Annotated[GenerateRequest, Tag(LLM_OPS_FORMAT)] | Annotated[FastChatGenerateParams, Tag(FASTCHAT_FORMAT)],
+    Discriminator(_body_format),
+]
+
+
+def as_generate_request(body: GenerateRequest | FastChatGenerateParams) -> GenerateRequest:
+    return body if isinstance(body, GenerateRequest) else body.as_request()
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -141,6 +185,7 @@ class WorkerStatus(BaseModel):
 
 class CountTokenRequest(StrictModel):
     prompt: str
+    model: str | None = None  # FastChat's OpenAI server sends it
 
 
 class CountTokenResponse(BaseModel):

@@ -19,21 +19,27 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.protocol.worker import (
+    FASTCHAT_FORMAT,
+    LLM_OPS_FORMAT,
     ConvTemplateResponse,
     CountTokenRequest,
     CountTokenResponse,
     GenerateChunk,
-    GenerateRequest,
     ModelDetails,
+    WorkerGenerateBody,
     WorkerStatus,
+    as_generate_request,
 )
 from llm_ops.worker.service import PreparedRequest, WorkerService
 
 OpenService = Callable[[], contextlib.AbstractAsyncContextManager[WorkerService]]
+Background = Callable[[WorkerService], Awaitable[None]]  # runs while the app serves, e.g. heartbeats
 T = TypeVar("T")
 
 # pydantic error types that mean "a number outside its allowed range".
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+BODY_LOCATIONS = frozenset({"body", LLM_OPS_FORMAT, FASTCHAT_FORMAT})  # not field names: left out of messages
 
 router = APIRouter(prefix="/api")
 
@@ -44,9 +50,9 @@ def service(request: Request) -> WorkerService:
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)
-async def worker_generate_stream(body: GenerateRequest, request: Request) -> StreamingResponse:
+async def worker_generate_stream(body: WorkerGenerateBody, request: Request) -> StreamingResponse:
     worker = service(request)
-    prepared = await worker.prepare(body)
+    prepared = await worker.prepare(as_generate_request(body))
     return StreamingResponse(_framed(worker, prepared), media_type="text/plain")
 
 
@@ -57,9 +63,9 @@ async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIter
 
 
 @router.post("/worker_generate", response_model=GenerateChunk)
-async def worker_generate(body: GenerateRequest, request: Request) -> Response:
+async def worker_generate(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
-    prepared = await worker.prepare(body)
+    prepared = await worker.prepare(as_generate_request(body))
     result = await _cancel_on_disconnect(request, worker.generate(prepared))
     if result is None:  # the client left; nobody reads this answer
         return Response(status_code=499)
@@ -142,7 +148,7 @@ def describe_validation_errors(errors: Any) -> tuple[ErrorCode, str]:
         if error["type"] == "json_invalid":
             lines.append(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
             continue
-        location = ".".join(str(part) for part in error["loc"] if part != "body")
+        location = ".".join(str(part) for part in error["loc"] if part not in BODY_LOCATIONS)
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{location}: {message}" if location else message)
     out_of_range = any(error["type"] in RANGE_ERRORS for error in errors)
@@ -150,12 +156,18 @@ def describe_validation_errors(errors: Any) -> tuple[ErrorCode, str]:
     return code, "invalid request: " + "; ".join(lines)
 
 
-def create_worker_app(open_service: OpenService) -> FastAPI:
+def create_worker_app(open_service: OpenService, background: Background | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service() as worker:
             app.state.worker = worker
-            yield
+            task = asyncio.ensure_future(background(worker)) if background else None
+            try:
+                yield
+            finally:
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
 
     app = FastAPI(title="LLM Ops worker", lifespan=lifespan)
     app.include_router(router)

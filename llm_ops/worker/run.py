@@ -10,15 +10,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from huggingface_hub import try_to_load_from_cache
 
+from llm_ops.controller.client import ControllerClient
 from llm_ops.engine import open_engine
 from llm_ops.models.default import FOLDER_NAME, ensure_default_model
 from llm_ops.prompts.build import ChatRenderer, ConvTemplateRenderer, TokenizerChatTemplateRenderer
 from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.settings import DEFAULT_MODEL_NAME, ConfigurationError, WorkerSettings
-from llm_ops.worker.app import create_worker_app
+from llm_ops.worker.app import Background, create_worker_app
+from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.service import WorkerService
 
 logger = logging.getLogger(__name__)
@@ -87,9 +90,23 @@ async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerS
         yield WorkerService(engine, names, renderer)
 
 
+def registration(settings: WorkerSettings) -> Background | None:
+    """Registering with the controller and sending heartbeats, when there is a controller."""
+    controller_address = settings.controller_address
+    if controller_address is None:
+        return None
+
+    async def register(service: WorkerService) -> None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            controller = ControllerClient(http, controller_address)
+            await keep_registered(controller, settings.address(), service.status, settings.heart_beat_interval)
+
+    return register
+
+
 def run_worker(settings: WorkerSettings) -> None:
     check_before_start(settings)
-    app = create_worker_app(lambda: open_worker_service(settings))
+    app = create_worker_app(lambda: open_worker_service(settings), registration(settings))
     uvicorn.run(
         app,
         host=settings.host,

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastchat.conversation import Conversation, SeparatorStyle
 
 from llm_ops.prompts.build import TokenizerChatTemplateRenderer
 from llm_ops.protocol.framing import iter_chunks
@@ -172,7 +173,7 @@ async def test_helper_endpoints_answer_like_fastchat_workers(client: httpx.Async
     }
     assert (await client.post("/api/model_details")).json() == {"context_length": 64}
     conv = (await client.post("/api/worker_get_conv_template")).json()["conv"]
-    assert conv["template_name"] == "chatml"
+    assert conv["name"] == "chatml"
     assert (await client.get("/health")).json() == {"status": "ok"}
 
 
@@ -191,3 +192,75 @@ async def test_a_base_model_without_a_chat_template_answers_completions_and_refu
     assert refused.json()["error_code"] == 40001
     assert "this model has no chat template: use generation_mode 'completion'" in refused.json()["text"]
     assert answered.status_code == 200 and answered.json()["text"] == "The capital is Paris."
+
+
+def fastchat_body(**fields: Any) -> dict[str, Any]:
+    """What FastChat's OpenAI-compatible server sends a worker (get_gen_params in fastchat 0.2.36)."""
+    body: dict[str, Any] = {
+        "model": "fake-model",
+        "prompt": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "temperature": 0.7,
+        "logprobs": None,
+        "top_p": 1.0,
+        "top_k": -1,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_new_tokens": 16,
+        "echo": False,
+        "stop_token_ids": [],
+        "stop": ["<|im_end|>"],
+    }
+    return body | fields
+
+
+async def test_fastchat_bodies_are_served_as_completions_of_their_rendered_prompt(
+    client: httpx.AsyncClient, engine: FakeEngine
+) -> None:
+    response = await client.post("/api/worker_generate", json=fastchat_body())
+    assert response.status_code == 200 and response.json()["text"] == "The capital is Paris."
+    options = engine.seen_options[-1]
+    assert (options.temperature, options.max_tokens, options.stop) == (0.7, 16, ("<|im_end|>",))
+
+
+async def test_fastchat_bodies_echo_the_prompt_unless_told_not_to(client: httpx.AsyncClient) -> None:
+    body = fastchat_body()
+    del body["echo"]
+    response = await client.post("/api/worker_generate", json=body)
+    assert response.json()["text"] == body["prompt"] + "The capital is Paris."
+
+
+async def test_fastchat_bodies_are_checked_and_errors_name_the_field(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/worker_generate_stream", json=fastchat_body(top_p=2))
+    assert response.status_code == 400
+    assert response.json() == {
+        "text": "invalid request: top_p: Input should be less than or equal to 1",
+        "error_code": 40302,
+    }
+
+
+async def test_fastchat_helper_calls_with_their_model_field_are_answered(client: httpx.AsyncClient) -> None:
+    count = await client.post("/api/count_token", json={"model": "fake-model", "prompt": "one two"})
+    assert count.json() == {"count": 2, "error_code": 0}
+
+
+async def test_fastchat_can_rebuild_the_conversation_template_and_render_the_same_prompt(
+    client: httpx.AsyncClient,
+) -> None:
+    conv = (await client.post("/api/worker_get_conv_template", json={"model": "fake-model"})).json()["conv"]
+    rebuilt = Conversation(  # as fastchat.serve.openai_api_server.get_gen_params does
+        name=conv["name"],
+        system_template=conv["system_template"],
+        system_message=conv["system_message"],
+        roles=conv["roles"],
+        messages=list(conv["messages"]),
+        offset=conv["offset"],
+        sep_style=SeparatorStyle(conv["sep_style"]),
+        sep=conv["sep"],
+        sep2=conv["sep2"],
+        stop_str=conv["stop_str"],
+        stop_token_ids=conv["stop_token_ids"],
+    )
+    rebuilt.append_message(rebuilt.roles[0], "What is the capital of France?")
+    rebuilt.append_message(rebuilt.roles[1], None)
+    ours = await client.post("/api/worker_generate", json=chat(echo=True, max_new_tokens=1))
+    assert ours.json()["text"].startswith(rebuilt.get_prompt())

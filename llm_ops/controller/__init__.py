@@ -1,0 +1,1 @@
+"""The controller: which workers serve which models, kept current by their heartbeats."""

@@ -110,25 +110,15 @@ def check_turn_order(messages: list[ChatMessage], system_message: str | None) ->
         raise ValueError("the last message must be a user turn: it is the one the model answers")
 
 
-class FastChatGenerateParams(BaseModel):
+class FastChatGenerateParams(SamplingFields):
     """The body FastChat's own components send to a worker (its OpenAI-compatible server, ...): a prompt
     they rendered themselves, under `model`. Fields FastChat adds across versions (logprobs, images,
-    best_of, ...) are ignored; the ones LLM Ops knows are checked as strictly as in `GenerateRequest`."""
+    best_of, ...) are ignored; the sampling fields are bounded as in `GenerateRequest`."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(strict=False, extra="ignore")
 
     model: str
     prompt: str
-    temperature: Annotated[float, Field(ge=0)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1)] = -1
-    max_new_tokens: Annotated[int, Field(ge=1)] = 256
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    seed: int | None = None
     echo: bool = True  # FastChat workers echo the prompt unless told not to
 
     def as_request(self) -> GenerateRequest:

@@ -16,7 +16,13 @@ from pydantic_settings import (
 )
 
 from llm_ops.models.default import ensure_default_model
-from llm_ops.settings import ConfigurationError, ControllerSettings, StackSettings, WorkerSettings
+from llm_ops.settings import (
+    ConfigurationError,
+    ControllerSettings,
+    OpenAIApiSettings,
+    StackSettings,
+    WorkerSettings,
+)
 
 CLI_CONFIG = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
 
@@ -37,6 +43,15 @@ class ControllerCommand(ControllerSettings):
         from llm_ops.controller.run import run_controller
 
         run_controller(self)
+
+
+class OpenAIApiCommand(OpenAIApiSettings):
+    """Run the OpenAI-compatible API (/v1/...) in front of the controller's workers."""
+
+    def cli_cmd(self) -> None:
+        from llm_ops.openai_api.run import run_openai_api
+
+        run_openai_api(self)
 
 
 class UpCommand(StackSettings):
@@ -80,6 +95,7 @@ class LLMOps(BaseSettings):
     up: CliSubCommand[UpCommand]
     worker: CliSubCommand[WorkerCommand]
     controller: CliSubCommand[ControllerCommand]
+    openai_api: CliSubCommand[OpenAIApiCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
     health: CliSubCommand[HealthCommand]
 

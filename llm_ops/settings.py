@@ -107,6 +107,15 @@ class ControllerSettings(BaseModel):
     log_level: str = Field("info", description="uvicorn log level")
 
 
+class OpenAIApiSettings(BaseModel):
+    """The OpenAI-compatible API server: picks workers through the controller."""
+
+    host: str = Field("127.0.0.1", description="address the API server listens on")
+    port: int = Field(8000, ge=0, le=65535, description="port the API server listens on")
+    controller_address: str = Field("http://127.0.0.1:21001", description="the controller that knows the workers")
+    log_level: str = Field("info", description="uvicorn log level")
+
+
 class StackSettings(EngineSettings, ServerSettings):
     """The native stack: a model service of docker-compose.yml, run outside Docker with Traefik in front.
 

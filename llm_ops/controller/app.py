@@ -118,11 +118,13 @@ async def expire_workers(known: WorkerRegistry, every: float) -> None:
             logger.info("dropped worker %s: no heartbeat for %.0f s", name, known.expiration)
 
 
-def create_controller_app(known: WorkerRegistry) -> FastAPI:
+def create_controller_app(known: WorkerRegistry, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """`transport`: how to reach the workers (tests pass in-process apps)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         expiry = asyncio.create_task(expire_workers(known, every=min(1.0, known.expiration / 2)))
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(transport=transport) as http:
             app.state.http = http
             yield
         expiry.cancel()

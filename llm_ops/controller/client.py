@@ -36,6 +36,10 @@ class ControllerClient:
         response.raise_for_status()
         return WorkerAddress.model_validate(response.json()).address or None
 
+    async def refresh_all_workers(self) -> None:
+        """Make the controller ask every worker for its status and drop those that do not answer."""
+        (await self.http.post(f"{self.address}/refresh_all_workers")).raise_for_status()
+
     async def models(self) -> list[str]:
         response = await self.http.post(f"{self.address}/list_models")
         response.raise_for_status()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,16 +30,14 @@ from llm_ops.protocol.worker import (
     WorkerStatus,
     as_generate_request,
 )
+from llm_ops.serving import cancel_on_disconnect, describe_validation_errors
 from llm_ops.worker.service import PreparedRequest, WorkerService
 
 OpenService = Callable[[], contextlib.AbstractAsyncContextManager[WorkerService]]
 Background = Callable[[WorkerService], Awaitable[None]]  # runs while the app serves, e.g. heartbeats
 T = TypeVar("T")
 
-# pydantic error types that mean "a number outside its allowed range".
-RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
-
-BODY_LOCATIONS = frozenset({"body", LLM_OPS_FORMAT, FASTCHAT_FORMAT})  # not field names: left out of messages
+NOT_FIELDS = frozenset({"body", LLM_OPS_FORMAT, FASTCHAT_FORMAT})  # parts of error locations
 
 router = APIRouter(prefix="/api")
 
@@ -66,7 +64,7 @@ async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIter
 async def worker_generate(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
     prepared = await worker.prepare(as_generate_request(body))
-    result = await _cancel_on_disconnect(request, worker.generate(prepared))
+    result = await cancel_on_disconnect(request, worker.generate(prepared))
     if result is None:  # the client left; nobody reads this answer
         return Response(status_code=499)
     status = 200 if result.error_code == 0 else 500
@@ -102,30 +100,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-async def _cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it if the client disconnects first.
-
-    Listens for `http.disconnect` rather than polling `request.is_disconnected()`, as vLLM's
-    `with_cancellation` does. Cancelling the work closes the engine stream, which aborts the request.
-    """
-    work_task = asyncio.ensure_future(work)
-    disconnect_task = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({work_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work_task, disconnect_task):
-            task.cancel()
-        await asyncio.gather(work_task, disconnect_task, return_exceptions=True)
-    if work_task.cancelled():
-        return None
-    return work_task.result()
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 def _error(code: ErrorCode, message: str) -> JSONResponse:
     error = RequestError(code, message)
     return JSONResponse(error.to_response().model_dump(), status_code=error.status_code)
@@ -138,22 +112,9 @@ async def _request_error(_: Request, error: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-    return _error(*describe_validation_errors(error.errors()))
-
-
-def describe_validation_errors(errors: Any) -> tuple[ErrorCode, str]:
-    """One readable line per problem, and the FastChat code for the kind of problem."""
-    lines = []
-    for error in errors:
-        if error["type"] == "json_invalid":
-            lines.append(f"the request body is not valid JSON: {error.get('ctx', {}).get('error', error['msg'])}")
-            continue
-        location = ".".join(str(part) for part in error["loc"] if part not in BODY_LOCATIONS)
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{location}: {message}" if location else message)
-    out_of_range = any(error["type"] in RANGE_ERRORS for error in errors)
-    code = ErrorCode.PARAM_OUT_OF_RANGE if out_of_range else ErrorCode.VALIDATION_TYPE_ERROR
-    return code, "invalid request: " + "; ".join(lines)
+    invalid = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS)
+    code = ErrorCode.PARAM_OUT_OF_RANGE if invalid.out_of_range else ErrorCode.VALIDATION_TYPE_ERROR
+    return _error(code, invalid.message())
 
 
 def create_worker_app(open_service: OpenService, background: Background | None = None) -> FastAPI:

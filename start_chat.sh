@@ -6,4 +6,8 @@
 #   --engine-args='{"enable_prefix_caching": true}'      # any other vLLM engine argument
 # Without --conv-template the tokenizer's chat template renders chats; a model with neither is refused.
 set -euo pipefail
-exec llm-ops worker --kind=chat --host="${LLM_OPS_WORKER_HOST:-0.0.0.0}" "$@"
+# The worker registers with the controller under its container's address (`hostname` is a network
+# alias of the container: replicas of one service each register their own).
+exec llm-ops worker --kind=chat --host="${LLM_OPS_WORKER_HOST:-0.0.0.0}" \
+    --controller-address="${LLM_OPS_CONTROLLER_ADDRESS:-http://controller:21001}" \
+    --worker-address="http://$(hostname):21002/api" "$@"

@@ -3,4 +3,8 @@
 # request to it gets a clear error, unless its tokenizer has a chat template (or --conv-template is
 # given). Arguments are those of start_chat.sh; --model-path is required.
 set -euo pipefail
-exec llm-ops worker --kind=completion --host="${LLM_OPS_WORKER_HOST:-0.0.0.0}" "$@"
+# The worker registers with the controller under its container's address (`hostname` is a network
+# alias of the container: replicas of one service each register their own).
+exec llm-ops worker --kind=completion --host="${LLM_OPS_WORKER_HOST:-0.0.0.0}" \
+    --controller-address="${LLM_OPS_CONTROLLER_ADDRESS:-http://controller:21001}" \
+    --worker-address="http://$(hostname):21002/api" "$@"

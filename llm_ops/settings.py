@@ -125,6 +125,13 @@ class StackSettings(EngineSettings, ServerSettings):
 
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment whose service to run")
     service: str = Field(DEFAULT_SERVICE, description="the model service of the compose file to run")
+    replicas: int = Field(1, ge=1, le=16, description="workers of the model, on --port, --port + 1, ...")
+    controller_port: int = Field(21001, ge=0, le=65535, description="the controller, on loopback")
+    openai_api_port: int = Field(8000, ge=0, le=65535, description="the OpenAI-compatible API, on loopback")
+    heart_beat_interval: float | None = Field(None, gt=0, description="workers' heartbeat interval; unset: theirs")
+    heart_beat_expiration: float | None = Field(
+        None, gt=0, description="seconds the controller waits for a heartbeat; unset: the compose file's"
+    )
 
     public_host: str = Field("127.0.0.1", description="address Traefik's HTTPS and HTTP entrypoints listen on")
     https_port: int = Field(8443, ge=0, le=65535, description="HTTPS entrypoint")

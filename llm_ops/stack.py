@@ -23,7 +23,14 @@ import httpx
 from honcho.manager import Manager
 
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
-from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, load_compose
+from llm_ops.frontdoor.compose import (
+    CONTROLLER_SERVICE,
+    OPENAI_API_SERVICE,
+    ComposeError,
+    ComposeFile,
+    ModelService,
+    load_compose,
+)
 from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, write_local_front_door
 from llm_ops.settings import EngineSettings, ServerSettings, StackSettings, to_cli_args
 from llm_ops.worker.run import served_names
@@ -59,14 +66,26 @@ def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFile
         admin_host=LOOPBACK,
         admin_port=settings.admin_port,
     )
-    backends = {settings.service: [f"http://{settings.host}:{settings.port}"]}
+    backends = {
+        settings.service: [worker_url(settings, replica) for replica in range(settings.replicas)],
+        OPENAI_API_SERVICE: [f"http://{LOOPBACK}:{settings.openai_api_port}"],
+    }
     directory = settings.state_dir.resolve() / "traefik"
     flags = write_local_front_door(compose, backends, tls, addresses, directory, settings.traefik_log_level)
     return [traefik_binary(), *flags]
 
 
-def worker_command(settings: StackSettings, service: ModelService) -> tuple[list[str], list[str]]:
-    """(the service's start script with its command, the names it serves), for a worker on loopback.
+def worker_url(settings: StackSettings, replica: int) -> str:
+    return f"http://{settings.host}:{settings.port + replica}"
+
+
+def controller_url(settings: StackSettings) -> str:
+    return f"http://{LOOPBACK}:{settings.controller_port}"
+
+
+def worker_commands(settings: StackSettings, service: ModelService) -> tuple[list[list[str]], list[str]]:
+    """(for each replica: the service's start script with its command, restarted when it crashes;
+    the names the model is served under), for workers on loopback.
 
     Engine and server flags given to `llm-ops up` come after the service's own, so they win.
     """
@@ -76,26 +95,67 @@ def worker_command(settings: StackSettings, service: ModelService) -> tuple[list
     if problems:
         raise ComposeError("; ".join(problems))
     worker_fields = set(EngineSettings.model_fields) | set(ServerSettings.model_fields)
-    overrides = to_cli_args(settings, worker_fields - {"host", "port"})
-    local = [*overrides, "--host", settings.host, "--port", str(settings.port)]
-    return ["bash", str(service.start_script), *service.command, *local], names
+    overrides = to_cli_args(settings, (worker_fields - {"host", "port"}) | {"heart_beat_interval"})
+    commands = []
+    for replica in range(settings.replicas):
+        url = worker_url(settings, replica)
+        local = ["--host", settings.host, "--port", str(settings.port + replica)]
+        local += ["--controller-address", controller_url(settings), "--worker-address", f"{url}/api"]
+        start = ["bash", str(service.start_script), *service.command, *overrides, *local]
+        commands.append([sys.executable, "-m", "llm_ops.restart", *start])
+    return commands, names
+
+
+def controller_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
+    service = compose.service(CONTROLLER_SERVICE)
+    local = ["--host", LOOPBACK, "--port", str(settings.controller_port)]
+    if settings.heart_beat_expiration is not None:
+        local += ["--heart-beat-expiration", str(settings.heart_beat_expiration)]
+    return [*service.entrypoint, *service.command, *local]
+
+
+def openai_api_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
+    service = compose.service(OPENAI_API_SERVICE)
+    local = [
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(settings.openai_api_port),
+        "--controller-address",
+        controller_url(settings),
+    ]
+    return [*service.entrypoint, *service.command, *local]
 
 
 def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file: Path, stop: threading.Event) -> bool:
-    """True once every model answers through Traefik over TLS verified against our CA."""
+    """True once every replica is healthy and every model answers through Traefik, over TLS verified
+    against our CA, both at /api/<model>/ and in the OpenAI API's /v1/models."""
     deadline = time.monotonic() + settings.ready_timeout
-    pending = list(model_names)
+    checks = [f"{worker_url(settings, replica)}/health" for replica in range(settings.replicas)]
+    checks += [f"{base_url(settings)}/api/{name}/worker_get_status" for name in model_names]
     with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file)), timeout=5) as client:
-        while pending and not stop.is_set() and time.monotonic() < deadline:
-            try:
-                response = client.post(f"{base_url(settings)}/api/{pending[0]}/worker_get_status")
-                if response.status_code == 200:
-                    pending.pop(0)
-                    continue
-            except httpx.TransportError:
-                pass
-            stop.wait(1)
-    return not pending
+        while not stop.is_set() and time.monotonic() < deadline:
+            if checks and _answers(client, "POST" if checks[0].endswith("status") else "GET", checks[0]):
+                checks.pop(0)
+            elif not checks and set(model_names) <= _openai_models(client, settings):
+                return True
+            else:
+                stop.wait(1)
+    return False
+
+
+def _answers(client: httpx.Client, method: str, url: str) -> bool:
+    try:
+        return client.request(method, url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _openai_models(client: httpx.Client, settings: StackSettings) -> set[str]:
+    try:
+        return {model["id"] for model in client.get(f"{base_url(settings)}/v1/models").json()["data"]}
+    except (httpx.TransportError, ValueError, KeyError):
+        return set()
 
 
 def usage_banner(settings: StackSettings, model_name: str, ca_file: Path) -> str:
@@ -104,28 +164,38 @@ def usage_banner(settings: StackSettings, model_name: str, ca_file: Path) -> str
         f'"messages": [{{"role": "user", "text": "What is the capital of France?"}}], '
         f'"temperature": 0, "max_new_tokens": 32}}'
     )
+    openai_body = (
+        f'{{"model": "{model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}], '
+        f'"temperature": 0}}'
+    )
     return (
         f"\nLLM Ops is serving {model_name} at {base_url(settings)}/api/{model_name}/\n"
         f"Try it:\n\n"
         f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/api/{model_name}/worker_generate \\\n"
         f"  -H 'Content-Type: application/json' \\\n"
         f"  -d '{body}'\n\n"
+        f"The OpenAI-compatible API is at {base_url(settings)}/v1:\n\n"
+        f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/v1/chat/completions \\\n"
+        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -d '{openai_body}'\n\n"
         f"Stop with Ctrl-C.\n"
     )
 
 
 def run_stack(settings: StackSettings) -> int:
     compose = load_compose(settings.compose_file)
-    service = compose.model(settings.service)
-    worker, names = worker_command(settings, service)
+    workers, names = worker_commands(settings, compose.model(settings.service))
     tls = ensure_certificates(settings.state_dir.resolve() / "tls", settings.tls_hostnames)
     traefik = write_front_door(settings, compose, tls)
 
     manager = Manager()
-    # The start script runs `llm-ops`: the one installed beside this Python comes first on its PATH.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
+    env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     manager.add_process("traefik", shlex.join(traefik))
-    manager.add_process("worker", shlex.join(worker), env=os.environ | {"PATH": path})
+    manager.add_process(CONTROLLER_SERVICE, shlex.join(controller_command(settings, compose)), env=env)
+    manager.add_process(OPENAI_API_SERVICE, shlex.join(openai_api_command(settings, compose)), env=env)
+    for replica, worker in enumerate(workers, start=1):
+        manager.add_process(f"worker-{replica}" if len(workers) > 1 else "worker", shlex.join(worker), env=env)
 
     stop_probe = threading.Event()
     not_ready = threading.Event()

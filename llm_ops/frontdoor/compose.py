@@ -23,6 +23,9 @@ from llm_ops.cli import parse_worker_args
 from llm_ops.settings import ConfigurationError, WorkerSettings
 
 TRAEFIK_SERVICE = "traefik"
+CONTROLLER_SERVICE = "controller"
+OPENAI_API_SERVICE = "openai-api"
+START_SCRIPTS = ("start_chat.sh", "start_completion.sh")  # a service that runs one is a model service
 # Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}.
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_]\w*)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})"
@@ -49,11 +52,30 @@ class ModelService:
 
 
 @dataclass(frozen=True)
+class ComposeService:
+    """A service of LLM Ops' own image that is not a model: the controller, the OpenAI-compatible API."""
+
+    name: str
+    entrypoint: list[str]
+    command: list[str]
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ComposeFile:
     path: Path
     traefik_command: list[str]
     traefik_volumes: list[str]
     models: dict[str, ModelService]
+    services: dict[str, ComposeService]
+
+    def labels_of(self, name: str) -> dict[str, str]:
+        return self.model(name).labels if name in self.models else self.service(name).labels
+
+    def service(self, name: str) -> ComposeService:
+        if name not in self.services:
+            raise ComposeError(f"{self.path} has no {name} service")
+        return self.services[name]
 
     def model(self, service: str) -> ModelService:
         if service not in self.models:
@@ -75,13 +97,18 @@ def load_compose(path: Path) -> ComposeFile:
     services: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}).get("services") or {}
     if TRAEFIK_SERVICE not in services:
         raise ComposeError(f"{path} has no {TRAEFIK_SERVICE} service")
-    traefik = services[TRAEFIK_SERVICE]
+    traefik = services.pop(TRAEFIK_SERVICE)
     models = {
         name: _model_service(path.parent, name, service)
         for name, service in services.items()
-        if name != TRAEFIK_SERVICE and _labels(service).get("traefik.enable") == "true"
+        if Path(_entrypoint(service)[0] if _entrypoint(service) else "").name in START_SCRIPTS
     }
-    return ComposeFile(path, list(traefik.get("command") or []), list(traefik.get("volumes") or []), models)
+    others = {
+        name: ComposeService(name, _entrypoint(service), _command(name, service), _labels(service))
+        for name, service in services.items()
+        if name not in models
+    }
+    return ComposeFile(path, list(traefik.get("command") or []), list(traefik.get("volumes") or []), models, others)
 
 
 def interpolate(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -103,15 +130,20 @@ def interpolate(value: str, environ: Mapping[str, str] | None = None) -> str:
 
 
 def _model_service(directory: Path, name: str, service: dict[str, Any]) -> ModelService:
+    script = directory / Path(_entrypoint(service)[0]).name
+    return ModelService(name, script, _command(name, service), _labels(service))
+
+
+def _entrypoint(service: dict[str, Any]) -> list[str]:
     entrypoint = service.get("entrypoint") or []
-    if isinstance(entrypoint, str):
-        entrypoint = entrypoint.split()
-    if not entrypoint:
-        raise ComposeError(f"service {name}: no entrypoint; model services run start_chat.sh or start_completion.sh")
+    return entrypoint.split() if isinstance(entrypoint, str) else [str(part) for part in entrypoint]
+
+
+def _command(name: str, service: dict[str, Any]) -> list[str]:
     command = service.get("command") or []
     if isinstance(command, str):
         raise ComposeError(f"service {name}: write the command as a list of flags")
-    return ModelService(name, directory / Path(entrypoint[0]).name, [str(arg) for arg in command], _labels(service))
+    return [str(arg) for arg in command]
 
 
 def _labels(service: dict[str, Any]) -> dict[str, str]:

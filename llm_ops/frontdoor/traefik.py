@@ -171,7 +171,7 @@ def write_local_front_door(
     directory: Path,
     log_level: str = "INFO",
 ) -> list[str]:
-    """Write the dynamic configuration for `backends` (model service -> worker URLs); return Traefik's flags."""
+    """Write the dynamic configuration for `backends` (compose service -> its servers' URLs); return Traefik's flags."""
     dynamic_dir = directory / "dynamic"
     dynamic_dir.mkdir(parents=True, exist_ok=True)
     for stale in dynamic_dir.glob("*.yml"):
@@ -180,7 +180,7 @@ def write_local_front_door(
     for shared in sorted(shared_dir.glob("*.yml")):
         shutil.copyfile(shared, dynamic_dir / f"shared-{shared.name}")
     for service_name, urls in backends.items():
-        routes = labels_to_dynamic_config(compose.model(service_name).labels, urls)
+        routes = labels_to_dynamic_config(compose.labels_of(service_name), urls)
         write_yaml_atomically(dynamic_dir / f"routes-{service_name}.yml", routes)
     write_yaml_atomically(dynamic_dir / "certificates.yml", certificate_config(tls))
     return local_traefik_args(compose.traefik_command, addresses, dynamic_dir, directory / "access.log", log_level)

@@ -19,7 +19,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from llm_ops.frontdoor.compose import ModelService, interpolate, load_compose
-from llm_ops.frontdoor.traefik import route_problems
+from llm_ops.frontdoor.traefik import labels_to_dynamic_config, route_problems
 from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.settings import DEFAULT_SERVICE
 from llm_ops.worker.run import served_names
@@ -158,3 +158,20 @@ def test_the_image_is_official_vllm_runs_as_non_root_checks_health_and_holds_no_
     assert not any(weights in copied for weights in (".safetensors", ".gguf", ".bin", "models"))
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".llm-ops" in ignored
+
+
+def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None:
+    routes = labels_to_dynamic_config(COMPOSE.service("openai-api").labels, ["http://api"])["http"]
+    assert routes["routers"] == {
+        "openai-api": {"rule": "PathPrefix(`/v1/`)", "entrypoints": ["websecure"], "service": "openai-api"}
+    }
+    assert routes["services"]["openai-api"]["loadbalancer"]["healthcheck"]["path"] == "/health"
+
+
+def test_the_controller_is_internal_and_workers_register_with_it() -> None:
+    assert "labels" not in RAW["services"]["controller"] and "ports" not in RAW["services"]["controller"]
+    for script in ("start_chat.sh", "start_completion.sh"):
+        text = (ROOT / script).read_text()
+        assert "--controller-address=" in text and "http://controller:21001" in text
+    api = RAW["services"]["openai-api"]["command"]
+    assert "--controller-address=http://controller:21001" in api

@@ -1,7 +1,8 @@
-"""`llm-ops up` runs a model service of docker-compose.yml: its start script, its command, its routes."""
+"""`llm-ops up` runs services of docker-compose.yml natively: each model replica, the controller, the API."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,33 +10,50 @@ import pytest
 from llm_ops.cli import parse_worker_args
 from llm_ops.frontdoor.compose import ComposeError, ModelService, load_compose
 from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
-from llm_ops.stack import worker_command
+from llm_ops.stack import controller_command, openai_api_command, worker_commands
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = load_compose(ROOT / "docker-compose.yml")
+RESTARTING = [sys.executable, "-m", "llm_ops.restart"]
 
 
-def test_by_default_it_runs_the_packaged_model_service_with_its_start_script_on_loopback() -> None:
-    command, names = worker_command(StackSettings(port=1234), COMPOSE.model(DEFAULT_SERVICE))
-    assert command == [
-        "bash",
-        str(ROOT / "start_chat.sh"),
-        f"--served-model-names={DEFAULT_MODEL_NAME}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "1234",
-    ]
+def test_by_default_it_runs_one_replica_of_the_packaged_model_service_restarted_on_crashes() -> None:
+    commands, names = worker_commands(StackSettings(port=1234), COMPOSE.model(DEFAULT_SERVICE))
     assert names == [DEFAULT_MODEL_NAME]
+    (command,) = commands
+    assert command[:5] == [*RESTARTING, "bash", str(ROOT / "start_chat.sh")]
+    worker = parse_worker_args(command[5:])  # as the start script's `llm-ops worker` reads them
+    assert (worker.host, worker.port, worker.served_model_names) == ("127.0.0.1", 1234, [DEFAULT_MODEL_NAME])
+    assert (worker.controller_address, worker.address()) == ("http://127.0.0.1:21001", "http://127.0.0.1:1234/api")
+
+
+def test_replicas_listen_on_consecutive_ports_and_register_under_their_own_address() -> None:
+    settings = StackSettings(port=1000, replicas=3, controller_port=2000, heart_beat_interval=2)
+    commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
+    workers = [parse_worker_args(command[5:]) for command in commands]
+    assert [w.address() for w in workers] == [f"http://127.0.0.1:{port}/api" for port in (1000, 1001, 1002)]
+    assert {(w.controller_address, w.heart_beat_interval) for w in workers} == {("http://127.0.0.1:2000", 2.0)}
 
 
 def test_engine_and_server_flags_given_to_up_win_over_the_services_own() -> None:
     settings = StackSettings(max_model_len=2048, enforce_eager=True, keep_alive_timeout=90)
-    command, _ = worker_command(settings, COMPOSE.model("llama-2-7b-chat"))
-    worker = parse_worker_args(command[2:])  # as the start script's `llm-ops worker` reads them
+    (command,), _ = worker_commands(settings, COMPOSE.model("llama-2-7b-chat"))
+    worker = parse_worker_args(command[5:])
     assert (worker.max_model_len, worker.enforce_eager, worker.keep_alive_timeout) == (2048, True, 90)
     assert (worker.conv_template, worker.served_model_names) == ("llama-2", ["Llama-2-7b-chat"])
     assert (worker.host, worker.port) == ("127.0.0.1", 21002)
+
+
+def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> None:
+    settings = StackSettings(controller_port=2000, openai_api_port=3000, heart_beat_expiration=6)
+    assert controller_command(settings, COMPOSE) == [
+        "llm-ops", "controller", "--host=0.0.0.0", "--heart-beat-expiration=30",
+        "--host", "127.0.0.1", "--port", "2000", "--heart-beat-expiration", "6.0",
+    ]  # fmt: skip
+    assert openai_api_command(settings, COMPOSE) == [
+        "llm-ops", "openai-api", "--host=0.0.0.0", "--controller-address=http://controller:21001",
+        "--host", "127.0.0.1", "--port", "3000", "--controller-address", "http://127.0.0.1:2000",
+    ]  # fmt: skip
 
 
 def test_which_model_to_serve_is_the_compose_files_decision_not_a_flag_of_up() -> None:
@@ -46,16 +64,16 @@ def test_a_service_whose_labels_do_not_route_its_names_is_refused_before_anythin
     service = COMPOSE.model(DEFAULT_SERVICE)
     renamed = ModelService(service.name, service.start_script, ["--served-model-names=Other"], service.labels)
     with pytest.raises(ComposeError, match="served name Other has no router"):
-        worker_command(StackSettings(), renamed)
-
-
-def test_an_unknown_service_is_refused_with_the_ones_there_are() -> None:
-    with pytest.raises(ComposeError, match="no model service 'gpt-4'; it has: llama-2-7b-chat"):
-        COMPOSE.model("gpt-4")
+        worker_commands(StackSettings(), renamed)
 
 
 def test_a_service_with_bad_worker_flags_is_refused_with_its_name() -> None:
     service = COMPOSE.model(DEFAULT_SERVICE)
     broken = ModelService(service.name, service.start_script, ["--max-model-len=3"], service.labels)
     with pytest.raises(ComposeError, match=f"service {DEFAULT_SERVICE}: bad worker flags in its command"):
-        worker_command(StackSettings(), broken)
+        worker_commands(StackSettings(), broken)
+
+
+def test_an_unknown_service_is_refused_with_the_ones_there_are() -> None:
+    with pytest.raises(ComposeError, match="no model service 'gpt-4'; it has: llama-2-7b-chat"):
+        COMPOSE.model("gpt-4")

@@ -22,9 +22,11 @@ from llm_ops.protocol.controller import (
     HeartbeatResponse,
     ModelList,
     ModelQuery,
+    RegisteredWorker,
     RegisterWorkerRequest,
     RegisterWorkerResponse,
     WorkerAddress,
+    WorkerList,
 )
 from llm_ops.protocol.worker import WorkerStatus
 
@@ -103,6 +105,21 @@ async def worker_get_status(request: Request) -> WorkerStatus:
     )
 
 
+async def list_workers(request: Request) -> WorkerList:
+    known = registry(request)
+    return WorkerList(
+        workers=[
+            RegisteredWorker(
+                name=name,
+                model_names=info.model_names,
+                queue_length=info.queue_length,
+                seconds_since_heart_beat=round(known.clock() - info.last_heart_beat, 3),
+            )
+            for name, info in known.workers.items()
+        ]
+    )
+
+
 async def test_connection() -> str:
     return "success"
 
@@ -145,5 +162,6 @@ def create_controller_app(known: WorkerRegistry, transport: httpx.AsyncBaseTrans
     for path, endpoint in fastchat_routes:
         app.add_api_route(path, endpoint, methods=["POST"])
     app.add_api_route("/test_connection", test_connection, methods=["GET"])
+    app.add_api_route("/list_workers", list_workers, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
     return app

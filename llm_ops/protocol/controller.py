@@ -45,3 +45,16 @@ class WorkerAddress(BaseModel):
 
 class ModelList(BaseModel):
     models: list[str]
+
+
+class RegisteredWorker(BaseModel):
+    name: str
+    model_names: list[str]
+    queue_length: int
+    seconds_since_heart_beat: float
+
+
+class WorkerList(BaseModel):
+    """`GET /list_workers`: not in FastChat's protocol; for operators and tests."""
+
+    workers: list[RegisteredWorker]

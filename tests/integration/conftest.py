@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports_in_a_row
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -34,15 +34,29 @@ START_TIMEOUT = 900.0
 PORT_ATTEMPTS = 3  # a free port can be taken by another process between our check and the bind
 ADDRESS_IN_USE = "address already in use"
 STOP_TIMEOUT = 30.0
+REPLICAS = 2
+HEART_BEAT_INTERVAL, HEART_BEAT_EXPIRATION = 1, 5  # seconds; short, so that failover can be watched
 
 
 @dataclass(frozen=True)
 class Stack:
     base_url: str  # https://localhost:PORT
     http_url: str  # http://localhost:PORT, redirects to HTTPS
-    worker_url: str  # the worker itself, behind Traefik
+    worker_urls: list[str]  # the replicas themselves, behind Traefik
+    controller_url: str
     ca_file: Path
     log_file: Path
+
+    @property
+    def worker_url(self) -> str:
+        return self.worker_urls[0]
+
+    def queue_length(self) -> int:
+        """Requests in flight on all replicas."""
+        return sum(httpx.post(f"{url}/api/worker_get_status").json()["queue_length"] for url in self.worker_urls)
+
+    def registered_workers(self) -> list[str]:
+        return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
 
     def tls(self) -> ssl.SSLContext:
         """Trusts the stack's own CA, and nothing else."""
@@ -81,11 +95,13 @@ def _wait_until_serving(process: subprocess.Popen[bytes], stack: Stack) -> None:
 def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
     """`llm-ops up` on free ports; again on new ones if another process took one before it could listen."""
     for attempt in range(PORT_ATTEMPTS):
-        https_port, http_port, admin_port, worker_port = (free_port() for _ in range(4))
+        https_port, http_port, admin_port, controller_port, api_port = (free_port() for _ in range(5))
+        worker_port = free_ports_in_a_row(REPLICAS)
         stack = Stack(
             base_url=f"https://localhost:{https_port}",
             http_url=f"http://localhost:{http_port}",
-            worker_url=f"http://127.0.0.1:{worker_port}",
+            worker_urls=[f"http://127.0.0.1:{worker_port + replica}" for replica in range(REPLICAS)],
+            controller_url=f"http://127.0.0.1:{controller_port}",
             ca_file=state_dir / "tls" / "ca.pem",
             log_file=state_dir / f"stack-{attempt}.log",
         )
@@ -96,6 +112,11 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--http-port", str(http_port),
             "--admin-port", str(admin_port),
             "--port", str(worker_port),
+            "--replicas", str(REPLICAS),
+            "--controller-port", str(controller_port),
+            "--openai-api-port", str(api_port),
+            "--heart-beat-interval", str(HEART_BEAT_INTERVAL),
+            "--heart-beat-expiration", str(HEART_BEAT_EXPIRATION),
             "--compose-file", str(COMPOSE_FILE),
         ]  # fmt: skip
         with stack.log_file.open("wb") as log:

@@ -137,11 +137,10 @@ def test_a_client_that_leaves_mid_stream_frees_the_worker_which_keeps_serving(st
         with client.stream("POST", f"/api/{MODEL}/worker_generate_stream", json=body) as response:
             chunks = response.iter_raw()
             first = next(chunks)
-            busy = httpx.post(f"{stack.worker_url}/api/worker_get_status").json()["queue_length"]
-            assert (busy, first.count(b"\0")) == (1, 1), first
+            assert (stack.queue_length(), first.count(b"\0")) == (1, 1), first
         # leaving the `with` closes the connection mid-stream
     deadline = time.monotonic() + 10
-    while httpx.post(f"{stack.worker_url}/api/worker_get_status").json()["queue_length"] != 0:
+    while stack.queue_length() != 0:
         assert time.monotonic() < deadline, "the worker still counts the abandoned request"
         time.sleep(0.1)
     with stack.client() as client:
@@ -154,6 +153,6 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_the_worker(stack: St
     with stack.client(timeout=1.5) as client, pytest.raises(httpx.ReadTimeout):
         client.post(f"/api/{MODEL}/worker_generate", json=body)
     deadline = time.monotonic() + 10
-    while httpx.post(f"{stack.worker_url}/api/worker_get_status").json()["queue_length"] != 0:
+    while stack.queue_length() != 0:
         assert time.monotonic() < deadline, "the worker still counts the abandoned request"
         time.sleep(0.1)

@@ -110,6 +110,8 @@ async def test_fastchat_registration_heartbeat_and_listing(client: httpx.AsyncCl
     assert (await client.post("/get_worker_address", json={"model": "x"})).json() == {"address": ""}
     heartbeat = {"worker_name": A, "queue_length": 5, "some_future_field": 1}
     assert (await client.post("/receive_heart_beat", json=heartbeat)).json() == {"exist": True}
+    workers = (await client.get("/list_workers")).json()["workers"]
+    assert [(w["name"], w["model_names"], w["queue_length"]) for w in workers] == [(A, ["m", "m.v2"], 5)]
     unknown = {"worker_name": B, "queue_length": 0}
     assert (await client.post("/receive_heart_beat", json=unknown)).json() == {"exist": False}
     assert (await client.get("/test_connection")).json() == "success"

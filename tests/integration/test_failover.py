@@ -1,0 +1,120 @@
+"""Two replicas; one is killed (SIGKILL) under steady traffic. Requests keep succeeding, the controller
+drops the dead worker after its heartbeats stop, and the replica, restarted, serves again."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.conftest import HEART_BEAT_EXPIRATION, MODEL, Stack, completion
+
+pytestmark = pytest.mark.integration
+RESTART_TIMEOUT = 600.0
+SETTLE_SECONDS = 5.0  # after the kill, a health-check interval (2 s) and a controller refresh, with margin
+
+
+@dataclass
+class Traffic:
+    """Requests sent one after another on a thread until stopped: (sent at, answered at, succeeded, what went wrong)."""
+
+    send: Callable[[httpx.Client], httpx.Response]
+    results: list[tuple[float, float, bool, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, stack: Stack) -> None:
+        with stack.client(timeout=30) as client:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = self.send(client)
+                    ok = response.status_code == 200 and "error" not in response.json()
+                    self.results.append((sent, time.monotonic(), ok, "" if ok else response.text[:200]))
+                except httpx.HTTPError as error:
+                    self.results.append((sent, time.monotonic(), False, repr(error)))
+
+    def failures(self, sent_after: float = 0.0, answered_before: float = float("inf")) -> list[str]:
+        return [
+            why
+            for sent, answered, ok, why in self.results
+            if not ok and sent_after <= sent and answered < answered_before
+        ]
+
+
+def worker_processes(port: int) -> list[psutil.Process]:
+    """The worker listening on `port` and its engine processes; not the wrapper that restarts it."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "worker" in cmdline and f"{port}" in cmdline and "llm_ops.restart" not in cmdline and "bash" not in cmdline:
+            return [process, *process.children(recursive=True)]
+    raise LookupError(f"no worker process on port {port}")
+
+
+def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_serving(
+    stack: Stack, record_property: Callable[[str, object], None]
+) -> None:
+    victim = stack.worker_urls[1]
+    openai_body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    flows = {
+        "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
+        "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
+    }
+    threads = [threading.Thread(target=flow.run, args=(stack,)) for flow in flows.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        for process in worker_processes(int(victim.rsplit(":", 1)[1])):
+            process.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        while f"{victim}/api" in stack.registered_workers():
+            assert time.monotonic() - killed < HEART_BEAT_EXPIRATION + 3, "the dead worker is still registered"
+            time.sleep(0.2)
+        dropped_after = time.monotonic() - killed
+        time.sleep(max(0.0, SETTLE_SECONDS - dropped_after) + 3)
+    finally:
+        for flow in flows.values():
+            flow.stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    record_property("controller_dropped_dead_worker_after_s", round(dropped_after, 2))
+    for name, flow in flows.items():
+        record_property(f"{name}_requests", len(flow.results))
+        record_property(f"{name}_failures", flow.failures())  # in flight on the victim, or sent in the gap
+        assert len(flow.results) > 10, f"{name}: too little traffic to show anything"
+        assert flow.failures(answered_before=killed) == [], f"{name} failed before the kill"
+        assert flow.failures(sent_after=killed + SETTLE_SECONDS) == [], f"{name} still failing after the gap"
+    assert httpx.get(f"{stack.worker_urls[0]}/health").status_code == 200
+
+
+def queue_length(worker_url: str) -> int:
+    length: int = httpx.post(f"{worker_url}/api/worker_get_status").json()["queue_length"]
+    return length
+
+
+def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack) -> None:
+    victim = stack.worker_urls[1]
+    deadline = time.monotonic() + RESTART_TIMEOUT
+    while f"{victim}/api" not in stack.registered_workers():
+        assert time.monotonic() < deadline, "the replica did not come back"
+        time.sleep(1)
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
+    busy: set[str] = set()
+    with stack.client(timeout=120) as client:
+        requests = [
+            threading.Thread(target=client.post, args=("/v1/completions",), kwargs={"json": body}) for _ in range(4)
+        ]
+        for request in requests:
+            request.start()
+        while any(request.is_alive() for request in requests):
+            busy |= {
+                url for url in stack.worker_urls if httpx.post(f"{url}/api/worker_get_status").json()["queue_length"]
+            }
+            time.sleep(0.05)
+    assert victim in busy, "the controller did not send anything to the restarted replica"

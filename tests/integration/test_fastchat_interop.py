@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import openai
@@ -113,11 +114,12 @@ FASTCHAT_STREAM_SCRIPT = textwrap.dedent(
 
 
 def test_fastchats_stream_reader_reads_our_workers_stream(stack: Stack, tmp_path: Path) -> None:
-    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{stack.worker_url}/api", MODEL]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env=os.environ | {"LOGDIR": str(tmp_path)}
-    )
-    texts = json.loads(result.stdout.strip().splitlines()[-1])
+    output = tmp_path / "texts.json"
+    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{stack.worker_url}/api", MODEL, str(output)]
+    env = os.environ | {"LOGDIR": str(tmp_path)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    texts = json.loads(output.read_text())
     assert len(texts) > 3 and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # cumulative
     assert "Paris" in texts[-1]
 
@@ -132,16 +134,30 @@ FASTCHAT_WORKER_SCRIPT = textwrap.dedent(
     import json, sys, time
     from fastchat.serve.base_model_worker import BaseModelWorker
 
+    def step(name):  # FastChat's logger has taken over sys.stdout
+        sys.__stdout__.write(f"STEP {name}\n")
+        sys.__stdout__.flush()
+
     controller, worker_address, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
     worker = BaseModelWorker(controller, worker_address, "test", "fastchat-model", ["fastchat-model"], 5, "vicuna_v1.1")
     worker.register_to_controller()
     worker.send_heart_beat()
-    print(json.dumps({"step": "registered"}), flush=True)
+    step("registered")
     time.sleep(wait)  # long enough for the controller to expire it
     worker.send_heart_beat()  # told it is unknown, FastChat's worker registers again
-    print(json.dumps({"step": "registered again"}), flush=True)
+    step("registered again")
     """
 )
+
+
+def next_step(output: IO[bytes]) -> str:
+    """The next STEP line the script printed; FastChat's own log lines come in between."""
+    seen = []
+    for line in output:
+        if line.startswith(b"STEP "):
+            return line.decode().removeprefix("STEP ").strip()
+        seen.append(line.decode())
+    raise AssertionError("the FastChat worker script ended early:\n" + "".join(seen))
 
 
 def test_a_fastchat_worker_registers_is_expired_and_registers_again(stack: Stack, tmp_path: Path) -> None:
@@ -152,13 +168,13 @@ def test_a_fastchat_worker_registers_is_expired_and_registers_again(stack: Stack
     )
     try:
         assert process.stdout is not None
-        assert json.loads(process.stdout.readline())["step"] == "registered", process.stdout.read()
+        assert next_step(process.stdout) == "registered"
         assert FASTCHAT_WORKER in stack.registered_workers()
         deadline = time.monotonic() + wait
         while FASTCHAT_WORKER in stack.registered_workers():
             assert time.monotonic() < deadline, "the controller kept a worker whose heartbeats stopped"
             time.sleep(0.2)
-        assert json.loads(process.stdout.readline())["step"] == "registered again", process.stdout.read()
+        assert next_step(process.stdout) == "registered again"
         assert FASTCHAT_WORKER in stack.registered_workers()
     finally:
         process.wait(timeout=30)

@@ -135,7 +135,7 @@ FASTCHAT_WORKER_SCRIPT = textwrap.dedent(
     from fastchat.serve.base_model_worker import BaseModelWorker
 
     def step(name):  # FastChat's logger has taken over sys.stdout
-        sys.__stdout__.write(f"STEP {name}\n")
+        sys.__stdout__.write(f"STEP {name}\\n")
         sys.__stdout__.flush()
 
     controller, worker_address, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])

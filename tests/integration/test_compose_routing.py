@@ -45,8 +45,9 @@ HEALTH_TIMEOUT = 15.0  # the labels check every 2 s
 class EchoBackend:
     """Stands in for one worker container: answers every request with its own name and the path it got.
 
-    HTTP/1.0, one request per connection: once stopped, it is really gone for Traefik. It keeps its port
-    across a restart, like a restarted container keeps its address.
+    One request per connection, said with `Connection: close` (Traefik's fast proxy pools connections
+    unless told): once stopped, it is really gone. It keeps its port across a restart, like a
+    restarted container keeps its address.
     """
 
     def __init__(self, name: str) -> None:
@@ -79,6 +80,7 @@ class EchoBackend:
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                self.send_header("connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -160,7 +162,11 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
         log_file = state / f"traefik-{attempt}.log"
         with log_file.open("wb") as log:
             traefik = subprocess.Popen([traefik_binary(), *flags], stdout=log, stderr=subprocess.STDOUT)
-        wait_for(functools.partial(_loaded_or_exited, traefik, door), READY_TIMEOUT, "routers in Traefik")
+        try:
+            wait_for(functools.partial(_loaded_or_exited, traefik, door), READY_TIMEOUT, "routers in Traefik")
+        except BaseException:
+            traefik.kill()
+            raise
         if traefik.poll() is None:
             return traefik, door
         if ADDRESS_IN_USE not in log_file.read_text():
@@ -175,7 +181,7 @@ def _loaded_or_exited(traefik: subprocess.Popen[bytes], door: FrontDoor) -> bool
 def _routers_loaded(door: FrontDoor) -> bool:
     try:
         loaded = {router["name"] for router in httpx.get(f"{door.admin_url}/api/http/routers", timeout=2).json()}
-    except httpx.TransportError:
+    except (httpx.TransportError, ValueError):  # not up yet, or another process on the port
         return False
     return {f"{rid}@file" for rid in router_ids()} <= loaded
 

@@ -131,11 +131,11 @@ def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file:
     """True once every replica is healthy and every model answers through Traefik, over TLS verified
     against our CA, both at /api/<model>/ and in the OpenAI API's /v1/models."""
     deadline = time.monotonic() + settings.ready_timeout
-    checks = [f"{worker_url(settings, replica)}/health" for replica in range(settings.replicas)]
-    checks += [f"{base_url(settings)}/api/{name}/worker_get_status" for name in model_names]
+    checks = [("GET", f"{worker_url(settings, replica)}/health") for replica in range(settings.replicas)]
+    checks += [("POST", f"{base_url(settings)}/api/{name}/worker_get_status") for name in model_names]
     with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file)), timeout=5) as client:
         while not stop.is_set() and time.monotonic() < deadline:
-            if checks and _answers(client, "POST" if checks[0].endswith("status") else "GET", checks[0]):
+            if checks and _answers(client, *checks[0]):
                 checks.pop(0)
             elif not checks and set(model_names) <= _openai_models(client, settings):
                 return True

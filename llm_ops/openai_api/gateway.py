@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from llm_ops.controller.client import ControllerClient
 from llm_ops.openai_api.protocol import ChatCompletionRequest, CompletionRequest, ErrorDetail, ErrorResponse
 from llm_ops.protocol.errors import ErrorCode
+from llm_ops.protocol.errors import ErrorResponse as WorkerErrorResponse
 from llm_ops.protocol.framing import iter_chunks
 from llm_ops.protocol.worker import ChatMessage, GenerateChunk, GenerateRequest, Role, Usage
 
@@ -129,7 +130,8 @@ class Gateway:
 
 def worker_error(response: httpx.Response) -> APIError:
     try:
-        text, code = response.json()["text"], ErrorCode(response.json()["error_code"])
-    except (ValueError, KeyError, TypeError):
+        error = WorkerErrorResponse.model_validate_json(response.content)
+        code = ErrorCode(error.error_code)
+    except ValueError:  # not our error body (pydantic's ValidationError is a ValueError too)
         return APIError(502, f"the worker answered {response.status_code}: {response.text[:200]}")
-    return APIError(response.status_code, text, OPENAI_CODES.get(code))
+    return APIError(response.status_code, error.text, OPENAI_CODES.get(code))

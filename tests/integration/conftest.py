@@ -55,6 +55,13 @@ class Stack:
         """Requests in flight on all replicas."""
         return sum(httpx.post(f"{url}/api/worker_get_status").json()["queue_length"] for url in self.worker_urls)
 
+    def wait_until_idle(self, timeout: float, failure: str) -> None:
+        """Until no replica counts a request in flight; fails with `failure` after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.queue_length() != 0:
+            assert time.monotonic() < deadline, failure
+            time.sleep(0.1)
+
     def registered_workers(self) -> list[str]:
         return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
 

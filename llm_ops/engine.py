@@ -54,6 +54,10 @@ class Engine(Protocol):
 
     async def check_health(self) -> None: ...
 
+    def running_requests(self) -> int:
+        """Requests the engine itself still holds: the ground truth for "was it aborted"."""
+        ...
+
 
 class VLLMEngine:
     """`Engine` over vLLM's `AsyncLLM` with delta outputs."""
@@ -95,6 +99,10 @@ class VLLMEngine:
 
     async def check_health(self) -> None:
         await self._llm.check_health()
+
+    def running_requests(self) -> int:
+        count: int = self._llm.get_num_unfinished_requests()
+        return count
 
 
 def engine_args(settings: EngineSettings, model_path: str, served_name: str) -> dict[str, Any]:

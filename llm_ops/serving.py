@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import logging
+import math
+import signal
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, TypeVar
 
+import uvicorn
 from fastapi import Request
 
+from llm_ops.settings import LifecycleSettings
+
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # pydantic error types that mean "a number outside its allowed range".
 RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
@@ -65,3 +73,67 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None
 async def _wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn with a graceful stop a load balancer can follow.
+
+    On SIGTERM (or a first Ctrl-C): `on_drain` runs (a worker's health turns 503) and requests are
+    still served for `drain_seconds`, so the front door's health check takes the server out of its
+    rotation before it stops listening; nothing routed to it in that window is lost. Then uvicorn's
+    own shutdown: no new connections, requests in flight get `graceful_timeout` seconds, the app's
+    lifespan ends (a worker's engine shuts down). The process exits 0, not by re-raising the signal.
+    More SIGTERMs change nothing; a second Ctrl-C stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float, on_drain: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self.on_drain = on_drain
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining:
+            if sig == signal.SIGINT:
+                self.should_exit = self.force_exit = True
+            return
+        self.draining = True
+        logger.info("%s: draining for %g s, then stopping", signal.Signals(sig).name, self.drain_seconds)
+        self.on_drain()
+        if self._loop is None:  # not serving yet: nothing to drain
+            self.should_exit = True
+        else:
+            self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._stop)
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
+def serve(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    lifecycle: LifecycleSettings,
+    on_drain: Callable[[], None],
+    **config: Any,
+) -> None:
+    """Run `app` with uvicorn until SIGTERM/Ctrl-C, then stop gracefully (`DrainingServer`)."""
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=math.ceil(lifecycle.graceful_timeout),
+        # h11, not httptools: with httptools about one in three streams proxied by Traefik on a reused
+        # connection, right after a long stream on another connection, was cut after its headers
+        # (seen with benchmarks/stream_overhead.py; cause not found). h11 never showed it.
+        http="h11",
+        **config,
+    )
+    DrainingServer(uvicorn_config, lifecycle.drain_seconds, on_drain).run()

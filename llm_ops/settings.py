@@ -22,6 +22,7 @@ class ConfigurationError(ValueError):
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
+MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
 
 
 class ModelSettings(BaseModel):
@@ -59,7 +60,43 @@ class EngineSettings(BaseModel):
     )
 
 
-class ServerSettings(BaseModel):
+class LifecycleSettings(BaseModel):
+    """How an HTTP server of LLM Ops stops on SIGTERM (see `llm_ops.serving.serve`)."""
+
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM: seconds the server reports unhealthy but still serves, so that the front "
+        "door's health check (every 2 s) routes new requests elsewhere before the server stops listening",
+    )
+    graceful_timeout: float = Field(
+        30.0, ge=0, description="then: seconds requests in flight get to finish before they are cancelled"
+    )
+
+
+class LimitSettings(BaseModel):
+    """What a public server (worker, OpenAI API) takes from a client."""
+
+    max_body_bytes: int = Field(
+        MAX_BODY_BYTES, ge=1024, description="largest request body; larger ones get 413 without being read"
+    )
+
+
+class AdmissionSettings(BaseModel):
+    """How many requests a worker takes at once (see `llm_ops.worker.admission`)."""
+
+    limit_worker_concurrency: int = Field(
+        64, ge=1, description="requests generating at once (FastChat's flag of the same name)"
+    )
+    max_queued_requests: int = Field(
+        128, ge=0, description="requests waiting for a running slot; beyond them: 429 at once"
+    )
+    max_queue_wait: float = Field(
+        30.0, gt=0, description="seconds a request may wait for a running slot before it gets 429"
+    )
+
+
+class ServerSettings(LifecycleSettings, LimitSettings, AdmissionSettings):
     """The worker's HTTP server."""
 
     host: str = Field("127.0.0.1", description="address the worker listens on")
@@ -92,7 +129,7 @@ class WorkerSettings(ModelSettings, EngineSettings, ServerSettings, Registration
         return self.worker_address or f"http://{self.host}:{self.port}/api"
 
 
-class ControllerSettings(BaseModel):
+class ControllerSettings(LifecycleSettings):
     """The controller: FastChat's controller protocol. Defaults are shorter than FastChat's (45 s / 90 s)
     so that a dead worker leaves the rotation within half a minute."""
 
@@ -107,7 +144,7 @@ class ControllerSettings(BaseModel):
     log_level: str = Field("info", description="uvicorn log level")
 
 
-class OpenAIApiSettings(BaseModel):
+class OpenAIApiSettings(LifecycleSettings, LimitSettings):
     """The OpenAI-compatible API server: picks workers through the controller."""
 
     host: str = Field("127.0.0.1", description="address the API server listens on")

@@ -135,13 +135,18 @@ async def expire_workers(known: WorkerRegistry, every: float) -> None:
             logger.info("dropped worker %s: no heartbeat for %.0f s", name, known.expiration)
 
 
-def create_controller_app(known: WorkerRegistry, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """`transport`: how to reach the workers (tests pass in-process apps)."""
+def create_controller_app(
+    known: WorkerRegistry,
+    transport: httpx.AsyncBaseTransport | None = None,
+    worker_headers: dict[str, str] | None = None,
+) -> FastAPI:
+    """`transport`: how to reach the workers (tests pass in-process apps); `worker_headers`: sent to
+    them (an API key when the workers need one)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         expiry = asyncio.create_task(expire_workers(known, every=min(1.0, known.expiration / 2)))
-        async with httpx.AsyncClient(transport=transport) as http:
+        async with httpx.AsyncClient(transport=transport, headers=worker_headers) as http:
             app.state.http = http
             yield
         expiry.cancel()

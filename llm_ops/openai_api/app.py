@@ -19,8 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from llm_ops.access import LimitBody, RequireApiKey, authorization_headers
 from llm_ops.controller.client import ControllerClient
-from llm_ops.openai_api.gateway import APIError, Gateway, worker_request
+from llm_ops.openai_api.gateway import OPENAI_CODES, APIError, Gateway, worker_request
 from llm_ops.openai_api.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -36,8 +37,10 @@ from llm_ops.openai_api.protocol import (
     ModelList,
     Usage,
 )
+from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.worker import GenerateChunk
 from llm_ops.serving import cancel_on_disconnect, describe_validation_errors
+from llm_ops.settings import MAX_BODY_BYTES
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
 WORKER_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)  # answers can take minutes
@@ -209,7 +212,12 @@ async def health() -> dict[str, str]:
 
 async def _api_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, APIError)
-    return JSONResponse(error.body.model_dump(), status_code=error.status)
+    return JSONResponse(error.body.model_dump(), status_code=error.status, headers=error.headers)
+
+
+def _refusal(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    error = APIError(status, message, OPENAI_CODES.get(code))
+    return JSONResponse(error.body.model_dump(), status_code=status)
 
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
@@ -218,12 +226,19 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     return await _api_error(_, APIError(400, invalid.message(), param=invalid.first_field))
 
 
-def create_openai_app(controller_address: str, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """`transport`: how to reach the controller and workers (tests pass in-process apps)."""
+def create_openai_app(
+    controller_address: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+    api_keys: frozenset[str] = frozenset(),
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """`transport`: how to reach the controller and workers (tests pass in-process apps). `api_keys`:
+    when given, every /v1/ route needs one, and requests to the workers carry one."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=WORKER_TIMEOUT, transport=transport) as http:
+        headers = authorization_headers(api_keys)
+        async with httpx.AsyncClient(timeout=WORKER_TIMEOUT, transport=transport, headers=headers) as http:
             app.state.gateway = Gateway(http, ControllerClient(http, controller_address))
             yield
 
@@ -234,4 +249,6 @@ def create_openai_app(controller_address: str, transport: httpx.AsyncBaseTranspo
     app.add_api_route("/health", health, methods=["GET"])
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_refusal)
+    app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/v1/",), refuse=_refusal)
     return app

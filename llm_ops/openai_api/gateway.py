@@ -28,15 +28,24 @@ OPENAI_CODES = {
     ErrorCode.INVALID_MODEL: "model_not_found",
     ErrorCode.CONTEXT_OVERFLOW: "context_length_exceeded",
     ErrorCode.ENGINE_OVERLOADED: "rate_limit_exceeded",
+    ErrorCode.INVALID_AUTH_KEY: "invalid_api_key",
 }
 
 
 class APIError(Exception):
     """An OpenAI-shaped error with its HTTP status."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}  # e.g. a worker's Retry-After
         kind = "invalid_request_error" if status < 500 else "server_error"
         self.body = ErrorResponse(error=ErrorDetail(message=message, type=kind, param=param, code=code))
 
@@ -134,4 +143,5 @@ def worker_error(response: httpx.Response) -> APIError:
         code = ErrorCode(error.error_code)
     except ValueError:  # not our error body (pydantic's ValidationError is a ValueError too)
         return APIError(502, f"the worker answered {response.status_code}: {response.text[:200]}")
-    return APIError(response.status_code, error.text, OPENAI_CODES.get(code))
+    retry_after = {"Retry-After": response.headers["Retry-After"]} if "Retry-After" in response.headers else None
+    return APIError(response.status_code, error.text, OPENAI_CODES.get(code), headers=retry_after)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import uvicorn
-
+from llm_ops.access import api_keys_from_environment
 from llm_ops.openai_api.app import create_openai_app
+from llm_ops.serving import serve
 from llm_ops.settings import OpenAIApiSettings
 
 
 def run_openai_api(settings: OpenAIApiSettings) -> None:
-    app = create_openai_app(settings.controller_address)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, http="h11")
+    app = create_openai_app(
+        settings.controller_address, api_keys=api_keys_from_environment(), max_body_bytes=settings.max_body_bytes
+    )
+    serve(app, settings.host, settings.port, settings.log_level, settings, on_drain=lambda: None)

@@ -1,8 +1,10 @@
 """The worker's HTTP surface: FastChat's worker endpoints under /api, plus /health.
 
 Routes are thin: they hand the typed request to `WorkerService` and turn its results and its
-`RequestError`s into responses. The app gets its service from `open_service`, an async context
-manager entered for the app's lifetime, so tests can run the same app over a fake engine.
+`RequestError`s into responses. A generate request holds an admission slot from before its first
+byte until its response is over, however it ends (`SlotStream`, `finally`). The app gets its
+service from `open_service`, an async context manager entered for the app's lifetime, so tests can
+run the same app over a fake engine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import TypeVar
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from llm_ops.access import LimitBody, RequireApiKey
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.protocol.worker import (
@@ -31,6 +35,8 @@ from llm_ops.protocol.worker import (
     as_generate_request,
 )
 from llm_ops.serving import cancel_on_disconnect, describe_validation_errors
+from llm_ops.settings import MAX_BODY_BYTES
+from llm_ops.worker.admission import Overloaded, Slot
 from llm_ops.worker.service import PreparedRequest, WorkerService
 
 OpenService = Callable[[], contextlib.AbstractAsyncContextManager[WorkerService]]
@@ -47,11 +53,34 @@ def service(request: Request) -> WorkerService:
     return worker
 
 
+class SlotStream(StreamingResponse):
+    """A streamed answer that gives its admission slot back when the response ends, even if the
+    client left before the stream's first chunk (a generator that never started has no `finally`)."""
+
+    def __init__(self, content: AsyncIterator[bytes], slot: Slot) -> None:
+        super().__init__(content, media_type="text/plain")
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()
+
+
+async def admit(worker: WorkerService, request: Request) -> Slot | None:
+    """A running slot, or None if the client left while waiting for one."""
+    return await cancel_on_disconnect(request, worker.admit())
+
+
 @router.post("/worker_generate_stream", response_class=StreamingResponse)
-async def worker_generate_stream(body: WorkerGenerateBody, request: Request) -> StreamingResponse:
+async def worker_generate_stream(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
     prepared = await worker.prepare(as_generate_request(body))
-    return StreamingResponse(_framed(worker, prepared), media_type="text/plain")
+    slot = await admit(worker, request)
+    if slot is None:
+        return Response(status_code=499)
+    return SlotStream(_framed(worker, prepared), slot)
 
 
 async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIterator[bytes]:
@@ -64,7 +93,13 @@ async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIter
 async def worker_generate(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
     prepared = await worker.prepare(as_generate_request(body))
-    result = await cancel_on_disconnect(request, worker.generate(prepared))
+    slot = await admit(worker, request)
+    if slot is None:
+        return Response(status_code=499)
+    try:
+        result = await cancel_on_disconnect(request, worker.generate(prepared))
+    finally:
+        slot.release()
     if result is None:  # the client left; nobody reads this answer
         return Response(status_code=499)
     status = 200 if result.error_code == 0 else 500
@@ -93,31 +128,51 @@ async def model_details(request: Request) -> ModelDetails:
 
 
 async def health(request: Request) -> JSONResponse:
+    """200 while the worker should get requests; 503 (do not route here) when its engine failed or it
+    is draining. Also says what it is doing, counted by the worker and by the engine itself."""
+    worker = service(request)
+    counts = {
+        "running": worker.admission.running,
+        "waiting": worker.admission.waiting,
+        "engine_requests": worker.engine.running_requests(),
+    }
     try:
-        await service(request).engine.check_health()
+        await worker.engine.check_health()
     except Exception as error:  # any failure of the check means: do not route here
-        return JSONResponse({"status": "unhealthy", "detail": str(error)}, status_code=503)
-    return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy", "detail": str(error)} | counts, status_code=503)
+    if worker.draining:
+        return JSONResponse({"status": "draining"} | counts, status_code=503)
+    return JSONResponse({"status": "ok"} | counts)
 
 
-def _error(code: ErrorCode, message: str) -> JSONResponse:
-    error = RequestError(code, message)
-    return JSONResponse(error.to_response().model_dump(), status_code=error.status_code)
+def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
+    body = RequestError(code, message).to_response().model_dump()
+    return JSONResponse(body, status_code=status)
 
 
 async def _request_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestError)
-    return _error(error.code, error.message)
+    response = _error(error.status_code, error.code, error.message)
+    if isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     invalid = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS)
     code = ErrorCode.PARAM_OUT_OF_RANGE if invalid.out_of_range else ErrorCode.VALIDATION_TYPE_ERROR
-    return _error(code, invalid.message())
+    return _error(400, code, invalid.message())
 
 
-def create_worker_app(open_service: OpenService, background: Background | None = None) -> FastAPI:
+def create_worker_app(
+    open_service: OpenService,
+    background: Background | None = None,
+    api_keys: frozenset[str] = frozenset(),
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """`api_keys`: when given, every /api/ route needs one (/health stays open for the front door)."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_service() as worker:
@@ -135,4 +190,6 @@ def create_worker_app(open_service: OpenService, background: Background | None =
     app.add_api_route("/health", health, methods=["GET"])
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_error)
+    app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/api/",), refuse=_error)
     return app

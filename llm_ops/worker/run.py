@@ -11,15 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from huggingface_hub import try_to_load_from_cache
 
+from llm_ops.access import api_keys_from_environment
 from llm_ops.controller.client import ControllerClient
 from llm_ops.engine import open_engine
 from llm_ops.models.default import FOLDER_NAME, ensure_default_model
 from llm_ops.prompts.build import ChatRenderer, ConvTemplateRenderer, TokenizerChatTemplateRenderer
 from llm_ops.prompts.conversation import conv_template_names
+from llm_ops.serving import serve
 from llm_ops.settings import DEFAULT_MODEL_NAME, ConfigurationError, WorkerSettings
+from llm_ops.worker.admission import Admission
 from llm_ops.worker.app import Background, create_worker_app
 from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.service import WorkerService
@@ -87,7 +89,8 @@ async def open_worker_service(settings: WorkerSettings) -> AsyncIterator[WorkerS
     async with open_engine(engine_settings, model_path, names[0]) as engine:
         renderer = chat_renderer(settings, template, engine.tokenizer())
         logger.info("serving %s from %s", ", ".join(names), model_path)
-        yield WorkerService(engine, names, renderer)
+        admission = Admission(settings.limit_worker_concurrency, settings.max_queued_requests, settings.max_queue_wait)
+        yield WorkerService(engine, names, renderer, admission)
 
 
 def registration(settings: WorkerSettings) -> Background | None:
@@ -106,15 +109,20 @@ def registration(settings: WorkerSettings) -> Background | None:
 
 def run_worker(settings: WorkerSettings) -> None:
     check_before_start(settings)
-    app = create_worker_app(lambda: open_worker_service(settings), registration(settings))
-    uvicorn.run(
+    open_service = lambda: open_worker_service(settings)  # noqa: E731
+    app = create_worker_app(open_service, registration(settings), api_keys_from_environment(), settings.max_body_bytes)
+
+    def drain() -> None:
+        worker: WorkerService | None = getattr(app.state, "worker", None)
+        if worker is not None:
+            worker.draining = True
+
+    serve(
         app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
+        settings.host,
+        settings.port,
+        settings.log_level,
+        settings,
+        on_drain=drain,
         timeout_keep_alive=settings.keep_alive_timeout,
-        # With uvicorn's httptools parser, about one in three streams proxied by Traefik on a reused
-        # connection, right after a long stream on another connection, was cut after its headers
-        # (seen with benchmarks/stream_overhead.py; cause not found). h11 never showed it.
-        http="h11",
     )

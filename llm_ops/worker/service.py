@@ -1,8 +1,9 @@
-"""What a worker does with a request: validate it against the model, build the prompt, run it.
+"""What a worker does with a request: validate it against the model, build the prompt, admit it, run it.
 
 `prepare` does every check that can refuse a request, so refusals are plain 4xx JSON answers and a
-stream that has started only ends because generation ended. `stream` keeps the worker's count of
-requests in flight exact on every exit path: finished, failed, or abandoned by its client.
+stream that has started only ends because generation ended. `admit` hands out a running slot or
+refuses with 429 (see `admission`); whoever holds a slot releases it however the request ends.
+Closing a `stream` early aborts its engine request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from llm_ops.engine import Engine, SamplingOptions
 from llm_ops.prompts.build import ChatRenderer, Prompt, build_prompt
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.worker import GenerateChunk, GenerateRequest, Usage, WorkerStatus
+from llm_ops.worker.admission import Admission, Slot
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +34,21 @@ class PreparedRequest:
 
 
 class WorkerService:
-    def __init__(self, engine: Engine, model_names: list[str], renderer: ChatRenderer) -> None:
+    def __init__(
+        self, engine: Engine, model_names: list[str], renderer: ChatRenderer, admission: Admission | None = None
+    ) -> None:
         self.engine = engine
         self.model_names = model_names
         self.renderer = renderer
-        self.in_flight = 0
+        self.admission = admission or Admission(max_running=64, max_waiting=64, max_wait_seconds=30)
+        self.draining = False  # set on SIGTERM: health says so, and the front door routes elsewhere
 
     def status(self) -> WorkerStatus:
-        return WorkerStatus(model_names=self.model_names, queue_length=self.in_flight)
+        """FastChat's queue length: requests running plus requests waiting for a slot."""
+        return WorkerStatus(model_names=self.model_names, queue_length=self.admission.running + self.admission.waiting)
+
+    async def admit(self) -> Slot:
+        return await self.admission.acquire()
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenizer().encode(text))
@@ -97,7 +106,6 @@ class WorkerService:
         prompt_tokens = len(prepared.prompt_token_ids)
         completion_tokens = 0
         deltas = self.engine.generate(prepared.prompt_token_ids, prepared.options, prepared.request_id)
-        self.in_flight += 1
         try:
             async with contextlib.aclosing(deltas):  # closing the engine stream now, not at GC, aborts now
                 async for delta in deltas:
@@ -116,8 +124,6 @@ class WorkerService:
                 usage=Usage.of(prompt_tokens, completion_tokens),
                 finish_reason="error",
             )
-        finally:
-            self.in_flight -= 1
 
     async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
         """The whole answer: the stream's last chunk."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from llm_ops.engine import Delta, SamplingOptions
 from llm_ops.prompts.build import ConvTemplateRenderer
+from llm_ops.worker.admission import Admission
 from llm_ops.worker.service import WorkerService
 
 
@@ -29,6 +30,7 @@ class FakeEngine:
     delay: float = 0.0
     max_model_len: int = 64
     fail_after: int | None = None
+    fail_seed: int | None = None  # requests with this seed fail after their first word
     started: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
@@ -46,7 +48,9 @@ class FakeEngine:
         done = False
         try:
             for index, word in enumerate(words):
-                if self.fail_after is not None and index == self.fail_after:
+                seeded_to_fail = self.fail_seed is not None and options.seed == self.fail_seed
+                fails_here = 1 if seeded_to_fail else self.fail_after
+                if fails_here is not None and index == fails_here:
                     raise RuntimeError("simulated engine failure")
                 await asyncio.sleep(self.delay)
                 last = index == len(words) - 1
@@ -59,11 +63,14 @@ class FakeEngine:
     async def check_health(self) -> None:
         return None
 
+    def running_requests(self) -> int:
+        return len(self.started) - len(self.finished) - len(self.aborted)
 
-def fake_service(engine: FakeEngine, names: list[str] | None = None) -> WorkerService:
-    return WorkerService(engine, names or ["fake-model", "fake.model-1.5"], ConvTemplateRenderer("chatml"))
+
+def fake_service(engine: FakeEngine, names: list[str] | None = None, admission: Admission | None = None) -> WorkerService:
+    return WorkerService(engine, names or ["fake-model", "fake.model-1.5"], ConvTemplateRenderer("chatml"), admission)
 
 
 @contextlib.asynccontextmanager
-async def open_fake_service(engine: FakeEngine) -> AsyncIterator[WorkerService]:
-    yield fake_service(engine)
+async def open_fake_service(engine: FakeEngine, admission: Admission | None = None) -> AsyncIterator[WorkerService]:
+    yield fake_service(engine, admission=admission)

@@ -1,4 +1,4 @@
-"""WorkerService keeps its in-flight count exact and aborts what nobody reads any more."""
+"""WorkerService aborts in the engine what nobody reads any more."""
 
 from __future__ import annotations
 
@@ -23,28 +23,28 @@ def chat_request() -> GenerateRequest:
     )
 
 
-async def test_closing_a_stream_early_aborts_the_engine_request_and_frees_the_slot() -> None:
+async def test_closing_a_stream_early_aborts_the_engine_request() -> None:
     engine = FakeEngine(delay=0.01)
     service = fake_service(engine)
     stream = service.stream(await service.prepare(chat_request()))
     await anext(stream)
-    assert service.status().queue_length == 1
+    assert engine.running_requests() == 1
     await stream.aclose()
     assert engine.aborted == engine.started
-    assert service.status().queue_length == 0
+    assert engine.running_requests() == 0
 
 
-async def test_cancelling_a_whole_answer_aborts_the_engine_request_and_frees_the_slot() -> None:
+async def test_cancelling_a_whole_answer_aborts_the_engine_request() -> None:
     engine = FakeEngine(delay=0.05)
     service = fake_service(engine)
     task = asyncio.create_task(service.generate(await service.prepare(chat_request())))
     await asyncio.sleep(0.07)
-    assert service.status().queue_length == 1
+    assert engine.running_requests() == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert engine.aborted == engine.started
-    assert service.status().queue_length == 0
+    assert engine.running_requests() == 0
 
 
 async def test_finished_requests_are_not_aborted() -> None:
@@ -55,7 +55,7 @@ async def test_finished_requests_are_not_aborted() -> None:
     assert engine.aborted == []
 
 
-async def test_many_abandoned_and_failed_requests_leave_nothing_in_flight() -> None:
+async def test_many_abandoned_and_failed_requests_leave_nothing_running_in_the_engine() -> None:
     engine = FakeEngine(delay=0.001, fail_after=3)
     service = fake_service(engine)
 
@@ -68,5 +68,5 @@ async def test_many_abandoned_and_failed_requests_leave_nothing_in_flight() -> N
         await stream.aclose()
 
     await asyncio.gather(*(abandon_after(n % 5 + 1) for n in range(100)))
-    assert service.status().queue_length == 0
+    assert engine.running_requests() == 0
     assert sorted(engine.started) == sorted(engine.finished + engine.aborted)

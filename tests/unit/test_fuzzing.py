@@ -1,0 +1,258 @@
+"""Property-based fuzzing of the worker and the OpenAI-compatible API from their own OpenAPI schemas.
+
+Schemathesis turns each app's `app.openapi()` into Hypothesis strategies of requests, schema-valid
+(positive) and schema-violating (negative). Every generated request goes to the app in-process
+(httpx's ASGI transport, which re-raises anything the app lets escape) with the app's lifespan
+entered once per test, on an event loop of its own, and must:
+
+- get an answer within `REQUEST_TIMEOUT` (no hang),
+- not make the app raise,
+- not get a 5xx, nor a 200 stream that carries an error (the scripted engine never fails),
+- if refused, be refused in the app's error shape: FastChat's `{"text", "error_code"}` from the
+  worker, OpenAI's `{"error": {"message", "type", "param", "code"}}` from the OpenAI API,
+
+and leave no request in flight: the worker's `queue_length` is 0 and every engine request the
+worker started has finished or been aborted, after each request and after the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import httpx
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+
+from llm_ops.controller.app import create_controller_app
+from llm_ops.controller.registry import WorkerRegistry
+from llm_ops.openai_api.app import create_openai_app
+from llm_ops.protocol.errors import ErrorCode
+from llm_ops.protocol.framing import DELIMITER
+from llm_ops.protocol.worker import WorkerStatus
+from llm_ops.worker.app import create_worker_app
+from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.test_openai_api import WORKER, Hosts
+
+REQUEST_TIMEOUT = 5.0  # seconds; a request of the scripted engine takes milliseconds, so this means a hang
+EXAMPLES = {  # generated requests per test: 1,100 in all
+    ("worker", GenerationMode.POSITIVE): 300,
+    ("worker", GenerationMode.NEGATIVE): 300,
+    ("openai", GenerationMode.POSITIVE): 250,
+    ("openai", GenerationMode.NEGATIVE): 250,
+}
+WORKER_MODELS = ["fake-model", "fake.model-1.5"]  # the names fake_service serves
+API_MODELS = ["fake-model"]  # the name the API's controller knows the worker by
+WORKER_ERROR_CODES = frozenset(int(code) for code in ErrorCode)
+OPENAI_ERROR_FIELDS = {"message": str, "type": str, "param": (str, type(None)), "code": (str, type(None))}
+
+
+@dataclass
+class Harness:
+    """An app with its lifespan entered on an event loop in another thread, and what it was sent."""
+
+    portal: anyio.from_thread.BlockingPortal
+    client: httpx.AsyncClient
+    worker: httpx.AsyncClient  # the worker app itself (for the OpenAI API: the one behind it)
+    engine: FakeEngine
+    sent: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def send(self, kwargs: dict[str, Any]) -> httpx.Response:
+        """One request, bounded by REQUEST_TIMEOUT; an exception the app raised fails the test."""
+        self.sent += 1
+        try:
+            response = self.portal.call(self._send, kwargs)
+        except TimeoutError:
+            pytest.fail(f"no answer within {REQUEST_TIMEOUT} s (a hang)")
+        except Exception as error:
+            lines = traceback.format_exception(error)
+            pytest.fail(f"the app raised {error!r}\n{''.join(lines[-6:])}")
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        return response
+
+    async def _send(self, kwargs: dict[str, Any]) -> httpx.Response:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            return await self.client.request(**kwargs)
+
+    def assert_nothing_in_flight(self) -> None:
+        status = self.portal.call(self.worker.post, "/api/worker_get_status")
+        assert status.status_code == 200
+        assert status.json()["queue_length"] == 0, "the worker still counts a request in flight"
+        running = set(self.engine.started) - set(self.engine.finished) - set(self.engine.aborted)
+        assert not running, f"engine requests still running: {running}"
+
+
+@contextlib.contextmanager
+def running(apps: Callable[[FakeEngine], contextlib.AbstractAsyncContextManager[tuple[FastAPI, FastAPI]]]) -> Iterator[Harness]:
+    engine = FakeEngine()  # no delay between words: generations finish at once
+
+    @contextlib.asynccontextmanager
+    async def clients() -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+        async with apps(engine) as (app, worker):
+            async with (
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=worker), base_url="http://worker") as direct,
+            ):
+                yield client, direct
+
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(clients()) as (client, direct),
+    ):
+        harness = Harness(portal, client, direct, engine)
+        yield harness
+        harness.assert_nothing_in_flight()
+
+
+@contextlib.asynccontextmanager
+async def worker_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI]]:
+    """The worker over the scripted engine, as tests/unit/test_worker_app.py's `client` fixture builds it."""
+    app = create_worker_app(lambda: open_fake_service(engine))
+    async with app.router.lifespan_context(app):
+        yield app, app
+
+
+@contextlib.asynccontextmanager
+async def openai_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI]]:
+    """The API over an in-process controller and worker, as tests/unit/test_openai_api.py's `client` fixture."""
+    registry = WorkerRegistry()
+    registry.register(WORKER, WorkerStatus(model_names=API_MODELS, queue_length=0))
+    worker = create_worker_app(lambda: open_fake_service(engine))
+    controller = create_controller_app(registry, transport=Hosts({"worker-a": worker}))
+    api = create_openai_app("http://controller", transport=Hosts({"worker-a": worker, "controller": controller}))
+    async with (
+        worker.router.lifespan_context(worker),
+        controller.router.lifespan_context(controller),
+        api.router.lifespan_context(api),
+    ):
+        yield api, worker
+
+
+def cases(app: FastAPI, mode: GenerationMode, model_field: str, models: list[str]) -> st.SearchStrategy[Any]:
+    """Requests generated from the app's own schema; half of those naming a model (as a string) name a
+    served one, or nearly all would stop at "unknown model" before reaching the prompt and the engine."""
+    schema = schemathesis.openapi.from_dict(app.openapi())
+
+    @st.composite
+    def aimed(draw: st.DrawFn) -> Any:
+        case = draw(schema.as_strategy(mode))
+        body = case.body
+        if isinstance(body, dict):
+            for name in (model_field, "model"):
+                if isinstance(body.get(name), str) and draw(st.booleans()):
+                    body[name] = draw(st.sampled_from(models))
+        return case
+
+    return aimed()
+
+
+def transport_kwargs(case: Any) -> dict[str, Any]:
+    """Schemathesis serializes a case for `requests`; httpx names a raw body `content`."""
+    kwargs = case.as_transport_kwargs(base_url="http://app")
+    if isinstance(kwargs.get("data"), bytes | str):
+        kwargs["content"] = kwargs.pop("data")
+    kwargs.pop("cookies", None)  # none are generated (the schemas declare none); httpx wants them on the client
+    note(f"{case.method} {case.formatted_path} {kwargs.get('json', kwargs.get('content'))!r}")
+    return kwargs
+
+
+def fuzz(harness: Harness, strategy: st.SearchStrategy[Any], examples: int, check: Callable[..., None]) -> None:
+    @settings(
+        max_examples=examples,
+        deadline=None,  # each request has REQUEST_TIMEOUT instead; a slow machine must not fail the run
+        database=None,  # no .hypothesis/ left in the work tree
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        response = harness.send(transport_kwargs(case))
+        case.validate_response(response, checks=[not_a_server_error])
+        check(response)
+        harness.assert_nothing_in_flight()
+
+    run()
+    assert harness.sent >= examples, f"only {harness.sent} requests were sent"
+
+
+def json_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        pytest.fail(f"a {response.status_code} answer that is not JSON: {response.text[:200]!r}")
+
+
+def check_worker_response(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        error = json_of(response)
+        assert isinstance(error, dict) and set(error) == {"text", "error_code"}, f"not FastChat's error shape: {error}"
+        assert isinstance(error["text"], str) and error["text"]
+        assert type(error["error_code"]) is int and error["error_code"] in WORKER_ERROR_CODES, error
+    elif response.url.path == "/api/worker_generate_stream":
+        chunks = [json.loads(chunk) for chunk in response.content.split(DELIMITER) if chunk]
+        assert chunks, "an empty stream"
+        assert all(chunk["error_code"] == 0 for chunk in chunks), f"a stream that ended in an error: {chunks[-1]}"
+    elif response.url.path == "/api/worker_generate":
+        assert json_of(response)["error_code"] == 0
+
+
+def check_openai_error(error: Any, status: int) -> None:
+    assert isinstance(error, dict) and set(error) == {"error"}, f"not OpenAI's error shape: {error}"
+    detail = error["error"]
+    assert isinstance(detail, dict) and set(detail) == set(OPENAI_ERROR_FIELDS), f"not OpenAI's error shape: {error}"
+    for name, kind in OPENAI_ERROR_FIELDS.items():
+        assert isinstance(detail[name], kind), f"error.{name} is {detail[name]!r}"
+    assert detail["message"], "an error without a message"
+    assert detail["type"] == ("invalid_request_error" if status < 500 else "server_error"), error
+
+
+def check_openai_response(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        check_openai_error(json_of(response), response.status_code)
+    elif response.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+        assert events and events[-1] == "[DONE]", f"a stream that does not end with [DONE]: {events[-3:]}"
+        for data in map(json.loads, events[:-1]):
+            if "error" in data:
+                check_openai_error(data, 500)
+                pytest.fail(f"a stream that ended in an error: {data}")
+
+
+def test_worker_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
+    app = create_worker_app(lambda: open_fake_service(FakeEngine()))
+    strategy = cases(app, GenerationMode.POSITIVE, "model_identifier", WORKER_MODELS)
+    with running(worker_app) as harness:
+        fuzz(harness, strategy, EXAMPLES["worker", GenerationMode.POSITIVE], check_worker_response)
+    assert harness.engine.started, "no generated request reached the engine"
+
+
+def test_worker_api_refuses_schema_violating_requests_with_fastchat_errors_never_5xx() -> None:
+    app = create_worker_app(lambda: open_fake_service(FakeEngine()))
+    strategy = cases(app, GenerationMode.NEGATIVE, "model_identifier", WORKER_MODELS)
+    with running(worker_app) as harness:
+        fuzz(harness, strategy, EXAMPLES["worker", GenerationMode.NEGATIVE], check_worker_response)
+
+
+def test_openai_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
+    strategy = cases(create_openai_app("http://controller"), GenerationMode.POSITIVE, "model", API_MODELS)
+    with running(openai_app) as harness:
+        fuzz(harness, strategy, EXAMPLES["openai", GenerationMode.POSITIVE], check_openai_response)
+    assert harness.engine.started, "no generated request reached the engine"
+
+
+def test_openai_api_refuses_schema_violating_requests_with_openai_errors_never_5xx() -> None:
+    strategy = cases(create_openai_app("http://controller"), GenerationMode.NEGATIVE, "model", API_MODELS)
+    with running(openai_app) as harness:
+        fuzz(harness, strategy, EXAMPLES["openai", GenerationMode.NEGATIVE], check_openai_response)

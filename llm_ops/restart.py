@@ -1,10 +1,10 @@
-"""`python -m llm_ops.restart COMMAND...`: run COMMAND again when it crashes, like Compose's
+"""`python -m llm_ops.restart COMMAND...`: run COMMAND again whenever it ends, like Compose's
 `restart: unless-stopped`, so that a native replica comes back as its container would.
 
-It gives up (and exits with the command's code) when the command ends cleanly, is stopped by
-SIGTERM/SIGINT, or crashes three times within a minute of starting: a worker that cannot start
-should stop the stack with its error, not loop forever. SIGTERM to this process's group (what the
-stack sends) reaches the command too, so stopping needs nothing here.
+Stopping this process (SIGTERM or SIGINT, which the stack sends) passes the signal on to the command,
+waits for it to finish (a worker drains first) and exits with its code, without restarting it. It
+also gives up, with the command's code, when the command ends three times within a minute of
+starting: a worker that cannot start should stop the stack with its error, not loop forever.
 """
 
 from __future__ import annotations
@@ -13,26 +13,40 @@ import signal
 import subprocess
 import sys
 import time
+from types import FrameType
 
-QUICK_CRASH_SECONDS = 60.0
-QUICK_CRASHES_ALLOWED = 3
+QUICK_EXIT_SECONDS = 60.0
+QUICK_EXITS_ALLOWED = 3
 RESTART_DELAY_SECONDS = 1.0
-STOPPED = {0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT}
 
 
 def run_restarting(command: list[str]) -> int:
-    quick_crashes = 0
+    child: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def stop(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    quick_exits = 0
     while True:
         started = time.monotonic()
-        code = subprocess.call(command)
-        if code in STOPPED:
+        child = subprocess.Popen(command)
+        code = child.wait()
+        if stopping:
             return code
-        quick_crashes = quick_crashes + 1 if time.monotonic() - started < QUICK_CRASH_SECONDS else 0
-        if quick_crashes >= QUICK_CRASHES_ALLOWED:
-            print(f"{command[0]} crashed {quick_crashes} times right after starting; giving up", flush=True)
+        quick_exits = quick_exits + 1 if time.monotonic() - started < QUICK_EXIT_SECONDS else 0
+        if quick_exits >= QUICK_EXITS_ALLOWED:
+            print(f"{command[0]} ended {quick_exits} times right after starting; giving up", flush=True)
             return code
         print(f"{command[0]} exited with {code}; restarting in {RESTART_DELAY_SECONDS:.0f} s", flush=True)
         time.sleep(RESTART_DELAY_SECONDS)
+        if stopping:  # stopped during the delay
+            return code
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 Reads the compose file, writes the TLS files and Traefik's configuration (its compose flags and the
 service's labels, see `llm_ops.frontdoor.traefik`), then runs Traefik and the service's start script
 under honcho, which starts each in its own process group and, when one stops or on Ctrl-C/SIGTERM,
-stops them all (SIGTERM, then SIGKILL after 5 s). A probe thread waits until a request through
-Traefik, over verified TLS, reaches the worker under every name it serves, then prints how to use it.
+stops them all: SIGTERM, on which each drains (`llm_ops.serving.serve`, Traefik's grace time), then
+SIGKILL for whatever is still running once the drain and grace times are over. A probe thread waits
+until a request through Traefik, over verified TLS, reaches the worker under every name it serves,
+then prints how to use it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -19,9 +22,11 @@ import threading
 import time
 from pathlib import Path
 
+import honcho.manager
 import httpx
 from honcho.manager import Manager
 
+from llm_ops.access import api_keys_from_environment, authorization_headers
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.compose import (
     CONTROLLER_SERVICE,
@@ -133,7 +138,9 @@ def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file:
     deadline = time.monotonic() + settings.ready_timeout
     checks = [("GET", f"{worker_url(settings, replica)}/health") for replica in range(settings.replicas)]
     checks += [("POST", f"{base_url(settings)}/api/{name}/worker_get_status") for name in model_names]
-    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_file)), timeout=5) as client:
+    tls = ssl.create_default_context(cafile=str(ca_file))
+    headers = authorization_headers(api_keys_from_environment())
+    with httpx.Client(verify=tls, timeout=5, headers=headers) as client:
         while not stop.is_set() and time.monotonic() < deadline:
             if checks and _answers(client, *checks[0]):
                 checks.pop(0)
@@ -158,7 +165,7 @@ def _openai_models(client: httpx.Client, settings: StackSettings) -> set[str]:
         return set()
 
 
-def usage_banner(settings: StackSettings, model_name: str, ca_file: Path) -> str:
+def usage_banner(settings: StackSettings, model_name: str, ca_file: Path, keys: frozenset[str]) -> str:
     body = (
         f'{{"model_identifier": "{model_name}", "generation_mode": "chat", '
         f'"messages": [{{"role": "user", "text": "What is the capital of France?"}}], '
@@ -168,17 +175,28 @@ def usage_banner(settings: StackSettings, model_name: str, ca_file: Path) -> str
         f'{{"model": "{model_name}", "messages": [{{"role": "user", "content": "What is the capital of France?"}}], '
         f'"temperature": 0}}'
     )
+    key_header = "  -H 'Authorization: Bearer YOUR_KEY' \\\n" if keys else ""
     return (
         f"\nLLM Ops is serving {model_name} at {base_url(settings)}/api/{model_name}/\n"
         f"Try it:\n\n"
         f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/api/{model_name}/worker_generate \\\n"
-        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -H 'Content-Type: application/json' \\\n{key_header}"
         f"  -d '{body}'\n\n"
         f"The OpenAI-compatible API is at {base_url(settings)}/v1:\n\n"
         f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/v1/chat/completions \\\n"
-        f"  -H 'Content-Type: application/json' \\\n"
+        f"  -H 'Content-Type: application/json' \\\n{key_header}"
         f"  -d '{openai_body}'\n\n"
+        f"{access_notice(keys)}\n"
         f"Stop with Ctrl-C.\n"
+    )
+
+
+def access_notice(keys: frozenset[str]) -> str:
+    if keys:
+        return f"API keys: {len(keys)} configured (LLM_OPS_API_KEYS); every /api/ and /v1/ request needs one.\n"
+    return (
+        "WARNING: NO API KEYS ARE CONFIGURED. Anyone who can reach this port can use the models.\n"
+        "         Set LLM_OPS_API_KEYS (comma-separated keys) before `llm-ops up` to require one.\n"
     )
 
 
@@ -188,6 +206,11 @@ def run_stack(settings: StackSettings) -> int:
     tls = ensure_certificates(settings.state_dir.resolve() / "tls", settings.tls_hostnames)
     traefik = write_front_door(settings, compose, tls)
 
+    keys = api_keys_from_environment()
+    print(access_notice(keys), flush=True)
+    # honcho SIGKILLs what still runs this long after its SIGTERM (5 s by default): give draining
+    # workers their drain and grace times first.
+    honcho.manager.KILL_WAIT = math.ceil(settings.drain_seconds + settings.graceful_timeout) + 5
     manager = Manager()
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
@@ -202,7 +225,7 @@ def run_stack(settings: StackSettings) -> int:
 
     def probe() -> None:
         if wait_until_serving(settings, names, tls.ca_file, stop_probe):
-            print(usage_banner(settings, names[0], tls.ca_file), flush=True)
+            print(usage_banner(settings, names[0], tls.ca_file, keys), flush=True)
         elif not stop_probe.is_set():
             print(f"\nThe stack did not serve within {settings.ready_timeout:.0f} s; stopping it.\n", flush=True)
             not_ready.set()

@@ -29,7 +29,13 @@ from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, i
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
-MODEL_MIDDLEWARES = ["llm-ops-strip-model@file", "llm-ops-add-api@file"]
+# traefik/dynamic/llm-ops.yml: per-client rate limit, retry on refused connections, /api/<model>/x -> /api/x.
+MODEL_MIDDLEWARES = [
+    "llm-ops-rate-limit@file",
+    "llm-ops-retry@file",
+    "llm-ops-strip-model@file",
+    "llm-ops-add-api@file",
+]
 FILE_PROVIDER_DIRECTORY = "providers.file.directory"
 # Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
 DOCKER_ONLY_FLAGS = ("providers.docker", "certificatesresolvers", f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls")

@@ -145,6 +145,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"} | counts)
 
 
+def start_draining(app: FastAPI) -> None:
+    """From now on /health says 503 "draining" (called on SIGTERM; requests are still served)."""
+    worker: WorkerService | None = getattr(app.state, "worker", None)
+    if worker is not None:
+        worker.draining = True
+
+
 def _error(status: int, code: ErrorCode, message: str) -> JSONResponse:
     body = RequestError(code, message).to_response().model_dump()
     return JSONResponse(body, status_code=status)

@@ -22,7 +22,7 @@ from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.serving import serve
 from llm_ops.settings import DEFAULT_MODEL_NAME, ConfigurationError, WorkerSettings
 from llm_ops.worker.admission import Admission
-from llm_ops.worker.app import Background, create_worker_app
+from llm_ops.worker.app import Background, create_worker_app, start_draining
 from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.service import WorkerService
 
@@ -111,18 +111,12 @@ def run_worker(settings: WorkerSettings) -> None:
     check_before_start(settings)
     open_service = lambda: open_worker_service(settings)  # noqa: E731
     app = create_worker_app(open_service, registration(settings), api_keys_from_environment(), settings.max_body_bytes)
-
-    def drain() -> None:
-        worker: WorkerService | None = getattr(app.state, "worker", None)
-        if worker is not None:
-            worker.draining = True
-
     serve(
         app,
         settings.host,
         settings.port,
         settings.log_level,
         settings,
-        on_drain=drain,
+        on_drain=lambda: start_draining(app),
         timeout_keep_alive=settings.keep_alive_timeout,
     )

@@ -67,7 +67,9 @@ class FakeEngine:
         return len(self.started) - len(self.finished) - len(self.aborted)
 
 
-def fake_service(engine: FakeEngine, names: list[str] | None = None, admission: Admission | None = None) -> WorkerService:
+def fake_service(
+    engine: FakeEngine, names: list[str] | None = None, admission: Admission | None = None
+) -> WorkerService:
     return WorkerService(engine, names or ["fake-model", "fake.model-1.5"], ConvTemplateRenderer("chatml"), admission)
 
 

@@ -163,7 +163,12 @@ def test_the_image_is_official_vllm_runs_as_non_root_checks_health_and_holds_no_
 def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None:
     routes = labels_to_dynamic_config(COMPOSE.service("openai-api").labels, ["http://api"])["http"]
     assert routes["routers"] == {
-        "openai-api": {"rule": "PathPrefix(`/v1/`)", "entrypoints": ["websecure"], "service": "openai-api"}
+        "openai-api": {
+            "rule": "PathPrefix(`/v1/`)",
+            "entrypoints": ["websecure"],
+            "middlewares": ["llm-ops-rate-limit@file", "llm-ops-retry@file"],
+            "service": "openai-api",
+        }
     }
     assert routes["services"]["openai-api"]["loadbalancer"]["healthcheck"]["path"] == "/health"
 

@@ -1,18 +1,19 @@
 """Property-based fuzzing of the worker and the OpenAI-compatible API from their own OpenAPI schemas.
 
-Schemathesis turns each app's `app.openapi()` into Hypothesis strategies of requests, schema-valid
-(positive) and schema-violating (negative). Every generated request goes to the app in-process
-(httpx's ASGI transport, which re-raises anything the app lets escape) with the app's lifespan
-entered once per test, on an event loop of its own, and must:
+Schemathesis turns each app's `app.openapi()` into Hypothesis strategies of requests: schema-valid
+(positive), schema-violating (negative), and schema-valid with lone UTF-16 surrogates (`"\\ud800"`,
+valid JSON escapes that Hypothesis's text strategy never produces) spliced into their strings. Each
+request goes to the app in-process (httpx's ASGI transport, which re-raises whatever the app lets
+escape), with the app's lifespan entered once per test on an event loop of its own, and must:
 
-- get an answer within `REQUEST_TIMEOUT` (no hang),
+- be answered within `REQUEST_TIMEOUT` (no hang),
 - not make the app raise,
 - not get a 5xx, nor a 200 stream that carries an error (the scripted engine never fails),
 - if refused, be refused in the app's error shape: FastChat's `{"text", "error_code"}` from the
   worker, OpenAI's `{"error": {"message", "type", "param", "code"}}` from the OpenAI API,
 
-and leave no request in flight: the worker's `queue_length` is 0 and every engine request the
-worker started has finished or been aborted, after each request and after the run.
+and leave nothing in flight: the worker's `queue_length` is 0 and every engine request it started
+has finished or been aborted, after each request and after the run.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, Phase, given, note, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -45,80 +46,20 @@ from llm_ops.worker.app import create_worker_app
 from tests.unit.fake_engine import FakeEngine, open_fake_service
 from tests.unit.test_openai_api import WORKER, Hosts
 
-REQUEST_TIMEOUT = 5.0  # seconds; a request of the scripted engine takes milliseconds, so this means a hang
-EXAMPLES = {  # generated requests per test: 1,100 in all
-    ("worker", GenerationMode.POSITIVE): 300,
-    ("worker", GenerationMode.NEGATIVE): 300,
-    ("openai", GenerationMode.POSITIVE): 250,
-    ("openai", GenerationMode.NEGATIVE): 250,
-}
+REQUEST_TIMEOUT = 5.0  # seconds; the scripted engine answers in milliseconds, so running out means a hang
+POSITIVE, NEGATIVE, SURROGATES = 300, 250, 100  # generated requests per test and app: 1,300 in all
 WORKER_MODELS = ["fake-model", "fake.model-1.5"]  # the names fake_service serves
 API_MODELS = ["fake-model"]  # the name the API's controller knows the worker by
 WORKER_ERROR_CODES = frozenset(int(code) for code in ErrorCode)
 OPENAI_ERROR_FIELDS = {"message": str, "type": str, "param": (str, type(None)), "code": (str, type(None))}
 
-
-@dataclass
-class Harness:
-    """An app with its lifespan entered on an event loop in another thread, and what it was sent."""
-
-    portal: anyio.from_thread.BlockingPortal
-    client: httpx.AsyncClient
-    worker: httpx.AsyncClient  # the worker app itself (for the OpenAI API: the one behind it)
-    engine: FakeEngine
-    sent: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
-
-    def send(self, kwargs: dict[str, Any]) -> httpx.Response:
-        """One request, bounded by REQUEST_TIMEOUT; an exception the app raised fails the test."""
-        self.sent += 1
-        try:
-            response = self.portal.call(self._send, kwargs)
-        except TimeoutError:
-            pytest.fail(f"no answer within {REQUEST_TIMEOUT} s (a hang)")
-        except Exception as error:
-            lines = traceback.format_exception(error)
-            pytest.fail(f"the app raised {error!r}\n{''.join(lines[-6:])}")
-        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
-        return response
-
-    async def _send(self, kwargs: dict[str, Any]) -> httpx.Response:
-        with anyio.fail_after(REQUEST_TIMEOUT):
-            return await self.client.request(**kwargs)
-
-    def assert_nothing_in_flight(self) -> None:
-        status = self.portal.call(self.worker.post, "/api/worker_get_status")
-        assert status.status_code == 200
-        assert status.json()["queue_length"] == 0, "the worker still counts a request in flight"
-        running = set(self.engine.started) - set(self.engine.finished) - set(self.engine.aborted)
-        assert not running, f"engine requests still running: {running}"
-
-
-@contextlib.contextmanager
-def running(apps: Callable[[FakeEngine], contextlib.AbstractAsyncContextManager[tuple[FastAPI, FastAPI]]]) -> Iterator[Harness]:
-    engine = FakeEngine()  # no delay between words: generations finish at once
-
-    @contextlib.asynccontextmanager
-    async def clients() -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-        async with apps(engine) as (app, worker):
-            async with (
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=worker), base_url="http://worker") as direct,
-            ):
-                yield client, direct
-
-    with (
-        anyio.from_thread.start_blocking_portal("asyncio") as portal,
-        portal.wrap_async_context_manager(clients()) as (client, direct),
-    ):
-        harness = Harness(portal, client, direct, engine)
-        yield harness
-        harness.assert_nothing_in_flight()
+Apps = Callable[[FakeEngine], contextlib.AbstractAsyncContextManager[tuple[FastAPI, FastAPI]]]
 
 
 @contextlib.asynccontextmanager
 async def worker_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI]]:
-    """The worker over the scripted engine, as tests/unit/test_worker_app.py's `client` fixture builds it."""
+    """(the app under test, its worker): the worker over the scripted engine, as test_worker_app.py's
+    `client` fixture builds it."""
     app = create_worker_app(lambda: open_fake_service(engine))
     async with app.router.lifespan_context(app):
         yield app, app
@@ -126,7 +67,8 @@ async def worker_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI
 
 @contextlib.asynccontextmanager
 async def openai_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI]]:
-    """The API over an in-process controller and worker, as tests/unit/test_openai_api.py's `client` fixture."""
+    """(the app under test, its worker): the API over an in-process controller and worker, as
+    test_openai_api.py's `client` fixture builds them."""
     registry = WorkerRegistry()
     registry.register(WORKER, WorkerStatus(model_names=API_MODELS, queue_length=0))
     worker = create_worker_app(lambda: open_fake_service(engine))
@@ -140,51 +82,145 @@ async def openai_app(engine: FakeEngine) -> AsyncIterator[tuple[FastAPI, FastAPI
         yield api, worker
 
 
-def cases(app: FastAPI, mode: GenerationMode, model_field: str, models: list[str]) -> st.SearchStrategy[Any]:
-    """Requests generated from the app's own schema; half of those naming a model (as a string) name a
-    served one, or nearly all would stop at "unknown model" before reaching the prompt and the engine."""
+@dataclass
+class Harness:
+    """An app with its lifespan entered on an event loop in another thread, and what it was sent."""
+
+    app: FastAPI
+    portal: anyio.from_thread.BlockingPortal
+    client: httpx.AsyncClient
+    worker: httpx.AsyncClient  # the worker app itself (for the OpenAI API: the one behind it)
+    engine: FakeEngine
+    sent: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def send(self, request: dict[str, Any]) -> httpx.Response:
+        """One request, bounded by REQUEST_TIMEOUT; an exception the app raised fails the test."""
+        self.sent += 1
+        try:
+            response = self.portal.call(self._send, request)
+        except TimeoutError:
+            pytest.fail(f"no answer within {REQUEST_TIMEOUT} s (a hang)")
+        except Exception as error:
+            pytest.fail(f"the app raised {error!r}\n{''.join(traceback.format_exception(error)[-6:])}")
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        return response
+
+    async def _send(self, request: dict[str, Any]) -> httpx.Response:
+        with anyio.fail_after(REQUEST_TIMEOUT):
+            return await self.client.request(**request)
+
+    def assert_nothing_in_flight(self) -> None:
+        status = self.portal.call(self.worker.post, "/api/worker_get_status")
+        assert status.status_code == 200
+        assert status.json()["queue_length"] == 0, "the worker still counts a request in flight"
+        running = set(self.engine.started) - set(self.engine.finished) - set(self.engine.aborted)
+        assert not running, f"engine requests still running: {running}"
+
+
+@contextlib.contextmanager
+def running(apps: Apps) -> Iterator[Harness]:
+    engine = FakeEngine()  # no delay between words: every generation finishes at once
+
+    @contextlib.asynccontextmanager
+    async def clients() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient]]:
+        async with (
+            apps(engine) as (app, worker),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=worker), base_url="http://worker") as direct,
+        ):
+            yield app, client, direct
+
+    with (
+        anyio.from_thread.start_blocking_portal("asyncio") as portal,
+        portal.wrap_async_context_manager(clients()) as (app, client, direct),
+    ):
+        harness = Harness(app, portal, client, direct, engine)
+        yield harness
+        harness.assert_nothing_in_flight()
+
+
+def requests(app: FastAPI, mode: GenerationMode, models: list[str], surrogates: bool = False) -> st.SearchStrategy[Any]:
+    """(case, httpx arguments) for requests generated from the app's own schema. Half of those that name a
+    model (as a string) name a served one, or nearly all would stop at "unknown model" before reaching the
+    prompt and the engine. Surrogates go into the serialized body: schemathesis cannot revalidate them."""
     schema = schemathesis.openapi.from_dict(app.openapi())
 
     @st.composite
-    def aimed(draw: st.DrawFn) -> Any:
+    def aimed(draw: st.DrawFn) -> tuple[Any, dict[str, Any]]:
         case = draw(schema.as_strategy(mode))
-        body = case.body
-        if isinstance(body, dict):
-            for name in (model_field, "model"):
-                if isinstance(body.get(name), str) and draw(st.booleans()):
-                    body[name] = draw(st.sampled_from(models))
-        return case
+        if isinstance(case.body, dict):
+            for name in ("model_identifier", "model"):
+                if isinstance(case.body.get(name), str) and draw(st.booleans()):
+                    case.body[name] = draw(st.sampled_from(models))
+        request = case.as_transport_kwargs(base_url="http://app")
+        if surrogates and "json" in request:
+            request["json"] = with_lone_surrogates(draw, request["json"])
+        return case, as_httpx(request)
 
     return aimed()
 
 
-def transport_kwargs(case: Any) -> dict[str, Any]:
-    """Schemathesis serializes a case for `requests`; httpx names a raw body `content`."""
-    kwargs = case.as_transport_kwargs(base_url="http://app")
-    if isinstance(kwargs.get("data"), bytes | str):
-        kwargs["content"] = kwargs.pop("data")
-    kwargs.pop("cookies", None)  # none are generated (the schemas declare none); httpx wants them on the client
-    note(f"{case.method} {case.formatted_path} {kwargs.get('json', kwargs.get('content'))!r}")
-    return kwargs
+def with_lone_surrogates(draw: st.DrawFn, value: Any, first: bool = True) -> Any:
+    """`value` with a lone surrogate inserted into some of its strings (into the first one at least)."""
+    inserted = [not first]
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str) and (not inserted[0] or draw(st.booleans())):
+            inserted[0] = True
+            at = draw(st.integers(0, len(value)))
+            return value[:at] + chr(draw(st.integers(0xD800, 0xDFFF))) + value[at:]
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    return walk(value)
 
 
-def fuzz(harness: Harness, strategy: st.SearchStrategy[Any], examples: int, check: Callable[..., None]) -> None:
-    @settings(
-        max_examples=examples,
-        deadline=None,  # each request has REQUEST_TIMEOUT instead; a slow machine must not fail the run
-        database=None,  # no .hypothesis/ left in the work tree
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-        print_blob=True,
-    )
-    @given(case=strategy)
-    def run(case: Any) -> None:
-        response = harness.send(transport_kwargs(case))
-        case.validate_response(response, checks=[not_a_server_error])
-        check(response)
-        harness.assert_nothing_in_flight()
+def as_httpx(request: dict[str, Any]) -> dict[str, Any]:
+    """Schemathesis serializes a case for `requests`. JSON bodies are sent as `json.dumps` writes them
+    (ASCII: lone surrogates go as `\\udXXX` escapes, which httpx's own JSON encoding cannot write)."""
+    request.pop("cookies", None)  # the schemas declare none
+    if "json" in request:
+        request["content"] = json.dumps(request.pop("json")).encode()
+    elif isinstance(request.get("data"), bytes | str):
+        request["content"] = request.pop("data")
+    return request
 
-    run()
+
+def fuzz(
+    apps: Apps,
+    mode: GenerationMode,
+    models: list[str],
+    examples: int,
+    check: Callable[..., None],
+    *,
+    surrogates: bool = False,
+) -> Harness:
+    with running(apps) as harness:
+
+        @settings(
+            max_examples=examples,
+            deadline=None,  # each request has REQUEST_TIMEOUT instead; a slow machine must not fail the run
+            database=None,  # failures are reproduced from the printed request or @reproduce_failure blob
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no explain phase: it traces, and is slow
+            print_blob=True,
+        )
+        @given(generated=requests(harness.app, mode, models, surrogates))
+        def run(generated: tuple[Any, dict[str, Any]]) -> None:
+            case, request = generated
+            note(f"{request['method']} {request['url']} {request.get('content')!r}")
+            response = harness.send(request)
+            case.validate_response(response, checks=[not_a_server_error])
+            check(response)
+            harness.assert_nothing_in_flight()
+
+        run()
     assert harness.sent >= examples, f"only {harness.sent} requests were sent"
+    return harness
 
 
 def json_of(response: httpx.Response) -> Any:
@@ -198,7 +234,7 @@ def check_worker_response(response: httpx.Response) -> None:
     if response.status_code >= 400:
         error = json_of(response)
         assert isinstance(error, dict) and set(error) == {"text", "error_code"}, f"not FastChat's error shape: {error}"
-        assert isinstance(error["text"], str) and error["text"]
+        assert isinstance(error["text"], str) and error["text"], error
         assert type(error["error_code"]) is int and error["error_code"] in WORKER_ERROR_CODES, error
     elif response.url.path == "/api/worker_generate_stream":
         chunks = [json.loads(chunk) for chunk in response.content.split(DELIMITER) if chunk]
@@ -231,28 +267,26 @@ def check_openai_response(response: httpx.Response) -> None:
 
 
 def test_worker_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
-    app = create_worker_app(lambda: open_fake_service(FakeEngine()))
-    strategy = cases(app, GenerationMode.POSITIVE, "model_identifier", WORKER_MODELS)
-    with running(worker_app) as harness:
-        fuzz(harness, strategy, EXAMPLES["worker", GenerationMode.POSITIVE], check_worker_response)
-    assert harness.engine.started, "no generated request reached the engine"
+    harness = fuzz(worker_app, GenerationMode.POSITIVE, WORKER_MODELS, POSITIVE, check_worker_response)
+    assert harness.engine.finished, "no generated request was answered by the engine"
 
 
 def test_worker_api_refuses_schema_violating_requests_with_fastchat_errors_never_5xx() -> None:
-    app = create_worker_app(lambda: open_fake_service(FakeEngine()))
-    strategy = cases(app, GenerationMode.NEGATIVE, "model_identifier", WORKER_MODELS)
-    with running(worker_app) as harness:
-        fuzz(harness, strategy, EXAMPLES["worker", GenerationMode.NEGATIVE], check_worker_response)
+    fuzz(worker_app, GenerationMode.NEGATIVE, WORKER_MODELS, NEGATIVE, check_worker_response)
+
+
+def test_worker_api_never_answers_5xx_to_strings_with_lone_surrogates() -> None:
+    fuzz(worker_app, GenerationMode.POSITIVE, WORKER_MODELS, SURROGATES, check_worker_response, surrogates=True)
 
 
 def test_openai_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
-    strategy = cases(create_openai_app("http://controller"), GenerationMode.POSITIVE, "model", API_MODELS)
-    with running(openai_app) as harness:
-        fuzz(harness, strategy, EXAMPLES["openai", GenerationMode.POSITIVE], check_openai_response)
-    assert harness.engine.started, "no generated request reached the engine"
+    harness = fuzz(openai_app, GenerationMode.POSITIVE, API_MODELS, POSITIVE, check_openai_response)
+    assert harness.engine.finished, "no generated request was answered by the engine"
 
 
 def test_openai_api_refuses_schema_violating_requests_with_openai_errors_never_5xx() -> None:
-    strategy = cases(create_openai_app("http://controller"), GenerationMode.NEGATIVE, "model", API_MODELS)
-    with running(openai_app) as harness:
-        fuzz(harness, strategy, EXAMPLES["openai", GenerationMode.NEGATIVE], check_openai_response)
+    fuzz(openai_app, GenerationMode.NEGATIVE, API_MODELS, NEGATIVE, check_openai_response)
+
+
+def test_openai_api_never_answers_5xx_to_strings_with_lone_surrogates() -> None:
+    fuzz(openai_app, GenerationMode.POSITIVE, API_MODELS, SURROGATES, check_openai_response, surrogates=True)

@@ -1,8 +1,12 @@
-"""Native replicas come back after a crash, like containers with `restart: unless-stopped`, but not forever."""
+"""Native replicas come back whenever they end, like containers with `restart: unless-stopped`, but not
+forever; stopping the wrapper stops the command gracefully and is never followed by a restart."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,29 +23,47 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_a_command_that_ends_cleanly_is_not_restarted(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    assert restart.run_restarting(python(f"open({str(runs)!r}, 'a').write('x')")) == 0
-    assert runs.read_text() == "x"
+def counting_runs(runs: Path, then: str) -> list[str]:
+    """A command that appends 'x' to `runs`, then runs `then` (with `count`: the number of runs so far)."""
+    return python(f"import sys; f = open({str(runs)!r}, 'a+'); f.write('x'); f.seek(0); count = len(f.read()); {then}")
 
 
 def test_a_crashed_command_is_restarted(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    crash_once = (
-        f"import sys; f = open({str(runs)!r}, 'a+'); f.write('x'); f.seek(0); sys.exit(9 if len(f.read()) == 1 else 0)"
-    )
-    assert restart.run_restarting(python(crash_once)) == 0
-    assert runs.read_text() == "xx"
+    assert restart.run_restarting(counting_runs(runs, "sys.exit(9 if count == 1 else 3)")) == 3
+    assert runs.read_text() == "x" * restart.QUICK_EXITS_ALLOWED
+
+
+def test_a_command_that_ends_cleanly_is_restarted_too_like_a_container(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert restart.run_restarting(counting_runs(runs, "sys.exit(0)")) == 0
+    assert runs.read_text() == "x" * restart.QUICK_EXITS_ALLOWED
 
 
 def test_a_command_that_keeps_crashing_at_start_is_given_up_with_its_exit_code(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    assert restart.run_restarting(python(f"import sys; open({str(runs)!r}, 'a').write('x'); sys.exit(3)")) == 3
-    assert runs.read_text() == "x" * restart.QUICK_CRASHES_ALLOWED
+    assert restart.run_restarting(counting_runs(runs, "sys.exit(3)")) == 3
+    assert runs.read_text() == "x" * restart.QUICK_EXITS_ALLOWED
 
 
-def test_a_command_stopped_by_sigterm_is_not_restarted(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    sigterm_self = f"import os, signal; open({str(runs)!r}, 'a').write('x'); os.kill(os.getpid(), signal.SIGTERM)"
-    assert restart.run_restarting(python(sigterm_self)) == -15
-    assert runs.read_text() == "x"
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_wrapper_lets_the_command_finish_and_returns_its_code_without_a_restart(
+    tmp_path: Path, signum: int
+) -> None:
+    runs, stopped = tmp_path / "runs", tmp_path / "stopped"
+    graceful = (
+        f"import signal, sys, time; open({str(runs)!r}, 'a').write('x')\n"
+        f"def stop(*_): time.sleep(0.5); open({str(stopped)!r}, 'w').write('drained'); sys.exit(0)\n"
+        f"signal.signal(signal.SIGTERM, stop); signal.signal(signal.SIGINT, stop)\n"
+        f"time.sleep(60)"
+    )
+    script = f"import sys; from llm_ops import restart; sys.exit(restart.run_restarting({python(graceful)!r}))"
+    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 10
+    while not runs.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)  # the command has installed its handlers
+    wrapper.send_signal(signum)
+    assert wrapper.wait(timeout=10) == 0
+    assert stopped.read_text() == "drained" and runs.read_text() == "x"

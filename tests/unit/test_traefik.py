@@ -11,6 +11,7 @@ import yaml
 from llm_ops.frontdoor.certs import TLSFiles
 from llm_ops.frontdoor.compose import ComposeError, ModelService, interpolate
 from llm_ops.frontdoor.traefik import (
+    MODEL_MIDDLEWARES,
     LocalAddresses,
     certificate_config,
     labels_to_dynamic_config,
@@ -30,7 +31,7 @@ def model_labels(router: str, name: str, **overrides: str) -> dict[str, str]:
         "traefik.enable": "true",
         f"traefik.http.routers.{router}.rule": route_rule(name),
         f"traefik.http.routers.{router}.entrypoints": "websecure",
-        f"traefik.http.routers.{router}.middlewares": "llm-ops-strip-model@file,llm-ops-add-api@file",
+        f"traefik.http.routers.{router}.middlewares": ",".join(MODEL_MIDDLEWARES),
         f"traefik.http.routers.{router}.service": router,
         f"traefik.http.services.{router}.loadbalancer.server.port": "21002",
         f"traefik.http.services.{router}.loadbalancer.healthcheck.path": "/health",
@@ -59,7 +60,7 @@ def test_labels_become_the_routes_the_docker_provider_would_build_with_our_serve
                 "qwen2-5": {
                     "rule": route_rule("Qwen2.5-0.5B"),
                     "entrypoints": ["websecure"],
-                    "middlewares": ["llm-ops-strip-model@file", "llm-ops-add-api@file"],
+                    "middlewares": MODEL_MIDDLEWARES,
                     "service": "qwen2-5",
                 }
             },
@@ -90,7 +91,7 @@ def test_the_compose_labels_route_safely() -> None:
         (model_labels("m", "M", rule="PathPrefix(`/api/M`)"), "is not Path"),  # /api/M-v2 would reach M
         (model_labels("m.v1", "M"), "ids may not contain dots"),  # refused in Docker labels
         (model_labels("m", "M", middlewares="llm-ops-strip-model@file"), "middlewares must be"),
-        (model_labels("m", "M", middlewares="buffer@file,llm-ops-strip-model@file,llm-ops-add-api@file"), "middle"),
+        (model_labels("m", "M", middlewares="buffer@file," + ",".join(MODEL_MIDDLEWARES)), "middle"),
         (model_labels("m", "M", entrypoints="web,websecure"), "only the websecure entrypoint"),
         (model_labels("m", "M", **{"healthcheck.path": "/"}), "healthcheck.path=/health"),
         (model_labels("m", "M", **{"server.port": "8000"}), "the worker listens on 21002"),

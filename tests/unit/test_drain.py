@@ -1,0 +1,90 @@
+"""A worker stopped with SIGTERM drains: unhealthy at once, still serving for the drain time, then no
+new connections, requests in flight finished, exit code 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def worker() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.unit.drained_worker", str(port)], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and process.poll() is None, "the worker did not start"
+            time.sleep(0.1)
+    try:
+        yield process, url
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_sigterm_turns_health_unhealthy_serves_in_flight_streams_to_the_end_and_exits_0(
+    worker: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    process, url = worker
+    chunks: list[dict[str, object]] = []
+
+    def read_stream() -> None:
+        with httpx.stream("POST", f"{url}/api/worker_generate_stream", json=CHAT, timeout=30) as response:
+            chunks.extend(json.loads(chunk) for chunk in response.read().split(b"\0") if chunk)
+
+    reader = threading.Thread(target=read_stream)
+    reader.start()
+    time.sleep(0.3)  # the stream has started: two seconds of it are left
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    during_drain = httpx.post(f"{url}/api/worker_generate", json=CHAT, timeout=30)
+    assert during_drain.status_code == 200  # routed here before the front door noticed: still served
+
+    time.sleep(1.2)  # the drain time is over: the worker no longer listens
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{url}/api/worker_generate", json=CHAT)
+
+    reader.join(timeout=30)
+    assert len(chunks) == 10 and chunks[-1]["finish_reason"] == "stop"
+    assert str(chunks[-1]["text"]).endswith("word9")
+    assert process.wait(timeout=15) == 0
+
+
+def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen[bytes], str]) -> None:
+    process, url = worker
+    reader_done = threading.Event()
+    finished: list[object] = []
+
+    def read_whole() -> None:
+        finished.append(httpx.post(f"{url}/api/worker_generate", json=CHAT, timeout=30).json()["finish_reason"])
+        reader_done.set()
+
+    threading.Thread(target=read_whole).start()
+    time.sleep(0.3)
+    for _ in range(3):
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+    assert reader_done.wait(timeout=30)
+    assert finished == ["stop"]
+    assert process.wait(timeout=15) == 0

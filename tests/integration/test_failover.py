@@ -93,11 +93,6 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
     assert httpx.get(f"{stack.worker_urls[0]}/health").status_code == 200
 
 
-def queue_length(worker_url: str) -> int:
-    length: int = httpx.post(f"{worker_url}/api/worker_get_status").json()["queue_length"]
-    return length
-
-
 def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack) -> None:
     victim = stack.worker_urls[1]
     deadline = time.monotonic() + RESTART_TIMEOUT
@@ -113,8 +108,6 @@ def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack)
         for request in requests:
             request.start()
         while any(request.is_alive() for request in requests):
-            busy |= {
-                url for url in stack.worker_urls if httpx.post(f"{url}/api/worker_get_status").json()["queue_length"]
-            }
+            busy |= {url for url in stack.worker_urls if stack.worker_queue_length(url)}
             time.sleep(0.05)
     assert victim in busy, "the controller did not send anything to the restarted replica"

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.conftest import HEART_BEAT_EXPIRATION, MODEL, Stack
+from tests.integration.conftest import HEART_BEAT_EXPIRATION, Stack
 
 pytestmark = pytest.mark.integration
 TEMPLATED_MODEL = "SmolLM2-chatml"  # FastChat's server renders prompts itself: it needs a FastChat template
@@ -113,9 +113,11 @@ FASTCHAT_STREAM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_fastchats_stream_reader_reads_our_workers_stream(stack: Stack, tmp_path: Path) -> None:
+def test_fastchats_stream_reader_reads_our_workers_stream(templated_worker: str, tmp_path: Path) -> None:
+    # FastChat's components send no API key: they talk to workers started without keys (this one; the
+    # stack's own require keys), as on an internal network.
     output = tmp_path / "texts.json"
-    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{stack.worker_url}/api", MODEL, str(output)]
+    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{templated_worker}/api", TEMPLATED_MODEL, str(output)]
     env = os.environ | {"LOGDIR": str(tmp_path)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stdout + result.stderr

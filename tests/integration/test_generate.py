@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -131,25 +132,36 @@ def test_a_seeded_sampled_answer_repeats(client: httpx.Client) -> None:
     assert first == second
 
 
-def test_a_client_that_leaves_mid_stream_frees_the_worker_which_keeps_serving(stack: Stack) -> None:
+@pytest.mark.parametrize("route", ["front door", "worker"])
+def test_a_client_that_leaves_mid_stream_frees_its_engine_request_within_a_second(
+    stack: Stack, route: str, record_property: Callable[[str, object], None]
+) -> None:
+    base = f"/api/{MODEL}" if route == "front door" else f"{stack.worker_url}/api"
+    url = f"{base}/worker_generate_stream"
     with stack.client() as client:
         body = chat(messages=LONG_STORY, max_new_tokens=400)
-        with client.stream("POST", f"/api/{MODEL}/worker_generate_stream", json=body) as response:
+        with client.stream("POST", url, json=body) as response:
             chunks = response.iter_raw()
             first = next(chunks)
             assert (stack.queue_length(), first.count(b"\0")) == (1, 1), first
         # leaving the `with` closes the connection mid-stream
-    stack.wait_until_idle(10, "the worker still counts the abandoned request")
+    freed_after = stack.seconds_until_engines_idle(timeout=1.0)
+    record_property("engine_request_freed_after_s", round(freed_after, 3))
+    stack.wait_until_idle(5, "the worker still counts the abandoned request")
     with stack.client() as client:
         answer = client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=32)).json()
     assert "Paris" in answer["text"]
 
 
-def test_a_client_that_leaves_a_non_streaming_request_to_a_worker_frees_it(stack: Stack) -> None:
+def test_a_client_that_leaves_a_non_streaming_request_to_a_worker_frees_its_engine_request_within_a_second(
+    stack: Stack, record_property: Callable[[str, object], None]
+) -> None:
     body = chat(messages=LONG_STORY, max_new_tokens=400)  # about 20 s of generation
-    with httpx.Client(timeout=1.5) as client, pytest.raises(httpx.ReadTimeout):
+    with httpx.Client(timeout=1.5, headers=stack.headers) as client, pytest.raises(httpx.ReadTimeout):
         client.post(f"{stack.worker_url}/api/worker_generate", json=body)
-    stack.wait_until_idle(10, "the worker still counts the abandoned request")
+    freed_after = stack.seconds_until_engines_idle(timeout=1.0)
+    record_property("engine_request_freed_after_s", round(freed_after, 3))
+    stack.wait_until_idle(5, "the worker still counts the abandoned request")
 
 
 def test_a_non_streaming_request_abandoned_at_the_front_door_runs_to_its_end_and_frees_the_worker(

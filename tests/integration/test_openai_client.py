@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture
 def client(stack: Stack) -> Iterator[openai.OpenAI]:
     with httpx.Client(verify=stack.tls(), timeout=120) as http:
-        yield openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", http_client=http, max_retries=0)
+        yield openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, http_client=http, max_retries=0)
 
 
 def test_the_models_are_listed(client: openai.OpenAI) -> None:
@@ -86,6 +87,7 @@ def test_the_readmes_python_example_works_as_written(stack: Stack) -> None:
     example = example.replace("https://localhost:8443", stack.base_url).replace(
         ".llm-ops/tls/ca.pem", str(stack.ca_file)
     )
-    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120)
+    env = os.environ | {"LLM_OPS_API_KEY": stack.api_key}  # the test stack requires keys; `make up`'s does not
+    result = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

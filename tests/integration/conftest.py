@@ -27,6 +27,7 @@ import httpx
 import psutil
 import pytest
 
+from llm_ops.settings import DEFAULT_SERVICE
 from tests.conftest import free_port, free_ports_in_a_row
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -39,6 +40,7 @@ ADDRESS_IN_USE = "address already in use"
 STOP_TIMEOUT = 60.0  # the workers drain (5 s) and finish what is in flight (up to 30 s)
 REPLICAS = 2
 HEART_BEAT_INTERVAL, HEART_BEAT_EXPIRATION = 1, 5  # seconds; short, so that failover can be watched
+WORKER_CONCURRENCY, WORKER_QUEUE = 8, 8  # per replica: requests running, requests waiting
 API_KEYS = ("sk-llm-ops-test-0123456789", "sk-llm-ops-other-9876543210")
 
 
@@ -46,6 +48,7 @@ API_KEYS = ("sk-llm-ops-test-0123456789", "sk-llm-ops-other-9876543210")
 class Stack:
     base_url: str  # https://localhost:PORT
     http_url: str  # http://localhost:PORT, redirects to HTTPS
+    admin_url: str  # Traefik's API, on loopback
     worker_urls: list[str]  # the replicas themselves, behind Traefik
     controller_url: str
     ca_file: Path
@@ -89,6 +92,13 @@ class Stack:
             assert time.monotonic() - started < timeout, f"an engine still holds a request after {timeout} s"
             time.sleep(0.02)
         return time.monotonic() - started
+
+    def server_status(self) -> dict[str, str]:
+        """Traefik's view of the model's replicas: URL -> UP or DOWN."""
+        services = httpx.get(f"{self.admin_url}/api/http/services", timeout=5).json()
+        model = next(service for service in services if service["name"].startswith(DEFAULT_SERVICE))
+        status: dict[str, str] = model.get("serverStatus", {})
+        return status
 
     def registered_workers(self) -> list[str]:
         return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
@@ -137,6 +147,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
         stack = Stack(
             base_url=f"https://localhost:{https_port}",
             http_url=f"http://localhost:{http_port}",
+            admin_url=f"http://127.0.0.1:{admin_port}",
             worker_urls=[f"http://127.0.0.1:{worker_port + replica}" for replica in range(REPLICAS)],
             controller_url=f"http://127.0.0.1:{controller_port}",
             ca_file=state_dir / "tls" / "ca.pem",
@@ -155,6 +166,8 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--openai-api-port", str(api_port),
             "--heart-beat-interval", str(HEART_BEAT_INTERVAL),
             "--heart-beat-expiration", str(HEART_BEAT_EXPIRATION),
+            "--limit-worker-concurrency", str(WORKER_CONCURRENCY),
+            "--max-queued-requests", str(WORKER_QUEUE),
             "--compose-file", str(COMPOSE_FILE),
         ]  # fmt: skip
         with stack.log_file.open("wb") as log:

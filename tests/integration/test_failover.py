@@ -1,5 +1,7 @@
-"""Two replicas; one is killed (SIGKILL) under steady traffic. Requests keep succeeding, the controller
-drops the dead worker after its heartbeats stop, and the replica, restarted, serves again."""
+"""Two replicas; one is killed (SIGKILL) under steady traffic and with answers streaming. Streams on the
+dead replica end (with an error or cut short) within seconds, never hang; requests keep succeeding,
+the controller drops the dead worker after its heartbeats stop, and the replica, restarted, serves
+again."""
 
 from __future__ import annotations
 
@@ -13,11 +15,49 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import HEART_BEAT_EXPIRATION, MODEL, Stack, completion
+from tests.integration.conftest import HEART_BEAT_EXPIRATION, LONG_STORY, MODEL, Stack, chat, completion
 
 pytestmark = pytest.mark.integration
 RESTART_TIMEOUT = 600.0
 SETTLE_SECONDS = 5.0  # after the kill, a health-check interval (2 s) and a controller refresh, with margin
+STREAM_END_BOUND = 10.0  # seconds after the kill by which a stream on the dead replica has ended
+
+
+@dataclass
+class LongAnswer:
+    """A long answer streamed on a thread: when and how it ended ("complete", or what went wrong)."""
+
+    route: str
+    ended_at: float = 0.0
+    outcome: str = ""
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, stack: Stack) -> None:
+        try:
+            with stack.client(timeout=120) as client:
+                if self.route == "/api":
+                    body = chat(messages=LONG_STORY, max_new_tokens=400, temperature=0.7)
+                    url = f"/api/{MODEL}/worker_generate_stream"
+                else:
+                    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": True}
+                    url = "/v1/completions"
+                with client.stream("POST", url, json=body) as response:
+                    received = b""
+                    for data in response.iter_raw():
+                        self.started.set()
+                        received += data
+            self.outcome = self._judge(received)
+        except httpx.HTTPError as error:
+            self.outcome = f"cut: {error!r}"
+        finally:
+            self.ended_at = time.monotonic()
+            self.started.set()
+
+    def _judge(self, received: bytes) -> str:
+        if self.route == "/v1":
+            return "complete" if b'"finish_reason":"length"' in received and b'"error"' not in received else "error"
+        last = received.rstrip(b"\0").rsplit(b"\0", 1)[-1]
+        return "complete" if b'"finish_reason":"length"' in last else f"error: ends with {last[-80:]!r}"
 
 
 @dataclass
@@ -65,11 +105,16 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
         "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
         "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
     }
+    answers = [LongAnswer(route) for route in ("/api", "/api", "/api", "/v1", "/v1")]
     threads = [threading.Thread(target=flow.run, args=(stack,)) for flow in flows.values()]
+    threads += [threading.Thread(target=answer.run, args=(stack,)) for answer in answers]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(3)
+        for answer in answers:
+            assert answer.started.wait(timeout=60), f"a long answer on {answer.route} did not start"
+        time.sleep(2)
+        assert stack.worker_queue_length(victim) > 0, "nothing was streaming on the replica about to die"
         for process in worker_processes(int(victim.rsplit(":", 1)[1])):
             process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
@@ -82,8 +127,16 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
         for flow in flows.values():
             flow.stop.set()
         for thread in threads:
-            thread.join(timeout=60)
+            thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
     record_property("controller_dropped_dead_worker_after_s", round(dropped_after, 2))
+    cut_short = [answer for answer in answers if answer.outcome != "complete"]
+    for number, answer in enumerate(answers):
+        ended = f"ended {answer.ended_at - killed:.2f} s after the kill"
+        record_property(f"long_answer_{number}_{answer.route}", f"{answer.outcome}, {ended}")
+    assert cut_short, "no stream was on the killed replica"
+    for answer in cut_short:
+        assert answer.ended_at - killed < STREAM_END_BOUND, f"{answer.route}: {answer.outcome}, ended too late"
     for name, flow in flows.items():
         record_property(f"{name}_requests", len(flow.results))
         record_property(f"{name}_failures", flow.failures())  # in flight on the victim, or sent in the gap

@@ -1,0 +1,193 @@
+"""The worst minute, on the real stack: strangers without a key, oversized bodies, a storm of requests
+that fail or are abandoned in every way, and a replica stopped for a deploy while it streams."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import (
+    API_KEYS,
+    CAPITAL_QUESTION,
+    LONG_STORY,
+    MODEL,
+    WORKER_CONCURRENCY,
+    WORKER_QUEUE,
+    Stack,
+    chat,
+)
+from tests.integration.test_failover import RESTART_TIMEOUT, worker_processes
+
+pytestmark = pytest.mark.integration
+WRONG_KEY = "sk-llm-ops-wrong-5555555555"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Bearer {WRONG_KEY}"}], ids=["no key", "wrong key"])
+def test_the_front_door_refuses_requests_without_a_valid_key(stack: Stack, headers: dict[str, str]) -> None:
+    with stack.client(headers=headers) as client:
+        worker = client.post(f"/api/{MODEL}/worker_generate", json=chat())
+        status = client.post(f"/api/{MODEL}/worker_get_status")
+        openai_chat = client.post("/v1/chat/completions", json={"model": MODEL, "messages": CAPITAL_QUESTION})
+        models = client.get("/v1/models")
+    for response in (worker, status):
+        assert response.status_code == 401 and response.json()["error_code"] == 40101, response.text
+    for response in (openai_chat, models):
+        assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_no_api_key_appears_in_any_log(stack: Stack) -> None:
+    with stack.client(headers={"Authorization": f"Bearer {WRONG_KEY}"}) as client:
+        assert client.post(f"/api/{MODEL}/worker_generate", json=chat()).status_code == 401
+    with stack.client() as client:
+        assert client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=2)).status_code == 200
+    time.sleep(1)  # Traefik writes its access log asynchronously
+    logs = stack.log_file.read_text() + stack.access_log.read_text()
+    assert f"/api/{MODEL}/worker_generate" in logs  # the requests were logged ...
+    for key in (*API_KEYS, WRONG_KEY):
+        assert key not in logs  # ... their keys were not
+
+
+def test_a_body_over_the_limit_gets_413_through_the_front_door(stack: Stack) -> None:
+    huge = chat(messages=[{"role": "user", "text": "word " * 300_000}])  # 1.5 MB, over the 1 MiB default
+    with stack.client() as client:
+        worker = client.post(f"/api/{MODEL}/worker_generate", json=huge)
+        openai = client.post("/v1/completions", json={"model": MODEL, "prompt": "word " * 300_000})
+    assert worker.status_code == 413 and worker.json()["error_code"] == 40302
+    assert openai.status_code == 413 and "limit" in openai.json()["error"]["message"]
+
+
+def _end_one_way(client: httpx.Client, kind: str) -> str:
+    """A request to the first replica that ends the way `kind` says; what happened."""
+    url = "/api/worker_generate"
+    short = chat(max_new_tokens=8)
+    try:
+        if kind == "success":
+            return str(client.post(url, json=short).status_code)
+        if kind == "invalid":
+            return str(client.post(url, json=chat(top_p=7)).status_code)
+        if kind == "too long":
+            return str(client.post(url, json=chat(messages=[{"role": "user", "text": "word " * 9000}])).status_code)
+        if kind == "stream success":
+            with client.stream("POST", f"{url}_stream", json=short) as response:
+                return str(response.status_code) + ("" if response.read().endswith(b"\0") else " cut")
+        if kind == "stream abandoned":
+            with client.stream("POST", f"{url}_stream", json=chat(messages=LONG_STORY)) as response:
+                for _ in response.iter_raw():
+                    break
+                return "abandoned" if response.status_code == 200 else str(response.status_code)
+        if kind == "client timeout":  # abandons running and waiting requests alike
+            client.post(url, json=chat(messages=LONG_STORY), timeout=random.uniform(0.05, 1.5))
+            return "answered before the timeout"
+    except httpx.TimeoutException:
+        return "timed out"
+    raise AssertionError(kind)
+
+
+def test_a_storm_of_requests_ending_every_way_leaves_no_slot_or_engine_request_behind(
+    stack: Stack, record_property: Callable[[str, object], None]
+) -> None:
+    kinds = ["success", "invalid", "too long", "stream success", "stream abandoned", "client timeout"]
+    random.seed(5)
+    plan = [kinds[n % len(kinds)] for n in range(240)]
+    random.shuffle(plan)
+    outcomes: list[str] = []
+    at_once = (WORKER_CONCURRENCY + WORKER_QUEUE) * 2  # half of them over the worker's limits at any time
+
+    def run(kinds: list[str]) -> None:
+        with httpx.Client(base_url=stack.worker_url, headers=stack.headers, timeout=120) as client:
+            outcomes.extend(_end_one_way(client, kind) for kind in kinds)
+
+    threads = [threading.Thread(target=run, args=(plan[n::at_once],)) for n in range(at_once)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    counted = {outcome: outcomes.count(outcome) for outcome in sorted(set(outcomes))}
+    record_property("outcomes", json.dumps(counted))
+    assert len(outcomes) == len(plan)
+    assert {"200", "400", "429", "abandoned", "timed out"} <= set(counted), counted
+    assert "200 cut" not in counted and not any(o.startswith("5") for o in counted), counted
+    stack.wait_until_idle(10, "slots still held after the storm")
+    assert stack.engine_requests(stack.worker_url) == 0
+    with httpx.Client(headers=stack.headers, timeout=120) as client:
+        answer = client.post(f"{stack.worker_url}/api/worker_generate", json=chat(max_new_tokens=32)).json()
+    assert "Paris" in answer["text"]
+
+
+def test_overload_is_answered_at_once_with_429_42903_and_retry_after(stack: Stack) -> None:
+    """Fill the first replica's running and waiting slots with long answers; the next request is refused at once."""
+    holders: list[threading.Thread] = []
+    body = chat(messages=LONG_STORY, max_new_tokens=60)
+
+    def hold() -> None:
+        with httpx.Client(headers=stack.headers, timeout=300) as client:
+            client.post(f"{stack.worker_url}/api/worker_generate", json=body)
+
+    for _ in range(WORKER_CONCURRENCY + WORKER_QUEUE):
+        holders.append(threading.Thread(target=hold))
+        holders[-1].start()
+    deadline = time.monotonic() + 30
+    while stack.worker_queue_length(stack.worker_url) < WORKER_CONCURRENCY + WORKER_QUEUE:
+        assert time.monotonic() < deadline, "the slots did not fill"
+        time.sleep(0.05)
+    started = time.monotonic()
+    refused = httpx.post(f"{stack.worker_url}/api/worker_generate", json=chat(), headers=stack.headers)
+    took = time.monotonic() - started
+    assert refused.status_code == 429 and refused.json()["error_code"] == 42903
+    assert int(refused.headers["Retry-After"]) >= 1 and took < 1.0
+    for holder in holders:
+        holder.join(timeout=300)
+    stack.wait_until_idle(10, "slots still held")
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what}: not after {timeout} s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_comes_back(
+    stack: Stack, record_property: Callable[[str, object], None]
+) -> None:
+    victim = stack.worker_urls[1]
+    chunks: list[dict[str, Any]] = []
+
+    def read_answer() -> None:
+        body = chat(messages=LONG_STORY, max_new_tokens=150)
+        url = f"{victim}/api/worker_generate_stream"
+        raw = httpx.post(url, json=body, headers=stack.headers, timeout=120).content
+        chunks.extend(json.loads(part) for part in raw.split(b"\0") if part.strip())
+
+    reader = threading.Thread(target=read_answer)
+    reader.start()
+    _wait_for(lambda: stack.worker_queue_length(victim) == 1, 30, "the stream did not start")
+    worker = worker_processes(int(victim.rsplit(":", 1)[1]))[0]
+    log_before = stack.log_file.read_text()
+    worker.send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+
+    health = httpx.get(f"{victim}/health")
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    out_of_rotation = _wait_for(lambda: stack.server_status().get(victim) == "DOWN", 5, "Traefik kept routing to it")
+    record_property("traefik_stopped_routing_after_s", round(out_of_rotation, 2))
+    with stack.client() as client:  # meanwhile the front door serves from the other replica
+        for _ in range(3):
+            assert client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=4)).status_code == 200
+
+    reader.join(timeout=120)
+    assert chunks and chunks[-1]["finish_reason"] in ("stop", "length"), chunks[-1:]
+    record_property("stream_finished_after_sigterm_s", round(time.monotonic() - stopped, 2))
+    _wait_for(lambda: "exited with 0; restarting" in stack.log_file.read_text()[len(log_before) :], 60, "no exit 0")
+    record_property("worker_exited_0_after_s", round(time.monotonic() - stopped, 2))
+    _wait_for(lambda: f"{victim}/api" in stack.registered_workers(), RESTART_TIMEOUT, "the replica did not come back")
+    _wait_for(lambda: stack.server_status().get(victim) == "UP", 30, "Traefik did not take the replica back")

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
 import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from llm_ops.frontdoor.certs import ensure_certificates
 from llm_ops.frontdoor.compose import load_compose
@@ -45,51 +46,47 @@ HEALTH_TIMEOUT = 15.0  # the labels check every 2 s
 class EchoBackend:
     """Stands in for one worker container: answers every request with its own name and the path it got.
 
-    One request per connection, said with `Connection: close` (Traefik's fast proxy pools connections
-    unless told): once stopped, it is really gone. It keeps its port across a restart, like a
+    Served by uvicorn, as a worker is (HTTP/1.1, connections kept alive), in a thread. Stopping it
+    closes its connections too, so it is really gone; it keeps its port across a restart, like a
     restarted container keeps its address.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.port = 0  # the first start takes any free port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True).start()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        self.port = listener.getsockname()[1]
+        config = uvicorn.Config(self._app, log_level="warning", http="h11", interface="asgi3", timeout_keep_alive=75)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [listener]}, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
             self._server = None
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        backend = self.name
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.dumps({"backend": backend, "path": self.path, "method": self.command}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.send_header("connection", "close")
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_POST = do_GET
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
+    async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        body = json.dumps({"backend": self.name, "path": scope["path"], "method": scope["method"]}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 @dataclass
@@ -241,7 +238,8 @@ def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(
         record_property("seconds_until_down", round(down_after, 2))
         with front_door.client() as client:
             answers = [client.post(url) for _ in range(20)]
-        assert [(a.status_code, a.json()["backend"]) for a in answers] == [(200, alive.name)] * 20
+        assert [(a.status_code, a.text) for a in answers if a.status_code != 200] == []
+        assert [a.json()["backend"] for a in answers] == [alive.name] * 20
     finally:
         dead.start()
     up_after = wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
@@ -268,3 +266,32 @@ def test_prometheus_metrics_and_a_json_access_log_are_on(front_door: FrontDoor) 
     wait_for(lambda: front_door.access_log.is_file() and front_door.access_log.stat().st_size > 0, 10, "access log")
     entries = [json.loads(line) for line in front_door.access_log.read_text().splitlines()]
     assert any(entry["RequestPath"] == f"/api/{name}/worker_generate" for entry in entries)
+
+
+@pytest.mark.parametrize("service", list(COMPOSE.models))
+def test_a_replica_that_just_died_costs_no_request_before_the_health_check_notices(
+    front_door: FrontDoor, service: str
+) -> None:
+    dead, alive = front_door.backends[service]
+    name = next(name for svc, name in ROUTES if svc == service)
+    dead.stop()
+    try:
+        assert front_door.server_status(service).get(dead.url) == "UP"  # Traefik does not know yet
+        with front_door.client() as client:
+            answers = [client.post(f"{front_door.base_url}/api/{name}/worker_generate", json={}) for _ in range(10)]
+        # the retry middleware sends a refused request, body and all, to the other replica
+        assert [(a.status_code, a.json()["backend"]) for a in answers] == [(200, alive.name)] * 10
+    finally:
+        dead.start()
+    wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
+
+
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(front_door: FrontDoor) -> None:
+    _, name = ROUTES[0]
+    with front_door.client() as client:
+        statuses = [client.post(f"{front_door.base_url}/api/{name}/worker_generate") for _ in range(150)]
+    limited = [response for response in statuses if response.status_code == 429]
+    assert limited, "150 requests at once never hit the limit (burst 100, 20 a second)"
+    assert {response.status_code for response in statuses} == {200, 429}
+    assert all(int(response.headers["Retry-After"]) >= 1 for response in limited)
+    time.sleep(3)  # the bucket refills at 20 a second

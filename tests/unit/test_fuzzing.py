@@ -51,7 +51,12 @@ POSITIVE, NEGATIVE, SURROGATES = 300, 250, 100  # generated requests per test an
 WORKER_MODELS = ["fake-model", "fake.model-1.5"]  # the names fake_service serves
 API_MODELS = ["fake-model"]  # the name the API's controller knows the worker by
 WORKER_ERROR_CODES = frozenset(int(code) for code in ErrorCode)
-OPENAI_ERROR_FIELDS = {"message": str, "type": str, "param": (str, type(None)), "code": (str, type(None))}
+OPENAI_ERROR_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "message": str,
+    "type": str,
+    "param": (str, type(None)),
+    "code": (str, type(None)),
+}
 
 Apps = Callable[[FakeEngine], contextlib.AbstractAsyncContextManager[tuple[FastAPI, FastAPI]]]
 
@@ -98,7 +103,7 @@ class Harness:
         """One request, bounded by REQUEST_TIMEOUT; an exception the app raised fails the test."""
         self.sent += 1
         try:
-            response = self.portal.call(self._send, request)
+            response: httpx.Response = self.portal.call(self._send, request)
         except TimeoutError:
             pytest.fail(f"no answer within {REQUEST_TIMEOUT} s (a hang)")
         except Exception as error:
@@ -108,7 +113,8 @@ class Harness:
 
     async def _send(self, request: dict[str, Any]) -> httpx.Response:
         with anyio.fail_after(REQUEST_TIMEOUT):
-            return await self.client.request(**request)
+            response: httpx.Response = await self.client.request(**request)
+            return response
 
     def assert_nothing_in_flight(self) -> None:
         status = self.portal.call(self.worker.post, "/api/worker_get_status")
@@ -140,7 +146,9 @@ def running(apps: Apps) -> Iterator[Harness]:
         harness.assert_nothing_in_flight()
 
 
-def requests(app: FastAPI, mode: GenerationMode, models: list[str], surrogates: bool = False) -> st.SearchStrategy[Any]:
+def generated_requests(
+    app: FastAPI, mode: GenerationMode, models: list[str], surrogates: bool = False
+) -> st.SearchStrategy[Any]:
     """(case, httpx arguments) for requests generated from the app's own schema. Half of those that name a
     model (as a string) name a served one, or nearly all would stop at "unknown model" before reaching the
     prompt and the engine. Surrogates go into the serialized body: schemathesis cannot revalidate them."""
@@ -161,13 +169,14 @@ def requests(app: FastAPI, mode: GenerationMode, models: list[str], surrogates: 
     return aimed()
 
 
-def with_lone_surrogates(draw: st.DrawFn, value: Any, first: bool = True) -> Any:
-    """`value` with a lone surrogate inserted into some of its strings (into the first one at least)."""
-    inserted = [not first]
+def with_lone_surrogates(draw: st.DrawFn, body: Any) -> Any:
+    """`body` with a lone surrogate inserted into its first string and maybe into others."""
+    inserted = False
 
     def walk(value: Any) -> Any:
-        if isinstance(value, str) and (not inserted[0] or draw(st.booleans())):
-            inserted[0] = True
+        nonlocal inserted
+        if isinstance(value, str) and (not inserted or draw(st.booleans())):
+            inserted = True
             at = draw(st.integers(0, len(value)))
             return value[:at] + chr(draw(st.integers(0xD800, 0xDFFF))) + value[at:]
         if isinstance(value, dict):
@@ -176,7 +185,7 @@ def with_lone_surrogates(draw: st.DrawFn, value: Any, first: bool = True) -> Any
             return [walk(item) for item in value]
         return value
 
-    return walk(value)
+    return walk(body)
 
 
 def as_httpx(request: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +218,7 @@ def fuzz(
             phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no explain phase: it traces, and is slow
             print_blob=True,
         )
-        @given(generated=requests(harness.app, mode, models, surrogates))
+        @given(generated=generated_requests(harness.app, mode, models, surrogates))
         def run(generated: tuple[Any, dict[str, Any]]) -> None:
             case, request = generated
             note(f"{request['method']} {request['url']} {request.get('content')!r}")

@@ -10,7 +10,7 @@ import pytest
 from llm_ops.cli import parse_worker_args
 from llm_ops.frontdoor.compose import ComposeError, ModelService, load_compose
 from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
-from llm_ops.stack import controller_command, openai_api_command, worker_commands
+from llm_ops.stack import controller_command, openai_api_command, usage_banner, worker_commands
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = load_compose(ROOT / "docker-compose.yml")
@@ -77,3 +77,21 @@ def test_a_service_with_bad_worker_flags_is_refused_with_its_name() -> None:
 def test_an_unknown_service_is_refused_with_the_ones_there_are() -> None:
     with pytest.raises(ComposeError, match="no model service 'gpt-4'; it has: llama-2-7b-chat"):
         COMPOSE.model("gpt-4")
+
+
+def test_without_api_keys_the_stack_says_loudly_that_it_is_open() -> None:
+    banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset())
+    assert "WARNING: NO API KEYS ARE CONFIGURED" in banner and "Authorization" not in banner
+
+
+def test_with_api_keys_the_banner_shows_where_a_key_goes_but_never_a_key() -> None:
+    banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset({"sk-secret-1", "sk-2"}))
+    assert "2 configured" in banner and banner.count("Authorization: Bearer YOUR_KEY") == 2
+    assert "sk-" not in banner and "WARNING" not in banner
+
+
+def test_up_passes_admission_and_drain_settings_to_every_replica() -> None:
+    settings = StackSettings(replicas=2, limit_worker_concurrency=4, max_queued_requests=2, drain_seconds=1)
+    commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
+    workers = [parse_worker_args(command[5:]) for command in commands]
+    assert {(w.limit_worker_concurrency, w.max_queued_requests, w.drain_seconds) for w in workers} == {(4, 2, 1.0)}

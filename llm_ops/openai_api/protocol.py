@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_ops.protocol.worker import MAX_MESSAGES, MAX_NAME_CHARS, MAX_NEW_TOKENS, SEED_RANGE, StopString, Text
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -23,45 +25,45 @@ class StreamOptions(RequestModel):
 
 
 class SamplingParameters(RequestModel):
-    model: str
+    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)]
     temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
     n: Annotated[int, Field(ge=1, le=8)] = 1
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = None
+    seed: Annotated[int, Field(ge=SEED_RANGE["ge"], le=SEED_RANGE["le"] - 8)] | None = None  # + choice index
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None  # accepted, as OpenAI does; not used
+    user: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None  # accepted, as OpenAI does; not used
 
 
 class TextPart(RequestModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
+    content: Text | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)]
+    name: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(SamplingParameters):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] | None = None
 
     def max_new_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionRequest(SamplingParameters):
-    prompt: str
-    max_tokens: Annotated[int, Field(ge=1)] = 16  # OpenAI's default for completions
+    prompt: Text
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 16  # OpenAI's default for completions
     echo: bool = False
 
 

@@ -18,6 +18,24 @@ SYSTEM_ROLE = "system"
 Role = Literal["user", "human", "ai", "assistant", "system"]
 FinishReason = Literal["stop", "length", "abort", "error"]
 
+# Bounds on what one request may ask for (the body as a whole: --max-body-bytes). The context
+# length of the model bounds prompt and answer further, per request, in the worker.
+MAX_MESSAGES = 1024
+MAX_TEXT_CHARS = 1_000_000  # one message, prompt or system message
+MAX_NEW_TOKENS = 1_048_576
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 1000
+MAX_STOP_TOKEN_IDS = 64
+MAX_TOKEN_ID = 2**31 - 1
+SEED_RANGE = {"ge": -(2**63), "le": 2**63 - 1}  # what the engine's random generators take
+MAX_NAME_CHARS = 256
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopStrings = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
+Seed = Annotated[int, Field(**SEED_RANGE)]
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
+
 
 class StrictModel(BaseModel):
     """No type coercion ("0.7" is not a number) and no unknown fields (a typo is an error)."""
@@ -27,20 +45,20 @@ class StrictModel(BaseModel):
 
 class ChatMessage(StrictModel):
     role: Role = Field(description="user/human, ai/assistant, or system")
-    text: str
+    text: Text
 
 
 class SamplingFields(StrictModel):
-    temperature: Annotated[float, Field(ge=0, description="0 means greedy")] = 1.0
+    temperature: Annotated[float, Field(ge=0, le=2, description="0 means greedy")] = 1.0
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    top_k: Annotated[int, Field(ge=-1, description="-1 or 0: consider all tokens")] = -1
-    max_new_tokens: Annotated[int, Field(ge=1)] = 256
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
+    top_k: Annotated[int, Field(ge=-1, le=MAX_TOKEN_ID, description="-1 or 0: consider all tokens")] = -1
+    max_new_tokens: Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS)] = 256
+    stop: StopStrings | None = None
+    stop_token_ids: Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] = 1.0
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    seed: int | None = None
+    seed: Seed | None = None
     echo: bool = Field(False, description="return the prompt followed by the generated text")
 
     def stop_strings(self) -> list[str]:
@@ -52,13 +70,13 @@ class SamplingFields(StrictModel):
 class GenerateRequest(SamplingFields):
     """Body of `worker_generate` and `worker_generate_stream`."""
 
-    model_identifier: str = Field(description="a model name this worker serves")
+    model_identifier: str = Field(max_length=MAX_NAME_CHARS, description="a model name this worker serves")
     generation_mode: Literal["chat", "completion"]
-    messages: list[ChatMessage] | None = Field(None, description="chat mode: the conversation")
-    system_message: str | None = Field(
+    messages: list[ChatMessage] | None = Field(None, max_length=MAX_MESSAGES, description="chat mode: the conversation")
+    system_message: Text | None = Field(
         None, description="chat mode: replaces the template's system message; completion mode ignores it"
     )
-    prompt: str | None = Field(None, description="completion mode: the text to continue, sent as is")
+    prompt: Text | None = Field(None, description="completion mode: the text to continue, sent as is")
 
     @model_validator(mode="after")
     def _check_mode(self) -> GenerateRequest:
@@ -117,8 +135,8 @@ class FastChatGenerateParams(SamplingFields):
 
     model_config = ConfigDict(strict=False, extra="ignore")
 
-    model: str
-    prompt: str
+    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+    prompt: Text
     echo: bool = True  # FastChat workers echo the prompt unless told not to
 
     def as_request(self) -> GenerateRequest:
@@ -174,8 +192,8 @@ class WorkerStatus(BaseModel):
 
 
 class CountTokenRequest(StrictModel):
-    prompt: str
-    model: str | None = None  # FastChat's OpenAI server sends it
+    prompt: Text
+    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None  # FastChat's OpenAI server sends it
 
 
 class CountTokenResponse(BaseModel):

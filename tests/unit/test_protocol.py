@@ -88,3 +88,39 @@ def test_stop_may_be_a_string_or_a_list() -> None:
 )
 def test_invalid_requests_are_refused_with_a_reason(body: dict[str, Any], says: str) -> None:
     assert says in refusal(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (chat(temperature=2.5), "temperature"),
+        (chat(top_k=2**40), "top_k"),
+        (chat(max_new_tokens=2**30), "max_new_tokens"),
+        (chat(repetition_penalty=11.0), "repetition_penalty"),
+        (chat(seed=2**64), "seed"),
+        (chat(seed=-(2**64)), "seed"),
+        (chat(stop=["x"] * 17), "stop"),
+        (chat(stop="x" * 1001), "stop"),
+        (chat(stop_token_ids=[-1]), "stop_token_ids.0"),
+        (chat(stop_token_ids=[1] * 65), "stop_token_ids"),
+        (chat(messages=[{"role": "user", "text": "x" * 1_000_001}]), "messages.0.text"),
+        (
+            chat(
+                messages=[{"role": "user", "text": "x"}, {"role": "ai", "text": "y"}] * 512
+                + [{"role": "user", "text": "z"}]
+            ),
+            "messages",
+        ),
+        (chat(system_message="x" * 1_000_001), "system_message"),
+        (completion(prompt="x" * 1_000_001), "prompt"),
+        (chat(model_identifier="m" * 257), "model_identifier"),
+    ],
+)
+def test_every_number_and_every_list_and_text_has_a_bound(body: dict[str, Any], field: str) -> None:
+    assert field in refusal(body)
+
+
+def test_values_at_the_bounds_are_accepted() -> None:
+    GenerateRequest.model_validate(
+        chat(temperature=2.0, seed=2**63 - 1, stop=["x"] * 16, stop_token_ids=[2**31 - 1] * 64, max_new_tokens=2**20)
+    )

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import Request
+from starlette.exceptions import HTTPException
 
 from llm_ops.settings import LifecycleSettings
 
@@ -48,6 +49,17 @@ def describe_validation_errors(errors: Iterable[Any], not_fields: frozenset[str]
         problems.append(f"{location}: {message}" if location else message)
         fields.append(location)
     return InvalidRequest(problems, next((field for field in fields if field), None), out_of_range)
+
+
+def http_error_message(request: Request, error: HTTPException) -> str:
+    """Starlette's and FastAPI's own refusals (no such route, a body that is not text), as sentences."""
+    if error.status_code == 404:
+        return f"no such endpoint: {request.method} {request.url.path}"
+    if error.status_code == 405:
+        return f"{request.url.path} does not take {request.method} requests"
+    if error.detail == "There was an error parsing the body":  # FastAPI, for a body that is not UTF-8
+        return "invalid request: the request body is not valid JSON text (UTF-8)"
+    return str(error.detail)
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:

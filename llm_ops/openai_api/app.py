@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from llm_ops.access import LimitBody, RequireApiKey, authorization_headers
 from llm_ops.controller.client import ControllerClient
@@ -39,7 +40,7 @@ from llm_ops.openai_api.protocol import (
 )
 from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.worker import GenerateChunk
-from llm_ops.serving import cancel_on_disconnect, describe_validation_errors
+from llm_ops.serving import cancel_on_disconnect, describe_validation_errors, http_error_message
 from llm_ops.settings import MAX_BODY_BYTES
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
@@ -70,11 +71,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 async def complete(body: OpenAIRequest, request: Request) -> Response:
     """Open one worker stream per choice (refusals become errors here, before any byte is sent)."""
     streams = [gateway(request).chunks(worker_request(body, choice)) for choice in range(body.n)]
-    try:
-        firsts = await asyncio.gather(*(anext(stream) for stream in streams))
-    except BaseException:
-        await asyncio.gather(*(stream.aclose() for stream in streams))
-        raise
+    firsts = await first_chunks(streams)
     response_id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex}"
     if body.stream:
         return StreamingResponse(sse(body, response_id, firsts, streams), media_type="text/event-stream")
@@ -88,6 +85,23 @@ async def complete(body: OpenAIRequest, request: Request) -> Response:
     if failed is not None:
         raise APIError(500, failed.text)
     return JSONResponse(whole_response(body, response_id, finals).model_dump())
+
+
+async def first_chunks(streams: list[AsyncGenerator[GenerateChunk, None]]) -> list[GenerateChunk]:
+    """Each stream's first chunk; on a refusal or a cancellation, every stream closed and the error raised.
+
+    Every first read has ended before any stream is closed: closing one still being read is an error.
+    """
+    try:
+        firsts = await asyncio.gather(*(anext(stream) for stream in streams), return_exceptions=True)
+    except BaseException:  # cancelled (the client left): gather has cancelled and awaited the reads
+        await asyncio.gather(*(stream.aclose() for stream in streams))
+        raise
+    chunks = [first for first in firsts if isinstance(first, GenerateChunk)]
+    if len(chunks) < len(streams):
+        await asyncio.gather(*(stream.aclose() for stream in streams))
+        raise next(first for first in firsts if isinstance(first, BaseException))
+    return chunks
 
 
 async def last(first: GenerateChunk, stream: AsyncGenerator[GenerateChunk, None]) -> GenerateChunk:
@@ -220,6 +234,11 @@ def _refusal(status: int, code: ErrorCode, message: str) -> JSONResponse:
     return JSONResponse(error.body.model_dump(), status_code=status)
 
 
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    return await _api_error(request, APIError(error.status_code, http_error_message(request, error)))
+
+
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     invalid = describe_validation_errors(error.errors(), not_fields=frozenset({"body"}))
@@ -249,6 +268,7 @@ def create_openai_app(
     app.add_api_route("/health", health, methods=["GET"])
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_refusal)
     app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/v1/",), refuse=_refusal)
     return app

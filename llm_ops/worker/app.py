@@ -17,6 +17,7 @@ from typing import TypeVar
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from llm_ops.access import LimitBody, RequireApiKey
@@ -34,7 +35,7 @@ from llm_ops.protocol.worker import (
     WorkerStatus,
     as_generate_request,
 )
-from llm_ops.serving import cancel_on_disconnect, describe_validation_errors
+from llm_ops.serving import cancel_on_disconnect, describe_validation_errors, http_error_message
 from llm_ops.settings import MAX_BODY_BYTES
 from llm_ops.worker.admission import Overloaded, Slot
 from llm_ops.worker.service import PreparedRequest, WorkerService
@@ -165,6 +166,12 @@ async def _request_error(_: Request, error: Exception) -> JSONResponse:
     return response
 
 
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    code = ErrorCode.VALIDATION_TYPE_ERROR if error.status_code < 500 else ErrorCode.INTERNAL_ERROR
+    return _error(error.status_code, code, http_error_message(request, error))
+
+
 async def _validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     invalid = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS)
@@ -197,6 +204,7 @@ def create_worker_app(
     app.add_api_route("/health", health, methods=["GET"])
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_error)
     app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/api/",), refuse=_error)
     return app

@@ -47,7 +47,7 @@ from tests.unit.fake_engine import FakeEngine, open_fake_service
 from tests.unit.test_openai_api import WORKER, Hosts
 
 REQUEST_TIMEOUT = 5.0  # seconds; the scripted engine answers in milliseconds, so running out means a hang
-POSITIVE, NEGATIVE, SURROGATES = 300, 250, 100  # generated requests per test and app: 1,300 in all
+POSITIVE, NEGATIVE, SURROGATES = 300, 200, 100  # generated requests per test and app: 1,200 in all
 WORKER_MODELS = ["fake-model", "fake.model-1.5"]  # the names fake_service serves
 API_MODELS = ["fake-model"]  # the name the API's controller knows the worker by
 WORKER_ERROR_CODES = frozenset(int(code) for code in ErrorCode)

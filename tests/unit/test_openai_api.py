@@ -169,6 +169,29 @@ async def test_bad_requests_get_openai_shaped_errors(
     assert error["type"] == "invalid_request_error" and error["code"] == code and says in error["message"]
 
 
+@pytest.mark.parametrize("attempt", range(10))  # it raced: one run in five before the fix
+async def test_a_refusal_with_several_choices_is_one_clean_error(client: httpx.AsyncClient, attempt: int) -> None:
+    response = await client.post("/v1/chat/completions", json=chat(max_tokens=64, n=8))
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "says"),
+    [
+        ("POST", "/v1/chat/completions", b"\x80", 400, "not valid JSON text (UTF-8)"),
+        ("POST", "/v1/nothing", b"{}", 404, "no such endpoint: POST /v1/nothing"),
+        ("GET", "/v1/completions", b"", 405, "does not take GET requests"),
+    ],
+)
+async def test_bodies_that_are_not_text_and_unknown_routes_get_openai_shaped_errors(
+    client: httpx.AsyncClient, method: str, path: str, content: bytes, status: int, says: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    response = await client.request(method, path, content=content, headers=headers)
+    assert response.status_code == status and says in response.json()["error"]["message"]
+
+
 async def test_a_worker_that_cannot_be_reached_is_skipped(client: httpx.AsyncClient, registry: WorkerRegistry) -> None:
     registry.register("http://dead-worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     registry.workers[WORKER].queue_length = 5  # the dead one looks less busy: it is tried first

@@ -117,6 +117,24 @@ async def test_invalid_requests_get_a_fastchat_error(
     assert says in response.json()["text"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "says"),
+    [
+        ("POST", "/api/worker_generate", b"\x80", 400, "not valid JSON text (UTF-8)"),
+        ("POST", "/api/count_token", b"\x00" * 9, 400, "not valid JSON text (UTF-8)"),
+        ("POST", "/api/nothing", b"{}", 404, "no such endpoint: POST /api/nothing"),
+        ("GET", "/api/worker_generate", b"", 405, "does not take GET requests"),
+    ],
+)
+async def test_bodies_that_are_not_text_and_unknown_routes_get_a_fastchat_error(
+    client: httpx.AsyncClient, method: str, path: str, content: bytes, status: int, says: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    response = await client.request(method, path, content=content, headers=headers)
+    assert response.status_code == status
+    assert response.json()["error_code"] == 40001 and says in response.json()["text"]
+
+
 @pytest.mark.parametrize("raw", [b'{"model_identifier": ', b"", b"[]", b"null"])
 async def test_a_body_that_is_not_a_json_object_gets_a_validation_error(client: httpx.AsyncClient, raw: bytes) -> None:
     response = await client.post("/api/worker_generate", content=raw, headers={"content-type": "application/json"})

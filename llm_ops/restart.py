@@ -5,10 +5,16 @@ Stopping this process (SIGTERM or SIGINT, which the stack sends) passes the sign
 waits for it to finish (a worker drains first) and exits with its code, without restarting it. It
 also gives up, with the command's code, when the command ends three times within a minute of
 starting: a worker that cannot start should stop the stack with its error, not loop forever.
+
+The command runs in a process group of its own, as a container's main process does: the stack
+signals this wrapper's group, and only the command itself hears of it, through the wrapper. Otherwise
+vLLM's engine processes would get the SIGTERM too and die under the answers the worker is finishing.
+If the wrapper is killed outright, the kernel kills the command too (Linux: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
 import sys
@@ -18,6 +24,15 @@ from types import FrameType
 QUICK_EXIT_SECONDS = 60.0
 QUICK_EXITS_ALLOWED = 3
 RESTART_DELAY_SECONDS = 1.0
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the wrapper dies."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_restarting(command: list[str]) -> int:
@@ -35,7 +50,7 @@ def run_restarting(command: list[str]) -> int:
     quick_exits = 0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
         code = child.wait()
         if stopping:
             return code

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llm_ops import restart
@@ -67,3 +68,25 @@ def test_stopping_the_wrapper_lets_the_command_finish_and_returns_its_code_witho
     wrapper.send_signal(signum)
     assert wrapper.wait(timeout=10) == 0
     assert stopped.read_text() == "drained" and runs.read_text() == "x"
+
+
+def test_the_command_runs_in_a_process_group_of_its_own_so_only_the_wrapper_signals_it(tmp_path: Path) -> None:
+    groups = tmp_path / "groups"
+    record = f"import os; open({str(groups)!r}, 'w').write(f'{{os.getpgid(0)}} {{os.getpgid(os.getppid())}}')"
+    assert restart.run_restarting(python(record)) == 0
+    own, wrappers = groups.read_text().split()
+    assert own != wrappers
+
+
+def test_a_wrapper_killed_outright_takes_its_command_with_it(tmp_path: Path) -> None:
+    child_pid = tmp_path / "pid"
+    sleeper = f"import os, time; open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    script = f"import sys; from llm_ops import restart; sys.exit(restart.run_restarting({python(sleeper)!r}))"
+    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 10
+    while not child_pid.exists() or not child_pid.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    wrapper.kill()
+    wrapper.wait()
+    psutil.Process(int(child_pid.read_text())).wait(timeout=5)  # TimeoutExpired if it outlived the wrapper

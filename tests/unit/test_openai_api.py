@@ -216,3 +216,16 @@ async def test_every_worker_request_is_finished_and_none_is_left_running(
         await client.post("/v1/chat/completions", json=body)
     assert len(engine.started) == len(engine.finished) == 4
     assert engine.aborted == []
+
+
+async def test_without_a_controller_the_api_answers_503() -> None:
+    api = create_openai_app("http://controller", transport=Hosts({}))  # nothing answers
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+    ):
+        models = await client.get("/v1/models")
+        answer = await client.post("/v1/chat/completions", json=chat())
+    for response in (models, answer):
+        assert response.status_code == 503
+        assert "the controller cannot be reached" in response.json()["error"]["message"]

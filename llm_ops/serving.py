@@ -115,11 +115,12 @@ class DrainingServer(uvicorn.Server):
                 self.should_exit = self.force_exit = True
             return
         self.draining = True
-        logger.info("%s: draining for %g s, then stopping", signal.Signals(sig).name, self.drain_seconds)
-        self.on_drain()
-        if self._loop is None:  # not serving yet: nothing to drain
+        if self._loop is None or not self.started:  # not serving yet: nothing to drain
+            logger.info("%s before the server started: stopping", signal.Signals(sig).name)
             self.should_exit = True
         else:
+            logger.info("%s: draining for %g s, then stopping", signal.Signals(sig).name, self.drain_seconds)
+            self.on_drain()
             self._loop.call_soon_threadsafe(self._loop.call_later, self.drain_seconds, self._stop)
 
     def _stop(self) -> None:

@@ -107,8 +107,14 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
         local = ["--host", settings.host, "--port", str(settings.port + replica)]
         local += ["--controller-address", controller_url(settings), "--worker-address", f"{url}/api"]
         start = ["bash", str(service.start_script), *service.command, *overrides, *local]
-        commands.append([sys.executable, "-m", "llm_ops.restart", *start])
+        restarting = [sys.executable, "-m", "llm_ops.restart", "--stop-timeout", str(stop_timeout(settings))]
+        commands.append([*restarting, *start])
     return commands, names
+
+
+def stop_timeout(settings: StackSettings) -> int:
+    """Seconds a stopped worker gets to drain and finish its answers before it is killed."""
+    return math.ceil(settings.drain_seconds + settings.graceful_timeout) + 2
 
 
 def controller_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
@@ -208,9 +214,9 @@ def run_stack(settings: StackSettings) -> int:
 
     keys = api_keys_from_environment()
     print(access_notice(keys), flush=True)
-    # honcho SIGKILLs what still runs this long after its SIGTERM (5 s by default): give draining
-    # workers their drain and grace times first.
-    honcho.manager.KILL_WAIT = math.ceil(settings.drain_seconds + settings.graceful_timeout) + 5
+    # honcho SIGKILLs what still runs this long after its SIGTERM (5 s by default): let the workers'
+    # wrappers stop them first (they kill a worker's engine processes too; honcho would not).
+    honcho.manager.KILL_WAIT = stop_timeout(settings) + 5
     manager = Manager()
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}

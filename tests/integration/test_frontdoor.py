@@ -60,7 +60,7 @@ def test_the_bare_model_path_is_routed_to_the_worker(client: httpx.Client) -> No
     # /api/<model> reaches the worker as /api/, which has no endpoint: the worker's 404, not Traefik's.
     response = client.post(f"/api/{MODEL}")
     assert response.status_code == 404
-    assert response.json() == {"text": "no such endpoint: POST /api/", "error_code": 40001}
+    assert response.json() == {"text": "no such endpoint: POST /api", "error_code": 40001}
 
 
 def test_http_redirects_to_https_keeping_method_and_path(stack: Stack) -> None:

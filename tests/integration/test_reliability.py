@@ -189,5 +189,13 @@ def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_c
     record_property("stream_finished_after_sigterm_s", round(time.monotonic() - stopped, 2))
     _wait_for(lambda: "exited with 0; restarting" in stack.log_file.read_text()[len(log_before) :], 60, "no exit 0")
     record_property("worker_exited_0_after_s", round(time.monotonic() - stopped, 2))
-    _wait_for(lambda: f"{victim}/api" in stack.registered_workers(), RESTART_TIMEOUT, "the replica did not come back")
+    _wait_for(lambda: _healthy(victim), RESTART_TIMEOUT, "the replica did not come back")
+    _wait_for(lambda: f"{victim}/api" in stack.registered_workers(), 30, "the replica did not register again")
     _wait_for(lambda: stack.server_status().get(victim) == "UP", 30, "Traefik did not take the replica back")
+
+
+def _healthy(worker_url: str) -> bool:
+    try:
+        return httpx.get(f"{worker_url}/health").status_code == 200
+    except httpx.TransportError:
+        return False

@@ -90,3 +90,36 @@ def test_a_wrapper_killed_outright_takes_its_command_with_it(tmp_path: Path) -> 
     wrapper.kill()
     wrapper.wait()
     psutil.Process(int(child_pid.read_text())).wait(timeout=5)  # TimeoutExpired if it outlived the wrapper
+
+
+def spawning(pid_file: Path, then: str) -> list[str]:
+    """A command that starts a long-lived process of its own (as a worker starts vLLM's), then runs `then`."""
+    return python(
+        f"import subprocess, sys, signal, time\n"
+        f"left = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(left.pid))\n"
+        f"{then}"
+    )
+
+
+def test_processes_a_command_leaves_behind_are_killed_when_it_ends(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    assert restart.run_restarting(spawning(pid_file, "sys.exit(3)")) == 3
+    psutil.Process(int(pid_file.read_text())).wait(timeout=5)  # TimeoutExpired if it survived
+
+
+def test_a_command_that_does_not_stop_in_time_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    stubborn = spawning(pid_file, "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)")
+    script = f"import sys; from llm_ops import restart; sys.exit(restart.main(['--stop-timeout', '1', *{stubborn!r}]))"
+    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    started = time.monotonic()
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=10) == 128 + signal.SIGKILL
+    assert 1.0 <= time.monotonic() - started < 5
+    psutil.Process(int(pid_file.read_text())).wait(timeout=5)

@@ -14,15 +14,15 @@ from llm_ops.stack import controller_command, openai_api_command, usage_banner, 
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = load_compose(ROOT / "docker-compose.yml")
-RESTARTING = [sys.executable, "-m", "llm_ops.restart"]
+RESTARTING = [sys.executable, "-m", "llm_ops.restart", "--stop-timeout", "37"]  # drain 5 s + grace 30 s + 2
 
 
 def test_by_default_it_runs_one_replica_of_the_packaged_model_service_restarted_on_crashes() -> None:
     commands, names = worker_commands(StackSettings(port=1234), COMPOSE.model(DEFAULT_SERVICE))
     assert names == [DEFAULT_MODEL_NAME]
     (command,) = commands
-    assert command[:5] == [*RESTARTING, "bash", str(ROOT / "start_chat.sh")]
-    worker = parse_worker_args(command[5:])  # as the start script's `llm-ops worker` reads them
+    assert command[:7] == [*RESTARTING, "bash", str(ROOT / "start_chat.sh")]
+    worker = parse_worker_args(command[7:])  # as the start script's `llm-ops worker` reads them
     assert (worker.host, worker.port, worker.served_model_names) == ("127.0.0.1", 1234, [DEFAULT_MODEL_NAME])
     assert (worker.controller_address, worker.address()) == ("http://127.0.0.1:21001", "http://127.0.0.1:1234/api")
 
@@ -30,7 +30,7 @@ def test_by_default_it_runs_one_replica_of_the_packaged_model_service_restarted_
 def test_replicas_listen_on_consecutive_ports_and_register_under_their_own_address() -> None:
     settings = StackSettings(port=1000, replicas=3, controller_port=2000, heart_beat_interval=2)
     commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
-    workers = [parse_worker_args(command[5:]) for command in commands]
+    workers = [parse_worker_args(command[7:]) for command in commands]
     assert [w.address() for w in workers] == [f"http://127.0.0.1:{port}/api" for port in (1000, 1001, 1002)]
     assert {(w.controller_address, w.heart_beat_interval) for w in workers} == {("http://127.0.0.1:2000", 2.0)}
 
@@ -38,7 +38,7 @@ def test_replicas_listen_on_consecutive_ports_and_register_under_their_own_addre
 def test_engine_and_server_flags_given_to_up_win_over_the_services_own() -> None:
     settings = StackSettings(max_model_len=2048, enforce_eager=True, keep_alive_timeout=90)
     (command,), _ = worker_commands(settings, COMPOSE.model("llama-2-7b-chat"))
-    worker = parse_worker_args(command[5:])
+    worker = parse_worker_args(command[7:])
     assert (worker.max_model_len, worker.enforce_eager, worker.keep_alive_timeout) == (2048, True, 90)
     assert (worker.conv_template, worker.served_model_names) == ("llama-2", ["Llama-2-7b-chat"])
     assert (worker.host, worker.port) == ("127.0.0.1", 21002)
@@ -93,5 +93,5 @@ def test_with_api_keys_the_banner_shows_where_a_key_goes_but_never_a_key() -> No
 def test_up_passes_admission_and_drain_settings_to_every_replica() -> None:
     settings = StackSettings(replicas=2, limit_worker_concurrency=4, max_queued_requests=2, drain_seconds=1)
     commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
-    workers = [parse_worker_args(command[5:]) for command in commands]
+    workers = [parse_worker_args(command[7:]) for command in commands]
     assert {(w.limit_worker_concurrency, w.max_queued_requests, w.drain_seconds) for w in workers} == {(4, 2, 1.0)}

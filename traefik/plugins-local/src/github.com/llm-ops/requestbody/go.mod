@@ -1,0 +1,3 @@
+module github.com/llm-ops/requestbody
+
+go 1.22

@@ -63,7 +63,7 @@ def base_url(settings: StackSettings) -> str:
 
 
 def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFiles) -> list[str]:
-    """Traefik's configuration for the native stack; returns its command line."""
+    """Traefik's configuration for the native stack; returns its command line, to run in `traefik_dir`."""
     addresses = LocalAddresses(
         public_host=settings.public_host,
         https_port=settings.https_port,
@@ -75,9 +75,13 @@ def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFile
         settings.service: [worker_url(settings, replica) for replica in range(settings.replicas)],
         OPENAI_API_SERVICE: [f"http://{LOOPBACK}:{settings.openai_api_port}"],
     }
-    directory = settings.state_dir.resolve() / "traefik"
+    directory = traefik_dir(settings)
     flags = write_local_front_door(compose, backends, tls, addresses, directory, settings.traefik_log_level)
     return [traefik_binary(), *flags]
+
+
+def traefik_dir(settings: StackSettings) -> Path:
+    return settings.state_dir.resolve() / "traefik"
 
 
 def worker_url(settings: StackSettings, replica: int) -> str:
@@ -220,7 +224,7 @@ def run_stack(settings: StackSettings) -> int:
     manager = Manager()
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    manager.add_process("traefik", shlex.join(traefik))
+    manager.add_process("traefik", shlex.join(traefik), cwd=str(traefik_dir(settings)))
     manager.add_process(CONTROLLER_SERVICE, shlex.join(controller_command(settings, compose)), env=env)
     manager.add_process(OPENAI_API_SERVICE, shlex.join(openai_api_command(settings, compose)), env=env)
     for replica, worker in enumerate(workers, start=1):

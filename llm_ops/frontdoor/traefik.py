@@ -29,14 +29,17 @@ from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, i
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
-# traefik/dynamic/llm-ops.yml: per-client rate limit, retry on refused connections, /api/<model>/x -> /api/x.
+# traefik/dynamic/llm-ops.yml: request body read before proxying, per-client rate limit, retry on
+# refused connections, /api/<model>/x -> /api/x.
 MODEL_MIDDLEWARES = [
+    "llm-ops-request-body@file",
     "llm-ops-rate-limit@file",
     "llm-ops-retry@file",
     "llm-ops-strip-model@file",
     "llm-ops-add-api@file",
 ]
 FILE_PROVIDER_DIRECTORY = "providers.file.directory"
+PLUGINS_DIRECTORY = "/plugins-local"  # in Traefik's container; Traefik reads ./plugins-local
 # Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
 DOCKER_ONLY_FLAGS = ("providers.docker", "certificatesresolvers", f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls")
 _LIST_FIELDS = {"entrypoints", "middlewares"}
@@ -177,7 +180,12 @@ def write_local_front_door(
     directory: Path,
     log_level: str = "INFO",
 ) -> list[str]:
-    """Write the dynamic configuration for `backends` (compose service -> its servers' URLs); return Traefik's flags."""
+    """Write the dynamic configuration for `backends` (compose service -> its servers' URLs) and the
+    plugins into `directory`; return Traefik's flags. Run Traefik in `directory`: it loads local
+    plugins from ./plugins-local."""
+    plugins = directory / "plugins-local"
+    shutil.rmtree(plugins, ignore_errors=True)
+    shutil.copytree(compose.host_path(PLUGINS_DIRECTORY), plugins)
     dynamic_dir = directory / "dynamic"
     dynamic_dir.mkdir(parents=True, exist_ok=True)
     for stale in dynamic_dir.glob("*.yml"):

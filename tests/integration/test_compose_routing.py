@@ -158,7 +158,8 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
         )
         log_file = state / f"traefik-{attempt}.log"
         with log_file.open("wb") as log:
-            traefik = subprocess.Popen([traefik_binary(), *flags], stdout=log, stderr=subprocess.STDOUT)
+            command = [traefik_binary(), *flags]
+            traefik = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=state / "traefik")
         try:
             wait_for(functools.partial(_loaded_or_exited, traefik, door), READY_TIMEOUT, "routers in Traefik")
         except BaseException:

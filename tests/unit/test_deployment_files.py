@@ -166,7 +166,7 @@ def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None
         "openai-api": {
             "rule": "PathPrefix(`/v1/`)",
             "entrypoints": ["websecure"],
-            "middlewares": ["llm-ops-rate-limit@file", "llm-ops-retry@file"],
+            "middlewares": ["llm-ops-request-body@file", "llm-ops-rate-limit@file", "llm-ops-retry@file"],
             "service": "openai-api",
         }
     }
@@ -182,7 +182,11 @@ def test_the_controller_is_internal_and_workers_register_with_it() -> None:
     assert "--controller-address=http://controller:21001" in api
 
 
-def test_traefik_proxies_to_workers_with_its_fast_proxy_and_a_shorter_idle_timeout_than_theirs() -> None:
-    # With the standard proxy some streams were cut after their headers (docs/native-stack.md).
-    assert traefik_flag("experimental.fastproxy") == "true"
+def test_traefik_reads_request_bodies_with_our_plugin_and_has_a_shorter_idle_timeout_than_the_workers() -> None:
+    # Without the plugin Go's proxy cut some streams after their headers (docs/operations.md).
+    module = traefik_flag("experimental.localplugins.requestbody.modulename")
+    assert "./traefik/plugins-local:/plugins-local:ro" in RAW["services"]["traefik"]["volumes"]
+    plugin = ROOT / "traefik" / "plugins-local" / "src" / module
+    assert (plugin / "requestbody.go").is_file() and f"import: {module}" in (plugin / ".traefik.yml").read_text()
+    assert "experimental.fastproxy" not in " ".join(RAW["services"]["traefik"]["command"])
     assert traefik_flag("serverstransport.forwardingtimeouts.idleconntimeout") == "60s"

@@ -24,6 +24,17 @@ def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def start_wrapper(args: list[str], ready: Path) -> subprocess.Popen[bytes]:
+    """`python -m llm_ops.restart ARGS` in a process of its own, once its command has written `ready`."""
+    wrapper = subprocess.Popen([sys.executable, "-m", "llm_ops.restart", *args], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 10
+    while not ready.exists() or not ready.read_text():
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.05)
+    time.sleep(0.3)  # the command has installed its signal handlers
+    return wrapper
+
+
 def counting_runs(runs: Path, then: str) -> list[str]:
     """A command that appends 'x' to `runs`, then runs `then` (with `count`: the number of runs so far)."""
     return python(f"import sys; f = open({str(runs)!r}, 'a+'); f.write('x'); f.seek(0); count = len(f.read()); {then}")
@@ -58,13 +69,7 @@ def test_stopping_the_wrapper_lets_the_command_finish_and_returns_its_code_witho
         f"signal.signal(signal.SIGTERM, stop); signal.signal(signal.SIGINT, stop)\n"
         f"time.sleep(60)"
     )
-    script = f"import sys; from llm_ops import restart; sys.exit(restart.run_restarting({python(graceful)!r}))"
-    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
-    deadline = time.monotonic() + 10
-    while not runs.exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)  # the command has installed its handlers
+    wrapper = start_wrapper(python(graceful), ready=runs)
     wrapper.send_signal(signum)
     assert wrapper.wait(timeout=10) == 0
     assert stopped.read_text() == "drained" and runs.read_text() == "x"
@@ -81,12 +86,7 @@ def test_the_command_runs_in_a_process_group_of_its_own_so_only_the_wrapper_sign
 def test_a_wrapper_killed_outright_takes_its_command_with_it(tmp_path: Path) -> None:
     child_pid = tmp_path / "pid"
     sleeper = f"import os, time; open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    script = f"import sys; from llm_ops import restart; sys.exit(restart.run_restarting({python(sleeper)!r}))"
-    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
-    deadline = time.monotonic() + 10
-    while not child_pid.exists() or not child_pid.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wrapper = start_wrapper(python(sleeper), ready=child_pid)
     wrapper.kill()
     wrapper.wait()
     psutil.Process(int(child_pid.read_text())).wait(timeout=5)  # TimeoutExpired if it outlived the wrapper
@@ -111,13 +111,7 @@ def test_processes_a_command_leaves_behind_are_killed_when_it_ends(tmp_path: Pat
 def test_a_command_that_does_not_stop_in_time_is_killed_with_everything_it_started(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
     stubborn = spawning(pid_file, "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)")
-    script = f"import sys; from llm_ops import restart; sys.exit(restart.main(['--stop-timeout', '1', *{stubborn!r}]))"
-    wrapper = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[2])
-    deadline = time.monotonic() + 10
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
+    wrapper = start_wrapper(["--stop-timeout", "1", *stubborn], ready=pid_file)
     started = time.monotonic()
     wrapper.send_signal(signal.SIGTERM)
     assert wrapper.wait(timeout=10) == 128 + signal.SIGKILL

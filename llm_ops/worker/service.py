@@ -60,6 +60,7 @@ class WorkerService:
                 f"this worker serves {', '.join(map(repr, self.model_names))}, "
                 f"not model_identifier {request.model_identifier!r}",
             )
+        self._check_token_ids(request.stop_token_ids or [])
         # Templates and tokenizers are CPU work: keep them off the event loop.
         prompt = await asyncio.to_thread(build_prompt, request, self.renderer)
         token_ids = await asyncio.to_thread(
@@ -79,6 +80,16 @@ class WorkerService:
             seed=request.seed,
         )
         return PreparedRequest(uuid.uuid4().hex, prompt, token_ids, options, request.echo)
+
+    def _check_token_ids(self, token_ids: list[int]) -> None:
+        """vLLM refuses ids outside the vocabulary only once the request is running (an engine error)."""
+        vocabulary = len(self.engine.tokenizer())
+        unknown = [token_id for token_id in token_ids if token_id >= vocabulary]
+        if unknown:
+            raise RequestError(
+                ErrorCode.PARAM_OUT_OF_RANGE,
+                f"stop_token_ids: {unknown[:5]} are not token ids of this model (its vocabulary has {vocabulary})",
+            )
 
     def _max_new_tokens(self, request: GenerateRequest, prompt_tokens: int) -> int:
         """An explicit max_new_tokens must fit the context; the default shrinks to what is left."""

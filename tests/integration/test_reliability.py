@@ -64,6 +64,31 @@ def test_a_body_over_the_limit_gets_413_through_the_front_door(stack: Stack) -> 
     assert openai.status_code == 413 and "limit" in openai.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    "extreme",
+    [
+        {"seed": 2**63 - 1},
+        {"seed": -(2**63)},
+        {"temperature": 2.0, "top_p": 1e-9},
+        {"top_k": 2**31 - 1},
+        {"repetition_penalty": 10.0, "presence_penalty": -2.0, "frequency_penalty": 2.0},
+        {"stop": ["x" * 1000] * 16},
+        {"stop_token_ids": [49151] * 64},  # the last id of SmolLM2's vocabulary
+    ],
+    ids=lambda extreme: ",".join(extreme),
+)
+def test_the_real_engine_serves_values_at_every_bound(client: httpx.Client, extreme: dict[str, Any]) -> None:
+    response = client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=4) | extreme)
+    assert response.status_code == 200, response.text
+    assert response.json()["finish_reason"] in ("stop", "length")
+
+
+def test_a_stop_token_id_outside_the_vocabulary_is_refused_before_the_engine_sees_it(client: httpx.Client) -> None:
+    response = client.post(f"/api/{MODEL}/worker_generate", json=chat(stop_token_ids=[49152]))
+    assert response.status_code == 400 and response.json()["error_code"] == 40302
+    assert "not token ids of this model (its vocabulary has 49152)" in response.json()["text"]
+
+
 def _end_one_way(client: httpx.Client, kind: str) -> str:
     """A request to the first replica that ends the way `kind` says; what happened."""
     url = "/api/worker_generate"

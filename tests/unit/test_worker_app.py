@@ -103,6 +103,7 @@ async def test_any_served_name_is_a_valid_model_identifier(client: httpx.AsyncCl
         (chat(top_p=1.01), 400, 40302, "top_p"),
         (chat(max_new_tokens=0), 400, 40302, "max_new_tokens"),
         (chat(max_new_tokens=10_000), 400, 40303, "context"),
+        (chat(stop_token_ids=[1, 1000]), 400, 40302, "stop_token_ids: [1000] are not token ids of this model"),
         (chat(model_identifier="gpt-4"), 404, 40301, "'gpt-4'"),
         ({"generation_mode": "completion"}, 400, 40001, "model_identifier"),
     ],

@@ -140,13 +140,19 @@ async def sample_memory(processes: list[psutil.Process], deadline: float, sample
         await asyncio.sleep(MEMORY_EVERY_SECONDS)
 
 
-def memory_report(samples: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+def memory_report(samples: dict[str, list[int]]) -> dict[str, dict[str, object]]:
+    """Per process: resident memory after the warm-up, at the end, the growth, and one sample a minute."""
     skip = int(WARM_UP_SECONDS / MEMORY_EVERY_SECONDS)
-    report = {}
+    per_minute = int(60 / MEMORY_EVERY_SECONDS)
+    report: dict[str, dict[str, object]] = {}
     for name, values in samples.items():
-        steady = [value for value in values[skip:] if value > 0] or values
-        first, last = steady[0] / 2**20, steady[-1] / 2**20
-        report[name] = {"after_warm_up_mib": round(first, 1), "end_mib": round(last, 1), "growth_mib": round(last - first, 1)}
+        steady = [value / 2**20 for value in values[skip:] if value > 0] or [value / 2**20 for value in values]
+        report[name] = {
+            "after_warm_up_mib": round(steady[0], 1),
+            "end_mib": round(steady[-1], 1),
+            "growth_mib": round(steady[-1] - steady[0], 1),
+            "each_minute_mib": [round(value) for value in steady[::per_minute]],
+        }
     return report
 
 
@@ -157,7 +163,8 @@ async def soak(args: argparse.Namespace) -> dict[str, object]:
     results, samples = Results(), {}
     deadline = time.monotonic() + args.duration
     processes = stack_processes(args.pid)
-    async with httpx.AsyncClient(base_url=args.base_url, verify=tls, headers=headers, timeout=300, limits=limits) as client:
+    client = httpx.AsyncClient(base_url=args.base_url, verify=tls, headers=headers, timeout=300, limits=limits)
+    async with client:
         memory = asyncio.create_task(sample_memory(processes, deadline, samples))
         await asyncio.gather(*(client_loop(client, deadline, results) for _ in range(args.concurrency)))
         await memory

@@ -210,6 +210,11 @@ def access_notice(keys: frozenset[str]) -> str:
     )
 
 
+def shell_command(command: list[str]) -> str:
+    """For honcho, which runs `sh -c`: exec, so that the stop signal and the exit code are the command's."""
+    return "exec " + shlex.join(command)
+
+
 def run_stack(settings: StackSettings) -> int:
     compose = load_compose(settings.compose_file)
     workers, names = worker_commands(settings, compose.model(settings.service))
@@ -224,11 +229,11 @@ def run_stack(settings: StackSettings) -> int:
     manager = Manager()
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    manager.add_process("traefik", shlex.join(traefik), cwd=str(traefik_dir(settings)))
-    manager.add_process(CONTROLLER_SERVICE, shlex.join(controller_command(settings, compose)), env=env)
-    manager.add_process(OPENAI_API_SERVICE, shlex.join(openai_api_command(settings, compose)), env=env)
+    manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)))
+    manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
+    manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
     for replica, worker in enumerate(workers, start=1):
-        manager.add_process(f"worker-{replica}" if len(workers) > 1 else "worker", shlex.join(worker), env=env)
+        manager.add_process(f"worker-{replica}" if len(workers) > 1 else "worker", shell_command(worker), env=env)
 
     stop_probe = threading.Event()
     not_ready = threading.Event()

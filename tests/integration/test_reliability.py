@@ -102,7 +102,8 @@ def _end_one_way(client: httpx.Client, kind: str) -> str:
             return str(client.post(url, json=chat(messages=[{"role": "user", "text": "word " * 9000}])).status_code)
         if kind == "stream success":
             with client.stream("POST", f"{url}_stream", json=short) as response:
-                return str(response.status_code) + ("" if response.read().endswith(b"\0") else " cut")
+                complete = response.status_code != 200 or response.read().endswith(b"\0")
+                return str(response.status_code) + ("" if complete else " cut")
         if kind == "stream abandoned":
             with client.stream("POST", f"{url}_stream", json=chat(messages=LONG_STORY)) as response:
                 for _ in response.iter_raw():

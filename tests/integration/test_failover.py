@@ -5,6 +5,7 @@ again."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -55,9 +56,10 @@ class LongAnswer:
 
     def _judge(self, received: bytes) -> str:
         if self.route == "/v1":
-            return "complete" if b'"finish_reason":"length"' in received and b'"error"' not in received else "error"
-        last = received.rstrip(b"\0").rsplit(b"\0", 1)[-1]
-        return "complete" if b'"finish_reason":"length"' in last else f"error: ends with {last[-80:]!r}"
+            finished = b'"finish_reason":"length"' in received or b'"finish_reason":"stop"' in received
+            return "complete" if finished and b'"error"' not in received else "error"
+        last = json.loads(received.rstrip(b"\0").rsplit(b"\0", 1)[-1] or b"{}")
+        return "complete" if last.get("finish_reason") in ("stop", "length") else f"error: ends with {last}"
 
 
 @dataclass

@@ -58,8 +58,12 @@ class LongAnswer:
         if self.route == "/v1":
             finished = b'"finish_reason":"length"' in received or b'"finish_reason":"stop"' in received
             return "complete" if finished and b'"error"' not in received else "error"
-        last = json.loads(received.rstrip(b"\0").rsplit(b"\0", 1)[-1] or b"{}")
-        return "complete" if last.get("finish_reason") in ("stop", "length") else f"error: ends with {last}"
+        last = received.rstrip(b"\0").rsplit(b"\0", 1)[-1]
+        try:
+            finish_reason = json.loads(last).get("finish_reason")
+        except ValueError:
+            return f"error: ends with {last[-80:]!r}"
+        return "complete" if finish_reason in ("stop", "length") else f"error: ends with {last[-80:]!r}"
 
 
 @dataclass

@@ -142,14 +142,16 @@ def openai_api_command(settings: StackSettings, compose: ComposeFile) -> list[st
     return [*service.entrypoint, *service.command, *local]
 
 
-def wait_until_serving(settings: StackSettings, model_names: list[str], ca_file: Path, stop: threading.Event) -> bool:
+def wait_until_serving(
+    settings: StackSettings, model_names: list[str], ca_file: Path, keys: frozenset[str], stop: threading.Event
+) -> bool:
     """True once every replica is healthy and every model answers through Traefik, over TLS verified
     against our CA, both at /api/<model>/ and in the OpenAI API's /v1/models."""
     deadline = time.monotonic() + settings.ready_timeout
     checks = [("GET", f"{worker_url(settings, replica)}/health") for replica in range(settings.replicas)]
     checks += [("POST", f"{base_url(settings)}/api/{name}/worker_get_status") for name in model_names]
     tls = ssl.create_default_context(cafile=str(ca_file))
-    headers = authorization_headers(api_keys_from_environment())
+    headers = authorization_headers(keys)
     with httpx.Client(verify=tls, timeout=5, headers=headers) as client:
         while not stop.is_set() and time.monotonic() < deadline:
             if checks and _answers(client, *checks[0]):
@@ -239,7 +241,7 @@ def run_stack(settings: StackSettings) -> int:
     not_ready = threading.Event()
 
     def probe() -> None:
-        if wait_until_serving(settings, names, tls.ca_file, stop_probe):
+        if wait_until_serving(settings, names, tls.ca_file, keys, stop_probe):
             print(usage_banner(settings, names[0], tls.ca_file, keys), flush=True)
         elif not stop_probe.is_set():
             print(f"\nThe stack did not serve within {settings.ready_timeout:.0f} s; stopping it.\n", flush=True)

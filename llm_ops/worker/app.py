@@ -69,18 +69,22 @@ class SlotStream(StreamingResponse):
             self.slot.release()
 
 
-async def admit(worker: WorkerService, request: Request) -> Slot | None:
-    """A running slot, or None if the client left while waiting for one."""
-    return await cancel_on_disconnect(request, worker.admit())
+async def prepare_and_admit(
+    worker: WorkerService, body: WorkerGenerateBody, request: Request
+) -> tuple[PreparedRequest, Slot] | None:
+    """The prepared request and its running slot; None if the client left while waiting for one."""
+    prepared = await worker.prepare(as_generate_request(body))
+    slot = await cancel_on_disconnect(request, worker.admit())
+    return None if slot is None else (prepared, slot)
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)
 async def worker_generate_stream(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
-    prepared = await worker.prepare(as_generate_request(body))
-    slot = await admit(worker, request)
-    if slot is None:
+    admitted = await prepare_and_admit(worker, body, request)
+    if admitted is None:
         return Response(status_code=499)
+    prepared, slot = admitted
     return SlotStream(_framed(worker, prepared), slot)
 
 
@@ -93,10 +97,10 @@ async def _framed(worker: WorkerService, prepared: PreparedRequest) -> AsyncIter
 @router.post("/worker_generate", response_model=GenerateChunk)
 async def worker_generate(body: WorkerGenerateBody, request: Request) -> Response:
     worker = service(request)
-    prepared = await worker.prepare(as_generate_request(body))
-    slot = await admit(worker, request)
-    if slot is None:
+    admitted = await prepare_and_admit(worker, body, request)
+    if admitted is None:
         return Response(status_code=499)
+    prepared, slot = admitted
     try:
         result = await cancel_on_disconnect(request, worker.generate(prepared))
     finally:

@@ -152,29 +152,39 @@ def test_a_storm_of_requests_ending_every_way_leaves_no_slot_or_engine_request_b
 
 
 def test_overload_is_answered_at_once_with_429_42903_and_retry_after(stack: Stack) -> None:
-    """Fill the first replica's running and waiting slots with long answers; the next request is refused at once."""
-    holders: list[threading.Thread] = []
-    body = chat(messages=LONG_STORY, max_new_tokens=60)
+    """Fill the first replica's running and waiting slots with long answers held open until the refusal
+    has been checked; the next request is refused at once."""
+    body = chat(messages=LONG_STORY, max_new_tokens=400)
+    release = threading.Event()
+    holders_ended: list[str] = []
 
     def hold() -> None:
-        with httpx.Client(headers=stack.headers, timeout=300) as client:
-            client.post(f"{stack.worker_url}/api/worker_generate", json=body)
+        url = f"{stack.worker_url}/api/worker_generate_stream"
+        with httpx.Client(headers=stack.headers, timeout=300) as client, client.stream("POST", url, json=body) as r:
+            for _ in r.iter_raw():
+                if release.is_set():
+                    break  # leaving aborts the answer, which frees the slot for the next holder
+            else:
+                holders_ended.append(f"{r.status_code} before the refusal was checked")
 
-    for _ in range(WORKER_CONCURRENCY + WORKER_QUEUE):
-        holders.append(threading.Thread(target=hold))
-        holders[-1].start()
-    deadline = time.monotonic() + 30
-    while stack.worker_queue_length(stack.worker_url) < WORKER_CONCURRENCY + WORKER_QUEUE:
-        assert time.monotonic() < deadline, "the slots did not fill"
-        time.sleep(0.05)
-    started = time.monotonic()
-    refused = httpx.post(f"{stack.worker_url}/api/worker_generate", json=chat(), headers=stack.headers)
-    took = time.monotonic() - started
+    holders = [threading.Thread(target=hold) for _ in range(WORKER_CONCURRENCY + WORKER_QUEUE)]
+    for holder in holders:
+        holder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (held := stack.worker_queue_length(stack.worker_url)) < WORKER_CONCURRENCY + WORKER_QUEUE:
+            assert time.monotonic() < deadline, f"the slots did not fill: {held} held; holders: {holders_ended}"
+            time.sleep(0.05)
+        started = time.monotonic()
+        refused = httpx.post(f"{stack.worker_url}/api/worker_generate", json=chat(), headers=stack.headers)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(timeout=300)
     assert refused.status_code == 429 and refused.json()["error_code"] == 42903
     assert int(refused.headers["Retry-After"]) >= 1 and took < 1.0
-    for holder in holders:
-        holder.join(timeout=300)
-    stack.wait_until_idle(10, "slots still held")
+    stack.wait_until_idle(30, "slots still held")
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

@@ -38,6 +38,7 @@ from llm_ops.protocol.worker import (
 from llm_ops.serving import cancel_on_disconnect, describe_validation_errors, http_error_message
 from llm_ops.settings import MAX_BODY_BYTES
 from llm_ops.worker.admission import Overloaded, Slot
+from llm_ops.worker.metrics import CONTENT_TYPE_LATEST
 from llm_ops.worker.service import PreparedRequest, WorkerService
 
 OpenService = Callable[[], contextlib.AbstractAsyncContextManager[WorkerService]]
@@ -75,6 +76,20 @@ async def prepare_and_admit(
     """The prepared request and its running slot; None if the client left while waiting for one."""
     prepared = await worker.prepare(as_generate_request(body))
     slot = await cancel_on_disconnect(request, worker.admit())
+    return None if slot is None else (prepared, slot)
+
+
+async def prepare_and_admit(
+    worker: WorkerService, body: WorkerGenerateBody, request: Request
+) -> tuple[PreparedRequest, Slot] | None:
+    """The prepared request and its running slot; None if the client left while waiting for one."""
+    generate = as_generate_request(body)
+    try:
+        prepared = await worker.prepare(generate)
+        slot = await admit(worker, request)
+    except RequestError as error:
+        worker.metrics.refused(generate.generation_mode, overloaded=isinstance(error, Overloaded))
+        raise
     return None if slot is None else (prepared, slot)
 
 
@@ -150,6 +165,13 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"} | counts)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (llm_ops.worker.metrics); not routed by Traefik, which only reaches /api/."""
+    worker = service(request)
+    body = worker.metrics.render(worker.admission.running, worker.admission.waiting)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 def start_draining(app: FastAPI) -> None:
     """From now on /health says 503 "draining" (called on SIGTERM; requests are still served)."""
     worker: WorkerService | None = getattr(app.state, "worker", None)
@@ -206,6 +228,7 @@ def create_worker_app(
     app = FastAPI(title="LLM Ops worker", lifespan=lifespan)
     app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)

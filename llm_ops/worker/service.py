@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from llm_ops.prompts.build import ChatRenderer, Prompt, build_prompt
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.worker import GenerateChunk, GenerateRequest, Usage, WorkerStatus
 from llm_ops.worker.admission import Admission, Slot
+from llm_ops.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PreparedRequest:
     request_id: str
+    mode: str  # chat or completion
+    received_at: float  # time.perf_counter() when the worker took the request up
     prompt: Prompt
     prompt_token_ids: list[int]
     options: SamplingOptions
@@ -41,6 +45,7 @@ class WorkerService:
         self.model_names = model_names
         self.renderer = renderer
         self.admission = admission or Admission(max_running=64, max_waiting=64, max_wait_seconds=30)
+        self.metrics = WorkerMetrics(model_names[0])
         self.draining = False  # set on SIGTERM: health says so, and the front door routes elsewhere
 
     def status(self) -> WorkerStatus:
@@ -54,6 +59,7 @@ class WorkerService:
         return len(self.engine.tokenizer().encode(text))
 
     async def prepare(self, request: GenerateRequest) -> PreparedRequest:
+        received_at = time.perf_counter()
         if request.model_identifier not in self.model_names:
             raise RequestError(
                 ErrorCode.INVALID_MODEL,
@@ -79,7 +85,8 @@ class WorkerService:
             frequency_penalty=request.frequency_penalty,
             seed=request.seed,
         )
-        return PreparedRequest(uuid.uuid4().hex, prompt, token_ids, options, request.echo)
+        mode = request.generation_mode
+        return PreparedRequest(uuid.uuid4().hex, mode, received_at, prompt, token_ids, options, request.echo)
 
     def _check_token_ids(self, token_ids: list[int]) -> None:
         """vLLM refuses ids outside the vocabulary only once the request is running (an engine error)."""
@@ -116,12 +123,16 @@ class WorkerService:
         text = prepared.prompt.text if prepared.echo else ""
         prompt_tokens = len(prepared.prompt_token_ids)
         completion_tokens = 0
+        timer = self.metrics.timer(prepared.mode, prompt_tokens, prepared.received_at)
+        outcome = "aborted"  # unless it ends otherwise: the client left, the iterator was closed
         deltas = self.engine.generate(prepared.prompt_token_ids, prepared.options, prepared.request_id)
         try:
             async with contextlib.aclosing(deltas):  # closing the engine stream now, not at GC, aborts now
                 async for delta in deltas:
+                    timer.delta(delta)
                     text += delta.text
                     completion_tokens += delta.token_count
+                    outcome = "finished" if delta.finish_reason else outcome
                     yield GenerateChunk(
                         text=text,
                         usage=Usage.of(prompt_tokens, completion_tokens),
@@ -129,12 +140,15 @@ class WorkerService:
                     )
         except Exception as error:  # an engine failure ends the stream with an error chunk, not a cut
             logger.exception("request %s failed in the engine", prepared.request_id)
+            outcome = "error"
             yield GenerateChunk(
                 text=f"the engine failed while generating: {error}",
                 error_code=ErrorCode.INTERNAL_ERROR,
                 usage=Usage.of(prompt_tokens, completion_tokens),
                 finish_reason="error",
             )
+        finally:
+            timer.end(outcome)
 
     async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
         """The whole answer: the stream's last chunk."""

@@ -74,19 +74,10 @@ async def prepare_and_admit(
     worker: WorkerService, body: WorkerGenerateBody, request: Request
 ) -> tuple[PreparedRequest, Slot] | None:
     """The prepared request and its running slot; None if the client left while waiting for one."""
-    prepared = await worker.prepare(as_generate_request(body))
-    slot = await cancel_on_disconnect(request, worker.admit())
-    return None if slot is None else (prepared, slot)
-
-
-async def prepare_and_admit(
-    worker: WorkerService, body: WorkerGenerateBody, request: Request
-) -> tuple[PreparedRequest, Slot] | None:
-    """The prepared request and its running slot; None if the client left while waiting for one."""
     generate = as_generate_request(body)
     try:
         prepared = await worker.prepare(generate)
-        slot = await admit(worker, request)
+        slot = await cancel_on_disconnect(request, worker.admit())
     except RequestError as error:
         worker.metrics.refused(generate.generation_mode, overloaded=isinstance(error, Overloaded))
         raise

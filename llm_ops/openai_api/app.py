@@ -105,10 +105,13 @@ async def first_chunks(streams: list[AsyncGenerator[GenerateChunk, None]]) -> li
 
 
 async def last(first: GenerateChunk, stream: AsyncGenerator[GenerateChunk, None]) -> GenerateChunk:
+    """The last chunk with the whole text (or the error chunk that ended the stream)."""
+    texts = [first.text]
     final = first
     async for chunk in stream:
         final = chunk
-    return final
+        texts.append(chunk.text)
+    return final if final.error_code else final.model_copy(update={"text": "".join(texts)})
 
 
 def whole_response(body: OpenAIRequest, response_id: str, finals: list[GenerateChunk]) -> BaseModel:
@@ -130,7 +133,6 @@ async def sse(
     streams: list[AsyncGenerator[GenerateChunk, None]],
 ) -> AsyncIterator[bytes]:
     """Deltas of every choice as they come; closing this (client gone) closes every worker stream."""
-    sent = [""] * len(streams)
     finals: list[GenerateChunk | None] = [None] * len(streams)
     if isinstance(body, ChatCompletionRequest):
         for index in range(len(streams)):
@@ -141,7 +143,7 @@ async def sse(
                 yield event(APIError(500, chunk.text).body)
                 yield b"data: [DONE]\n\n"
                 return
-            delta, sent[index] = chunk.text[len(sent[index]) :], chunk.text
+            delta = chunk.text
             reason = finish_reason(chunk) if chunk.finish_reason else None
             if reason:
                 finals[index] = chunk

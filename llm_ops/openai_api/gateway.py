@@ -85,9 +85,9 @@ class Gateway:
     attempts: int = 3  # workers tried when one cannot be reached (it died, the controller does not know yet)
 
     async def chunks(self, request: GenerateRequest) -> AsyncGenerator[GenerateChunk, None]:
-        """The worker's chunks (text so far). Refusals raise `APIError` on the first iteration; a worker
-        that dies mid-stream ends it with an error chunk. Closing the generator closes the worker stream,
-        which aborts the generation."""
+        """The worker's chunks, each with the new text (`stream_text: delta`). Refusals raise `APIError`
+        on the first iteration; a worker that dies mid-stream ends it with an error chunk. Closing the
+        generator closes the worker stream, which aborts the generation."""
         response = await self._open(request)
         usage = Usage.of(0, 0)
         try:
@@ -103,7 +103,7 @@ class Gateway:
             await response.aclose()
 
     async def _open(self, request: GenerateRequest) -> httpx.Response:
-        body = request.model_dump(mode="json", exclude_unset=True)
+        body = request.model_dump(mode="json", exclude_unset=True) | {"stream_text": "delta"}
         for _ in range(self.attempts):
             address = await self._worker_address(request.model_identifier)
             try:

@@ -77,6 +77,11 @@ class GenerateRequest(SamplingFields):
         None, description="chat mode: replaces the template's system message; completion mode ignores it"
     )
     prompt: Text | None = Field(None, description="completion mode: the text to continue, sent as is")
+    stream_text: Literal["cumulative", "delta"] = Field(
+        "cumulative",
+        description="worker_generate_stream only: each chunk's text is the whole text so far (FastChat's format) "
+        "or only what is new since the previous chunk (bytes grow with the answer, not with its square)",
+    )
 
     @model_validator(mode="after")
     def _check_mode(self) -> GenerateRequest:
@@ -177,7 +182,8 @@ class Usage(BaseModel):
 
 
 class GenerateChunk(BaseModel):
-    """One chunk of `worker_generate_stream` (text so far) and the body of `worker_generate`."""
+    """One chunk of `worker_generate_stream` (text so far, or new text with `stream_text: delta`) and the
+    body of `worker_generate`."""
 
     text: str
     error_code: int = 0

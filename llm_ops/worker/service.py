@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llm_ops.engine import Engine, SamplingOptions
 from llm_ops.prompts.build import ChatRenderer, Prompt, build_prompt
@@ -35,6 +35,7 @@ class PreparedRequest:
     prompt_token_ids: list[int]
     options: SamplingOptions
     echo: bool
+    deltas: bool = False  # stream chunks carry new text only
 
 
 class WorkerService:
@@ -85,8 +86,8 @@ class WorkerService:
             frequency_penalty=request.frequency_penalty,
             seed=request.seed,
         )
-        mode = request.generation_mode
-        return PreparedRequest(uuid.uuid4().hex, mode, received_at, prompt, token_ids, options, request.echo)
+        mode, deltas = request.generation_mode, request.stream_text == "delta"
+        return PreparedRequest(uuid.uuid4().hex, mode, received_at, prompt, token_ids, options, request.echo, deltas)
 
     def _check_token_ids(self, token_ids: list[int]) -> None:
         """vLLM refuses ids outside the vocabulary only once the request is running (an engine error)."""
@@ -119,8 +120,9 @@ class WorkerService:
         return request.max_new_tokens
 
     async def stream(self, prepared: PreparedRequest) -> AsyncGenerator[GenerateChunk, None]:
-        """Chunks with the text so far. Closing this iterator aborts the engine request."""
-        text = prepared.prompt.text if prepared.echo else ""
+        """Chunks with the text so far (or, with `prepared.deltas`, the new text; an echoed prompt comes
+        with the first). Closing this iterator aborts the engine request."""
+        head = prepared.prompt.text if prepared.echo else ""  # what comes before the next delta's text
         prompt_tokens = len(prepared.prompt_token_ids)
         completion_tokens = 0
         timer = self.metrics.timer(prepared.mode, prompt_tokens, prepared.received_at)
@@ -130,7 +132,8 @@ class WorkerService:
             async with contextlib.aclosing(deltas):  # closing the engine stream now, not at GC, aborts now
                 async for delta in deltas:
                     timer.delta(delta)
-                    text += delta.text
+                    text = head + delta.text
+                    head = "" if prepared.deltas else text
                     completion_tokens += delta.token_count
                     outcome = "finished" if delta.finish_reason else outcome
                     yield GenerateChunk(
@@ -153,7 +156,7 @@ class WorkerService:
     async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
         """The whole answer: the stream's last chunk."""
         last: GenerateChunk | None = None
-        async with contextlib.aclosing(self.stream(prepared)) as stream:
+        async with contextlib.aclosing(self.stream(replace(prepared, deltas=False))) as stream:
             async for chunk in stream:
                 last = chunk
         if last is None:  # the engine ended without a single output

@@ -79,6 +79,43 @@ async def test_stream_sends_cumulative_text_in_nul_delimited_json_chunks(client:
     assert [chunk["usage"]["completion_tokens"] for chunk in chunks] == [1, 2, 3, 4, 5]
 
 
+async def stream_texts(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[list[str], int]:
+    """The chunks' texts and the bytes the stream took."""
+    async with client.stream("POST", "/api/worker_generate_stream", json=body) as response:
+        raw = await response.aread()
+    return [json.loads(chunk)["text"] for chunk in raw.split(b"\0") if chunk], len(raw)
+
+
+async def test_a_delta_stream_sends_only_the_new_text_of_each_chunk(client: httpx.AsyncClient) -> None:
+    texts, _ = await stream_texts(client, chat(stream_text="delta"))
+    assert texts == ["The", " capital", " is", " Paris", "."]
+
+
+async def test_a_delta_stream_with_echo_sends_the_prompt_with_the_first_delta(client: httpx.AsyncClient) -> None:
+    texts, _ = await stream_texts(client, chat(stream_text="delta", echo=True))
+    assert texts[0].startswith("<|im_start|>system\n") and texts[0].endswith("<|im_start|>assistant\nThe")
+    assert texts[1:] == [" capital", " is", " Paris", "."]
+
+
+async def test_stream_text_does_not_change_the_whole_answer_of_worker_generate(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/worker_generate", json=chat(stream_text="delta"))
+    assert response.json()["text"] == "The capital is Paris."
+
+
+async def test_a_long_answer_costs_linear_bytes_as_deltas_and_quadratic_bytes_cumulative(engine: FakeEngine) -> None:
+    engine.words, engine.max_model_len = [" word"] * 1000, 2048
+    app = create_worker_app(lambda: open_fake_service(engine))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client,
+    ):
+        delta_texts, delta_bytes = await stream_texts(client, chat(stream_text="delta", max_new_tokens=1000))
+        cumulative_texts, cumulative_bytes = await stream_texts(client, chat(max_new_tokens=1000))
+    assert "".join(delta_texts) == cumulative_texts[-1] == " word" * 1000
+    assert delta_bytes < 150 * 1000  # about 125 bytes of JSON per chunk of one token
+    assert cumulative_bytes > 5 * 1000 * 1000 / 2  # the text so far, 5 bytes a word, in each of 1000 chunks
+
+
 async def test_echo_puts_the_rendered_prompt_before_the_answer(client: httpx.AsyncClient) -> None:
     text = (await client.post("/api/worker_generate", json=chat(echo=True))).json()["text"]
     assert text == (

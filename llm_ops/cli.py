@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import httpx
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliApp,
@@ -15,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llm_ops.logs import LogFormat, configure_logging
 from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
     ConfigurationError,
@@ -92,6 +92,8 @@ class LLMOps(BaseSettings):
         env_prefix="LLM_OPS_", env_nested_delimiter="__", cli_prog_name="llm-ops"
     )
 
+    log_format: LogFormat = Field("json", description="json: one JSON object per line, with request ids; text")
+
     up: CliSubCommand[UpCommand]
     worker: CliSubCommand[WorkerCommand]
     controller: CliSubCommand[ControllerCommand]
@@ -100,6 +102,7 @@ class LLMOps(BaseSettings):
     health: CliSubCommand[HealthCommand]
 
     def cli_cmd(self) -> None:
+        configure_logging(self.log_format)
         CliApp.run_subcommand(self)
 
 
@@ -127,7 +130,7 @@ def parse_worker_args(args: list[str]) -> WorkerSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("text")  # until the settings say otherwise
     try:
         CliApp.run(LLMOps, cli_args=sys.argv[1:] if argv is None else argv)
     except ConfigurationError as error:

@@ -142,6 +142,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers propagate to ours (llm_ops.logs: JSON, with request ids)
         timeout_graceful_shutdown=math.ceil(lifecycle.graceful_timeout),
         # h11, not httptools: with httptools about one in three streams proxied by Traefik on a reused
         # connection, right after a long stream on another connection, was cut after its headers

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from llm_ops.controller.registry import WorkerRegistry
+from llm_ops.logs import RequestId, pass_request_id_on
 from llm_ops.protocol.controller import (
     HeartbeatRequest,
     HeartbeatResponse,
@@ -146,7 +147,8 @@ def create_controller_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         expiry = asyncio.create_task(expire_workers(known, every=min(1.0, known.expiration / 2)))
-        async with httpx.AsyncClient(transport=transport, headers=worker_headers) as http:
+        hooks = {"request": [pass_request_id_on]}
+        async with httpx.AsyncClient(transport=transport, headers=worker_headers, event_hooks=hooks) as http:
             app.state.http = http
             yield
         expiry.cancel()
@@ -169,4 +171,5 @@ def create_controller_app(
     app.add_api_route("/test_connection", test_connection, methods=["GET"])
     app.add_api_route("/list_workers", list_workers, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_middleware(RequestId)
     return app

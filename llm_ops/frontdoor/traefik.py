@@ -29,9 +29,10 @@ from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, i
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
-# traefik/dynamic/llm-ops.yml: request body read before proxying, per-client rate limit, retry on
-# refused connections, /api/<model>/x -> /api/x.
+# traefik/dynamic/llm-ops.yml: a request id, request body read before proxying, per-client rate
+# limit, retry on refused connections, /api/<model>/x -> /api/x.
 MODEL_MIDDLEWARES = [
+    "llm-ops-request-id@file",
     "llm-ops-request-body@file",
     "llm-ops-rate-limit@file",
     "llm-ops-retry@file",

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from llm_ops.access import LimitBody, RequireApiKey, authorization_headers
 from llm_ops.controller.client import ControllerClient
+from llm_ops.logs import RequestId, pass_request_id_on
 from llm_ops.openai_api.gateway import OPENAI_CODES, APIError, Gateway, worker_request
 from llm_ops.openai_api.protocol import (
     AssistantMessage,
@@ -259,7 +260,10 @@ def create_openai_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         headers = authorization_headers(api_keys)
-        async with httpx.AsyncClient(timeout=WORKER_TIMEOUT, transport=transport, headers=headers) as http:
+        hooks = {"request": [pass_request_id_on]}
+        async with httpx.AsyncClient(
+            timeout=WORKER_TIMEOUT, transport=transport, headers=headers, event_hooks=hooks
+        ) as http:
             app.state.gateway = Gateway(http, ControllerClient(http, controller_address))
             yield
 
@@ -273,4 +277,5 @@ def create_openai_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_refusal)
     app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/v1/",), refuse=_refusal)
+    app.add_middleware(RequestId)
     return app

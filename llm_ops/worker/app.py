@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
 from llm_ops.access import LimitBody, RequireApiKey
+from llm_ops.logs import RequestId
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.protocol.worker import (
@@ -225,4 +226,5 @@ def create_worker_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(LimitBody, max_bytes=max_body_bytes, refuse=_error)
     app.add_middleware(RequireApiKey, keys=api_keys, protected_prefixes=("/api/",), refuse=_error)
+    app.add_middleware(RequestId)
     return app

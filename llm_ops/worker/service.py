@@ -152,6 +152,14 @@ class WorkerService:
             )
         finally:
             timer.end(outcome)
+            logger.info(
+                "%s %s request: %d prompt tokens, %d generated",
+                outcome,
+                prepared.mode,
+                prompt_tokens,
+                completion_tokens,
+                extra={"engine_request_id": prepared.request_id, "outcome": outcome, "generated": completion_tokens},
+            )
 
     async def generate(self, prepared: PreparedRequest) -> GenerateChunk:
         """The whole answer: the stream's last chunk."""

@@ -166,7 +166,12 @@ def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None
         "openai-api": {
             "rule": "PathPrefix(`/v1/`)",
             "entrypoints": ["websecure"],
-            "middlewares": ["llm-ops-request-body@file", "llm-ops-rate-limit@file", "llm-ops-retry@file"],
+            "middlewares": [
+                "llm-ops-request-id@file",
+                "llm-ops-request-body@file",
+                "llm-ops-rate-limit@file",
+                "llm-ops-retry@file",
+            ],
             "service": "openai-api",
         }
     }
@@ -182,11 +187,15 @@ def test_the_controller_is_internal_and_workers_register_with_it() -> None:
     assert "--controller-address=http://controller:21001" in api
 
 
-def test_traefik_reads_request_bodies_with_our_plugin_and_has_a_shorter_idle_timeout_than_the_workers() -> None:
-    # Without the plugin Go's proxy cut some streams after their headers (docs/operations.md).
-    module = traefik_flag("experimental.localplugins.requestbody.modulename")
+@pytest.mark.parametrize("name", ["requestbody", "requestid"])
+def test_traefik_loads_our_plugins_from_the_mounted_plugins_folder(name: str) -> None:
+    # Without requestbody Go's proxy cut some streams after their headers (docs/operations.md).
+    module = traefik_flag(f"experimental.localplugins.{name}.modulename")
     assert "./traefik/plugins-local:/plugins-local:ro" in RAW["services"]["traefik"]["volumes"]
     plugin = ROOT / "traefik" / "plugins-local" / "src" / module
-    assert (plugin / "requestbody.go").is_file() and f"import: {module}" in (plugin / ".traefik.yml").read_text()
+    assert (plugin / f"{name}.go").is_file() and f"import: {module}" in (plugin / ".traefik.yml").read_text()
+
+
+def test_traefik_uses_its_standard_proxy_and_has_a_shorter_idle_timeout_than_the_workers() -> None:
     assert "experimental.fastproxy" not in " ".join(RAW["services"]["traefik"]["command"])
     assert traefik_flag("serverstransport.forwardingtimeouts.idleconntimeout") == "60s"

@@ -1,0 +1,99 @@
+"""Structured logs, and the request id that ties a request's lines together across processes.
+
+Every server logs one JSON object per line (python-json-logger): time, level, logger, message,
+and `request_id` while it handles a request. The id comes from the `X-Request-Id` header, which
+Traefik's `llm-ops-request-id` middleware sets on every request that arrives without one, so one
+id shows in Traefik's access log, the OpenAI API's lines and the worker's lines; servers answer
+with it and pass it on to the workers they call.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, TextIO
+
+import httpx
+from pythonjsonlogger.json import JsonFormatter
+
+LogFormat = Literal["json", "text"]
+REQUEST_ID_HEADER = "X-Request-Id"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What we accept from a client as an id: printable, no spaces, short enough for a log line.
+VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+
+current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to records logged while a request is being handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id = current_request_id.get()
+        if request_id is not None:
+            record.request_id = request_id
+        return True
+
+
+def configure_logging(log_format: LogFormat, level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """The root logger's only handler, on `stream` (stderr); uvicorn's loggers propagate to it (see
+    `serving.serve`)."""
+    handler = logging.StreamHandler(stream)
+    if log_format == "json":
+        fields = {"asctime": "time", "levelname": "level", "name": "logger"}
+        handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields=fields))
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+@contextmanager
+def request_id_context(request_id: str) -> Iterator[None]:
+    token = current_request_id.set(request_id)
+    try:
+        yield
+    finally:
+        current_request_id.reset(token)
+
+
+async def pass_request_id_on(request: httpx.Request) -> None:
+    """httpx request hook: calls made while handling a request carry its id to the next server."""
+    request_id = current_request_id.get()
+    if request_id is not None:
+        request.headers[REQUEST_ID_HEADER] = request_id
+
+
+class RequestId:
+    """ASGI middleware: takes the request's `X-Request-Id` (or makes one), logs under it, answers with it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _valid_request_id(scope["headers"]) or uuid.uuid4().hex
+        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        with request_id_context(request_id):
+            await self.app(scope, receive, send_with_id)
+
+
+def _valid_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    name = REQUEST_ID_HEADER.lower().encode()
+    for key, value in headers:
+        if key == name:
+            text = value.decode("latin-1")
+            return text if VALID_REQUEST_ID.fullmatch(text) else None
+    return None

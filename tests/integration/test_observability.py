@@ -1,0 +1,124 @@
+"""What an operator sees on the real stack: one request id in every log a request passes through,
+the workers' Prometheus metrics, and Traefik's."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_ops.settings import DEFAULT_SERVICE
+from tests.integration.conftest import CAPITAL_QUESTION, MODEL, Stack, chat
+
+pytestmark = pytest.mark.integration
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON objects of a log; in the stack's log each line has honcho's "time process |" prefix."""
+    objects = []
+    for line in text.splitlines():
+        start = line.find("{")
+        if start >= 0:
+            try:
+                objects.append(json.loads(line[start:]))
+            except json.JSONDecodeError:
+                continue
+    return objects
+
+
+def logged_with_id(stack: Stack, request_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Traefik's access log entries and the servers' lines with `request_id` (waits for Traefik's writer)."""
+    deadline = time.monotonic() + 5
+    while True:
+        access = [e for e in json_lines(stack.access_log.read_text()) if e.get("request_X-Request-Id") == request_id]
+        servers = [e for e in json_lines(stack.log_file.read_text()) if e.get("request_id") == request_id]
+        if (access and servers) or time.monotonic() > deadline:
+            return access, servers
+        time.sleep(0.2)
+
+
+def test_traefik_gives_a_request_an_id_that_its_access_log_and_the_worker_log_and_answer_with(stack: Stack) -> None:
+    with stack.client() as client:
+        response = client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=8))
+    request_id = response.headers["X-Request-Id"]
+    assert response.status_code == 200 and len(request_id) == 32
+    access, servers = logged_with_id(stack, request_id)
+    assert [entry["RequestPath"] for entry in access] == [f"/api/{MODEL}/worker_generate"]
+    assert "Authorization" not in json.dumps(access)
+    finished = [line for line in servers if line.get("outcome") == "finished"]
+    assert len(finished) == 1 and finished[0]["logger"] == "llm_ops.worker.service", servers
+
+
+def test_a_request_id_sent_by_the_client_is_kept_through_the_openai_api_to_the_worker(stack: Stack) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": CAPITAL_QUESTION[0]["text"]}], "max_tokens": 8}
+    with stack.client(headers=stack.headers | {"X-Request-Id": "client-trace-0042"}) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200 and response.headers["X-Request-Id"] == "client-trace-0042"
+    access, servers = logged_with_id(stack, "client-trace-0042")
+    assert [entry["RequestPath"] for entry in access] == ["/v1/chat/completions"]
+    assert {line["logger"] for line in servers} >= {"llm_ops.worker.service", "uvicorn.access"}, servers
+
+
+def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A Prometheus endpoint's samples: (name, labels) -> value."""
+    text = httpx.get(url, timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_the_worker_counts_requests_tokens_and_latencies_of_the_real_engine(stack: Stack) -> None:
+    metrics = f"{stack.worker_url}/metrics"
+    before = samples(metrics)
+    answer = httpx.post(
+        f"{stack.worker_url}/api/worker_generate_stream", json=chat(max_new_tokens=8), headers=stack.headers
+    )
+    last = json.loads([part for part in answer.content.split(b"\0") if part.strip()][-1])
+    unknown_model = chat(model_identifier="no-such-model")
+    refused = httpx.post(f"{stack.worker_url}/api/worker_generate", json=unknown_model, headers=stack.headers)
+    assert refused.json()["error_code"] == 40301
+    after = samples(metrics)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    model = {"model": MODEL}
+    assert grew("llm_ops_requests_total", model=MODEL, mode="chat", outcome="finished") == 1
+    assert grew("llm_ops_requests_total", model=MODEL, mode="chat", outcome="refused") == 1
+    assert grew("llm_ops_generation_tokens_total", **model) == last["usage"]["completion_tokens"]
+    assert grew("llm_ops_prompt_tokens_total", **model) == last["usage"]["prompt_tokens"]
+    assert grew("llm_ops_time_to_first_token_seconds_count", **model) == 1
+    assert grew("llm_ops_inter_token_latency_seconds_count", **model) == last["usage"]["completion_tokens"] - 1
+    assert grew("llm_ops_e2e_request_latency_seconds_count", **model) == 1
+    assert (
+        0
+        < grew("llm_ops_time_to_first_token_seconds_sum", **model)
+        < grew("llm_ops_e2e_request_latency_seconds_sum", **model)
+    )
+    assert (
+        value(after, "llm_ops_requests_running", **model) == 0
+        and value(after, "llm_ops_requests_waiting", **model) == 0
+    )
+
+
+def test_traefik_exports_prometheus_metrics_of_the_model_route_on_its_admin_port_only(stack: Stack) -> None:
+    with stack.client() as client:
+        assert client.post(f"/api/{MODEL}/worker_get_status").status_code == 200
+        assert client.get("/metrics").status_code == 404  # not on the public entrypoint
+    scraped = samples(f"{stack.admin_url}/metrics")
+    served = [
+        dict(labels)
+        for (name, labels) in scraped
+        if name == "traefik_service_requests_total" and dict(labels)["service"].startswith(DEFAULT_SERVICE)
+    ]
+    assert any(labels["code"] == "200" for labels in served), served

@@ -36,7 +36,7 @@ from llm_ops.frontdoor.compose import (
     ModelService,
     load_compose,
 )
-from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, write_local_front_door
+from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, traefik_environment, write_local_front_door
 from llm_ops.settings import EngineSettings, ServerSettings, StackSettings, to_cli_args
 from llm_ops.worker.run import served_names
 
@@ -231,7 +231,8 @@ def run_stack(settings: StackSettings) -> int:
     manager = Manager()
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)))
+    traefik_env = traefik_environment(traefik_dir(settings), os.environ)
+    manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
     manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
     for replica, worker in enumerate(workers, start=1):

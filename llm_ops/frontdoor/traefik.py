@@ -25,6 +25,7 @@ import yaml
 
 from llm_ops.frontdoor.certs import TLSFiles
 from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, interpolate
+from llm_ops.settings import ConfigurationError
 
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
@@ -50,6 +51,11 @@ _FIELDS = {
     "services": {"loadbalancer"},
 }
 LABEL_FIELD_HINT = "unknown field (router and service ids may not contain dots)"
+# Traefik takes its static configuration from the first traefik.{toml,yaml,yml} it finds in
+# /etc/traefik, $XDG_CONFIG_HOME, $HOME/.config or its working directory, and then ignores every
+# flag. The native stack runs it with flags, so none of these may exist (see `traefik_environment`).
+STATIC_FILE_NAMES = ("traefik.toml", "traefik.yaml", "traefik.yml")
+SYSTEM_CONFIG_DIRECTORY = Path("/etc/traefik")
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,8 @@ def write_local_front_door(
     """Write the dynamic configuration for `backends` (compose service -> its servers' URLs) and the
     plugins into `directory`; return Traefik's flags. Run Traefik in `directory`: it loads local
     plugins from ./plugins-local."""
+    for static_file in STATIC_FILE_NAMES:  # e.g. left there by an older version of the native stack
+        (directory / static_file).unlink(missing_ok=True)
     plugins = directory / "plugins-local"
     shutil.rmtree(plugins, ignore_errors=True)
     shutil.copytree(compose.host_path(PLUGINS_DIRECTORY), plugins)
@@ -229,3 +237,14 @@ def _flag_value(flags: Sequence[str], key: str) -> str:
 
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def traefik_environment(directory: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a Traefik run in `directory` with flags: its home and config home are
+    `directory` (no traefik.yml there), and a system-wide /etc/traefik/traefik.yml is refused."""
+    found = [SYSTEM_CONFIG_DIRECTORY / name for name in STATIC_FILE_NAMES if (SYSTEM_CONFIG_DIRECTORY / name).exists()]
+    if found:
+        raise ConfigurationError(
+            f"{found[0]} exists: Traefik would read it and ignore the native stack's configuration; move it away"
+        )
+    return dict(environ) | {"HOME": str(directory), "XDG_CONFIG_HOME": str(directory)}

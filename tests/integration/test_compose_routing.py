@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -28,7 +29,12 @@ import uvicorn
 
 from llm_ops.frontdoor.certs import ensure_certificates
 from llm_ops.frontdoor.compose import load_compose
-from llm_ops.frontdoor.traefik import LocalAddresses, labels_to_dynamic_config, write_local_front_door
+from llm_ops.frontdoor.traefik import (
+    LocalAddresses,
+    labels_to_dynamic_config,
+    traefik_environment,
+    write_local_front_door,
+)
 from llm_ops.stack import traefik_binary
 from llm_ops.worker.run import served_names
 from tests.conftest import free_port
@@ -145,6 +151,9 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
     """Traefik on free ports; again on new ones if another process took one before Traefik could listen."""
     tls = ensure_certificates(state / "tls", ["localhost", "127.0.0.1"])
     urls = {name: [replica.url for replica in replicas] for name, replicas in backends.items()}
+    (state / "traefik").mkdir(parents=True, exist_ok=True)
+    # Left by an older native stack: were it read, Traefik would ignore every flag and load no route.
+    (state / "traefik" / "traefik.yml").write_text("providers:\n  file:\n    filename: stale-dynamic.yml\n")
     for attempt in range(PORT_ATTEMPTS):
         addresses = LocalAddresses("127.0.0.1", free_port(), free_port(), "127.0.0.1", free_port())
         flags = write_local_front_door(COMPOSE, urls, tls, addresses, state / "traefik")
@@ -159,7 +168,10 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
         log_file = state / f"traefik-{attempt}.log"
         with log_file.open("wb") as log:
             command = [traefik_binary(), *flags]
-            traefik = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=state / "traefik")
+            environment = traefik_environment(state / "traefik", os.environ)
+            traefik = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=state / "traefik", env=environment
+            )
         try:
             wait_for(functools.partial(_loaded_or_exited, traefik, door), READY_TIMEOUT, "routers in Traefik")
         except BaseException:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_ops.frontdoor import traefik
 from llm_ops.frontdoor.certs import TLSFiles
 from llm_ops.frontdoor.compose import ComposeError, ModelService, interpolate
 from llm_ops.frontdoor.traefik import (
@@ -18,8 +19,10 @@ from llm_ops.frontdoor.traefik import (
     local_traefik_args,
     route_problems,
     route_rule,
+    traefik_environment,
     write_yaml_atomically,
 )
+from llm_ops.settings import ConfigurationError
 
 SHARED = Path(__file__).parents[2] / "traefik" / "dynamic" / "llm-ops.yml"
 ADDRESSES = LocalAddresses("127.0.0.1", 1443, 1080, "127.0.0.1", 1090)
@@ -193,3 +196,17 @@ def test_config_files_are_replaced_whole(tmp_path: Path) -> None:
     write_yaml_atomically(target, {"b": 2})
     assert yaml.safe_load(target.read_text()) == {"b": 2}
     assert [p.name for p in target.parent.iterdir()] == ["dynamic.yml"]
+
+
+def test_traefik_runs_with_a_home_of_its_own_so_that_no_users_traefik_yml_replaces_its_flags(tmp_path: Path) -> None:
+    environment = traefik_environment(tmp_path, {"HOME": "/root", "PATH": "/bin"})
+    assert environment == {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), "PATH": "/bin"}
+
+
+def test_a_system_wide_traefik_yml_is_refused_as_it_would_replace_the_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(traefik, "SYSTEM_CONFIG_DIRECTORY", tmp_path)
+    (tmp_path / "traefik.toml").write_text("[log]\n")
+    with pytest.raises(ConfigurationError, match="traefik.toml exists: Traefik would read it"):
+        traefik_environment(tmp_path / "state", {})

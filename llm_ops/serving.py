@@ -144,10 +144,11 @@ def serve(
         log_level=log_level,
         log_config=None,  # uvicorn's loggers propagate to ours (llm_ops.logs: JSON, with request ids)
         timeout_graceful_shutdown=math.ceil(lifecycle.graceful_timeout),
-        # h11, not httptools: with httptools about one in three streams proxied by Traefik on a reused
-        # connection, right after a long stream on another connection, was cut after its headers
-        # (seen with benchmarks/stream_overhead.py; cause not found). h11 never showed it.
-        http="h11",
+        # httptools (C) rather than h11 (pure Python): a third less CPU per streamed chunk
+        # (benchmarks/worker_overhead.py). It once seemed to make Traefik cut streams after their
+        # headers; that was Go's proxy re-reading a closed request body (golang/go#15527), which the
+        # requestbody plugin prevents (docs/native-stack.md, "Streams and Traefik's proxy").
+        http="httptools",
         **config,
     )
     DrainingServer(uvicorn_config, lifecycle.drain_seconds, on_drain).run()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shlex
 import sys
 import time
@@ -203,6 +204,7 @@ async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) 
 
 def run_bench(settings: BenchSettings) -> int:
     """The command's exit status: 0 once it measured (whatever the verdicts), 1 if it could not."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bars
     try:
         asyncio.run(bench(settings))
     except (BenchError, ServerError, ConfigurationError) as error:

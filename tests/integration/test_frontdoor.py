@@ -83,10 +83,10 @@ def test_the_containers_health_command_passes_on_a_serving_worker_and_fails_on_a
 def test_a_stream_right_after_a_long_stream_elsewhere_is_not_cut(stack: Stack) -> None:
     """A long stream straight at the worker, then a short one through the front door, from a new client.
 
-    Traefik reuses its idle connection to the worker for the second request. Run by hand
-    (benchmarks/stream_overhead.py), this pattern cut about one stream in three right after its
-    headers while the worker used uvicorn's httptools parser; under pytest it did not show up in
-    two tries with httptools, so this guards the behaviour rather than reproducing that bug.
+    Traefik reuses its idle connection to the worker for the second request. Run by hand, this
+    pattern cut about one stream in three right after its headers when the worker used uvicorn's
+    httptools parser and Traefik had no requestbody plugin (Go's proxy re-read a request body its
+    server had closed: golang/go#15527). The worker uses httptools again, behind the plugin.
     """
     long, short = chat(messages=LONG_STORY, max_new_tokens=120), chat(messages=LONG_STORY, max_new_tokens=4)
     for _ in range(3):

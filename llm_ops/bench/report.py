@@ -33,6 +33,7 @@ class LevelResult(BaseModel):
     requests_per_round: int
     summaries: dict[str, Summary]  # by target key, over all rounds
     round_tokens_per_s: dict[str, list[float]]  # by target key, one value per round
+    cpu_s: dict[str, dict[str, float]] = {}  # by target key: CPU seconds by kind of process, over all rounds
 
 
 class Check(BaseModel):
@@ -145,6 +146,18 @@ def _row(concurrency: int, target: str, summary: Summary) -> str:
         f"{_ms(ttft.p99, 5)} {_ms(summary.itl_ms.p50, 8)} {_ms(summary.tpot_ms.p50, 8)} {_ms(e2e.p50, 8)} "
         f"{_ms(e2e.p90, 6)} {_ms(e2e.p99, 6)} {summary.goodput_per_s:>10.2f} {summary.failed:>6}"
     )
+
+
+def cpu_table(levels: list[LevelResult], names: dict[str, str]) -> str:
+    """CPU seconds per 1,000 output tokens, by kind of process, for each target and level."""
+    kinds = sorted({kind for level in levels for used in level.cpu_s.values() for kind in used})
+    rows = ["CPU seconds per 1,000 output tokens", f"  c target   {''.join(f'{kind:>19}' for kind in kinds)}"]
+    for level in levels:
+        for key, used in level.cpu_s.items():
+            thousands = level.summaries[key].output_tokens / 1000 or 1.0
+            cells = "".join(f"{used.get(kind, 0.0) / thousands:>19.2f}" for kind in kinds)
+            rows.append(f"{level.concurrency:>3} {key} {names.get(key, ''):<7}{cells}")
+    return "\n".join(rows)
 
 
 def _ms(value: float | None, width: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llm_ops.access import api_keys_from_environment
-from llm_ops.bench import plot, report
+from llm_ops.bench import cpu, plot, report
 from llm_ops.bench.report import BenchReport, LevelResult, TargetInfo, VLLMLaunch
 from llm_ops.bench.settings import TARGET_NAMES, BenchSettings
 from llm_ops.bench.stats import SLO, RequestRecord, summarize
@@ -47,6 +47,7 @@ class Block:
 
     records: list[RequestRecord]
     wall_s: float
+    cpu_s: dict[str, float]  # by kind of process (llm_ops.bench.cpu)
 
 
 def rotated(targets: Sequence[Target], turn: int) -> list[Target]:
@@ -68,10 +69,10 @@ async def run_block(target: Target, settings: BenchSettings, concurrency: int, l
                 records.append(await target.send(settings.max_new_tokens))
                 bar.update()
 
-        start = time.perf_counter()
+        before, start = cpu.snapshot(), time.perf_counter()
         await asyncio.gather(*(client() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return Block(records, wall)
+        wall, after = time.perf_counter() - start, cpu.snapshot()
+    return Block(records, wall, cpu.used(before, after))
 
 
 async def measure(targets: Sequence[Target], settings: BenchSettings) -> list[LevelResult]:
@@ -96,8 +97,13 @@ def _level(concurrency: int, requests: int, blocks: dict[str, list[Block]], slo:
         key: [summarize(block.records, block.wall_s, slo).output_tokens_per_s for block in runs]
         for key, runs in blocks.items()
     }
+    cpu_s = {key: cpu.summed(block.cpu_s for block in runs) for key, runs in blocks.items()}
     return LevelResult(
-        concurrency=concurrency, requests_per_round=requests, summaries=summaries, round_tokens_per_s=per_round
+        concurrency=concurrency,
+        requests_per_round=requests,
+        summaries=summaries,
+        round_tokens_per_s=per_round,
+        cpu_s=cpu_s,
     )
 
 
@@ -127,7 +133,7 @@ async def run_against(
         checks=found,
     )
     names = {target.key: target.name for target in targets}
-    print(f"\n{report.table(levels, names)}\n\n{report.verdicts(found)}")
+    print(f"\n{report.table(levels, names)}\n\n{report.cpu_table(levels, names)}\n\n{report.verdicts(found)}")
     output = output_path(settings)
     report.write_json(result, output)
     plot.draw(result, output.with_suffix(".png"))

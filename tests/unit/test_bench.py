@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import trustme
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from llm_ops.bench import cpu
 from llm_ops.bench.report import BenchReport
 from llm_ops.bench.run import run_against
 from llm_ops.bench.settings import BenchSettings
@@ -417,3 +420,27 @@ async def test_clients_verify_tls_against_the_given_ca_file(tmp_path: Path) -> N
         async with http_client(1, 5, tmp_path / "other.pem") as distrusting:
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await distrusting.get(url)
+
+
+def test_cpu_used_between_two_snapshots_is_added_up_by_kind_of_process() -> None:
+    before = cpu.snapshot()
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert cpu.used(before, cpu.snapshot())["bench client"] >= 0.2
+    assert cpu.summed([{"a": 1.0, "b": 0.5}, {"b": 1.0}]) == {"b": 1.5, "a": 1.0}
+
+
+def test_a_running_process_is_named_after_the_service_it_belongs_to() -> None:
+    # Named like the stack's worker by its arguments: `kind` reads command lines.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "llm-ops", "worker"])
+    try:
+        deadline = time.monotonic() + 10
+        while "llm-ops worker" not in " ".join(psutil.Process(child.pid).cmdline()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cpu.kind(psutil.Process(child.pid)) == "worker http"
+        assert cpu.kind(psutil.Process()) == "bench client"
+    finally:
+        child.kill()
+        child.wait()

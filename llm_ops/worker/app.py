@@ -80,9 +80,12 @@ async def prepare_and_admit(
         prepared = await worker.prepare(generate)
         slot = await cancel_on_disconnect(request, worker.admit())
     except RequestError as error:
-        worker.metrics.refused(generate.generation_mode, overloaded=isinstance(error, Overloaded))
+        worker.metrics.count(generate.generation_mode, "overloaded" if isinstance(error, Overloaded) else "refused")
         raise
-    return None if slot is None else (prepared, slot)
+    if slot is None:
+        worker.metrics.count(generate.generation_mode, "aborted")
+        return None
+    return prepared, slot
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)

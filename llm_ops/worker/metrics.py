@@ -63,8 +63,9 @@ class WorkerMetrics:
             "llm_ops_requests_waiting", "Requests waiting for a running slot", ["model"], registry=registry
         )
 
-    def refused(self, mode: str, overloaded: bool) -> None:
-        self.requests.labels(self.model, mode, "overloaded" if overloaded else "refused").inc()
+    def count(self, mode: str, outcome: str) -> None:
+        """A request that ended before it reached the engine (refused, overloaded, aborted while waiting)."""
+        self.requests.labels(self.model, mode, outcome).inc()
 
     def timer(self, mode: str, prompt_tokens: int, received_at: float) -> RequestTimer:
         return RequestTimer(self, mode, received_at, prompt_tokens)
@@ -101,7 +102,7 @@ class RequestTimer:
 
     def end(self, outcome: str) -> None:
         metrics, model = self.metrics, self.metrics.model
-        metrics.requests.labels(model, self.mode, outcome).inc()
+        metrics.count(self.mode, outcome)
         metrics.request_latency.labels(model).observe(time.perf_counter() - self.received_at)
         metrics.prompt_tokens.labels(model).inc(self.prompt_tokens)
         metrics.generation_tokens.labels(model).inc(self.generated)

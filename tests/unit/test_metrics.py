@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from llm_ops.protocol.worker import GenerateRequest
 from llm_ops.worker.admission import Admission
 from llm_ops.worker.app import create_worker_app
 from tests.unit.fake_engine import FakeEngine, fake_service, open_fake_service
+from tests.unit.served import served
 
 pytestmark = pytest.mark.anyio
 CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
@@ -96,3 +99,19 @@ async def test_a_stream_closed_early_counts_as_aborted(engine: FakeEngine) -> No
     await stream.aclose()  # what the HTTP layer does when the client leaves
     text = service.metrics.render(running=0, waiting=0).decode()
     assert 'llm_ops_requests_total{mode="chat",model="fake-model",outcome="aborted"} 1.0' in text
+
+
+def test_a_client_that_leaves_while_waiting_for_a_slot_counts_as_aborted(engine: FakeEngine) -> None:
+    engine.delay = 0.2  # the first answer holds the only running slot for about a second
+    admission = Admission(max_running=1, max_waiting=1, max_wait_seconds=5)
+    app = create_worker_app(lambda: open_fake_service(engine, admission))
+    with served(app) as url, httpx.Client(base_url=url) as client:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(client.post, "/api/worker_generate", json=CHAT)
+            time.sleep(0.1)
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/api/worker_generate", json=CHAT, timeout=0.3)
+            assert running.result().status_code == 200
+        text = client.get("/metrics").text
+    assert 'llm_ops_requests_total{mode="chat",model="fake-model",outcome="aborted"} 1.0' in text
+    assert 'llm_ops_requests_total{mode="chat",model="fake-model",outcome="finished"} 1.0' in text

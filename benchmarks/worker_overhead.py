@@ -1,7 +1,7 @@
 """CPU the worker spends per streamed chunk between the engine's deltas and the socket: the hot path
 of `worker_generate_stream`, measured apart from the engine, over the scripted engine of the tests.
 
-    .venv/bin/python benchmarks/worker_overhead.py --answers 40 --tokens 500 --concurrency 8
+    PYTHONPATH=. .venv/bin/python benchmarks/worker_overhead.py --answers 40 --tokens 500 --concurrency 8
 
 The worker app (routes, middlewares, metrics, JSON framing, uvicorn) runs in a child process as the
 real worker runs it; its engine answers every request with `--tokens` one-token deltas at once. The

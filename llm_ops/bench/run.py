@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llm_ops.access import api_keys_from_environment
+from llm_ops.access import api_keys_from_environment, authorization_headers
 from llm_ops.bench import cpu, plot, report
 from llm_ops.bench.report import BenchReport, LevelResult, TargetInfo, VLLMLaunch
 from llm_ops.bench.settings import TARGET_NAMES, BenchSettings
@@ -145,9 +145,9 @@ def output_path(settings: BenchSettings) -> Path:
     return settings.output or Path("benchmarks/results") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
-def api_key(settings: BenchSettings) -> str | None:
-    keys = api_keys_from_environment()
-    return settings.api_key or (min(keys) if keys else None)  # any key is as good; the stack uses this one
+def key_headers(settings: BenchSettings) -> dict[str, str]:
+    """--api-key, or else what the stack's own components send with LLM_OPS_API_KEYS."""
+    return authorization_headers(frozenset({settings.api_key}) if settings.api_key else api_keys_from_environment())
 
 
 def service_worker(settings: BenchSettings) -> WorkerSettings:
@@ -165,7 +165,7 @@ async def our_targets(settings: BenchSettings, model: str, stack: contextlib.Asy
         ca_file = settings.ca_file if bases[key].startswith("https:") else None
         if ca_file is not None and not ca_file.is_file():
             raise BenchError(f"--ca-file {ca_file}: no such file (the stack writes its CA there when it starts)")
-        client = http_client(max(settings.concurrency), settings.request_timeout, ca_file, api_key(settings))
+        client = http_client(max(settings.concurrency), settings.request_timeout, ca_file, key_headers(settings))
         await stack.enter_async_context(client)
         targets.append(
             worker_target(key, TARGET_NAMES[key], bases[key], client, model, settings.prompt, settings.stream_text)

@@ -39,13 +39,12 @@ class Target(Protocol):
 
 
 def http_client(
-    pool_size: int, timeout: float, ca_file: Path | None = None, api_key: str | None = None
+    pool_size: int, timeout: float, ca_file: Path | None = None, headers: dict[str, str] | None = None
 ) -> httpx.AsyncClient:
     """One client per target: HTTP/1.1, `pool_size` connections kept, TLS verified against `ca_file`."""
     verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
     # vLLM's server closes idle connections after 5 s: forget them sooner, never send on a closing one.
     limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size, keepalive_expiry=4)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return httpx.AsyncClient(
         verify=verify, limits=limits, timeout=httpx.Timeout(timeout, connect=10), headers=headers, trust_env=False
     )

@@ -28,7 +28,9 @@ class WorkerMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        registry = self.registry
+        """Every metric but `requests` has only the model label, fixed per worker: it is bound here, once,
+        and not looked up again on every token."""
+        registry, model = self.registry, self.model
         self.requests = Counter(
             "llm_ops_requests",
             "Requests by generation mode and outcome (finished, error, aborted, refused, overloaded)",
@@ -41,27 +43,33 @@ class WorkerMetrics:
             ["model"],
             buckets=FIRST_TOKEN_BUCKETS,
             registry=registry,
-        )
+        ).labels(model)
         self.inter_token_latency = Histogram(
             "llm_ops_inter_token_latency_seconds",
             "Between consecutive generated tokens of a request",
             ["model"],
             buckets=INTER_TOKEN_BUCKETS,
             registry=registry,
-        )
+        ).labels(model)
         self.request_latency = Histogram(
             "llm_ops_e2e_request_latency_seconds",
             "From the request's arrival to its last token (or its end)",
             ["model"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
+        ).labels(model)
+        self.prompt_tokens = Counter("llm_ops_prompt_tokens", "Prompt tokens", ["model"], registry=registry).labels(
+            model
         )
-        self.prompt_tokens = Counter("llm_ops_prompt_tokens", "Prompt tokens", ["model"], registry=registry)
-        self.generation_tokens = Counter("llm_ops_generation_tokens", "Generated tokens", ["model"], registry=registry)
-        self.running = Gauge("llm_ops_requests_running", "Requests generating", ["model"], registry=registry)
+        self.generation_tokens = Counter(
+            "llm_ops_generation_tokens", "Generated tokens", ["model"], registry=registry
+        ).labels(model)
+        self.running = Gauge("llm_ops_requests_running", "Requests generating", ["model"], registry=registry).labels(
+            model
+        )
         self.waiting = Gauge(
             "llm_ops_requests_waiting", "Requests waiting for a running slot", ["model"], registry=registry
-        )
+        ).labels(model)
 
     def count(self, mode: str, outcome: str) -> None:
         """A request that ended before it reached the engine (refused, overloaded, aborted while waiting)."""
@@ -72,8 +80,8 @@ class WorkerMetrics:
 
     def render(self, running: int, waiting: int) -> bytes:
         """The exposition text, with the admission counts as they are now."""
-        self.running.labels(self.model).set(running)
-        self.waiting.labels(self.model).set(waiting)
+        self.running.set(running)
+        self.waiting.set(waiting)
         return generate_latest(self.registry)
 
 
@@ -90,19 +98,19 @@ class RequestTimer:
 
     def delta(self, delta: Delta) -> None:
         now = time.perf_counter()
-        metrics, model = self.metrics, self.metrics.model
+        metrics = self.metrics
         if self.last_token_at is None:
-            metrics.time_to_first_token.labels(model).observe(now - self.received_at)
+            metrics.time_to_first_token.observe(now - self.received_at)
         elif delta.token_count:
             gap = (now - self.last_token_at) / delta.token_count
             for _ in range(delta.token_count):
-                metrics.inter_token_latency.labels(model).observe(gap)
+                metrics.inter_token_latency.observe(gap)
         self.last_token_at = now
         self.generated += delta.token_count
 
     def end(self, outcome: str) -> None:
-        metrics, model = self.metrics, self.metrics.model
+        metrics = self.metrics
         metrics.count(self.mode, outcome)
-        metrics.request_latency.labels(model).observe(time.perf_counter() - self.received_at)
-        metrics.prompt_tokens.labels(model).inc(self.prompt_tokens)
-        metrics.generation_tokens.labels(model).inc(self.generated)
+        metrics.request_latency.observe(time.perf_counter() - self.received_at)
+        metrics.prompt_tokens.inc(self.prompt_tokens)
+        metrics.generation_tokens.inc(self.generated)

@@ -7,12 +7,12 @@ command still running `--stop-timeout` seconds later is killed, as `docker stop`
 grace period. It also gives up, with the command's code, when the command ends three times within
 a minute of starting: a worker that cannot start should stop the stack with its error, not loop.
 
-The command runs in a process group of its own, as a container's processes do: the stack signals
-this wrapper's group, and only the command itself hears of it, through the wrapper. Otherwise vLLM's
-engine processes would get the SIGTERM too and die under the answers the worker is finishing. When
-the command ends, whatever it left behind in its group (engine processes of a worker that crashed)
-is killed. If the wrapper itself is killed outright, the kernel kills the command (Linux:
-PR_SET_PDEATHSIG).
+The command runs in a process group of its own (in the stack's session: see `llm_ops.stack`), as a
+container's processes do: the stack signals this wrapper's group, and only the command itself hears
+of it, through the wrapper. Otherwise vLLM's engine processes would get the SIGTERM too and die under
+the answers the worker is finishing. When the command ends, whatever it left behind in its group
+(engine processes of a worker that crashed) is killed. If the wrapper itself is killed outright, the
+kernel kills the command (Linux: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run_restarting(command: list[str], stop_timeout: float = 60.0) -> int:
     quick_exits = 0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+        child = subprocess.Popen(command, process_group=0, preexec_fn=_die_with_parent)
         while (code := child.poll()) is None:
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 print(f"{command[0]} still running {stop_timeout:g} s after the stop signal; killing it", flush=True)

@@ -2,11 +2,11 @@
 
 Reads the compose file, writes the TLS files and Traefik's configuration (its compose flags and the
 service's labels, see `llm_ops.frontdoor.traefik`), then runs Traefik and the service's start script
-under honcho, which starts each in its own process group and, when one stops or on Ctrl-C/SIGTERM,
-stops them all: SIGTERM, on which each drains (`llm_ops.serving.serve`, Traefik's grace time), then
-SIGKILL for whatever is still running once the drain and grace times are over. A probe thread waits
-until a request through Traefik, over verified TLS, reaches the worker under every name it serves,
-then prints how to use it.
+under honcho, which starts each in its own process group (all in this command's session, see
+`StackProcess`) and, when one stops or on Ctrl-C/SIGTERM, stops them all: SIGTERM, on which each
+drains (`llm_ops.serving.serve`, Traefik's grace time), then SIGKILL for whatever is still running
+once the drain and grace times are over. A probe thread waits until a request through Traefik, over
+verified TLS, reaches the worker under every name it serves, then prints how to use it.
 """
 
 from __future__ import annotations
@@ -17,12 +17,15 @@ import os
 import shlex
 import shutil
 import ssl
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import honcho.manager
+import honcho.process
 import httpx
 from honcho.manager import Manager
 
@@ -217,6 +220,23 @@ def shell_command(command: list[str]) -> str:
     return "exec " + shlex.join(command)
 
 
+def _in_own_process_group(command: str, **options: Any) -> honcho.process.Popen:
+    return honcho.process.Popen(command, start_new_session=False, process_group=0, stdin=subprocess.DEVNULL, **options)
+
+
+class StackProcess(honcho.process.Process):  # type: ignore[misc]
+    """A honcho process in a process group of its own, as honcho needs to signal it, but in the stack's
+    session, where honcho would start a new one (it has no option for this: `_child_ctor` and the
+    manager's `_process_ctor` are its constructor hooks). Linux schedules each session as one group
+    (autogroup): a SIGKILLed worker alone in its session got so little CPU beside the surviving engine
+    that freeing its memory, which comes before the kernel closes its sockets, took 3-25 s, and its
+    streams stayed open until then (about 2 s, and streams cut in 0.1 s, in one session)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._child_ctor = _in_own_process_group
+
+
 def run_stack(settings: StackSettings) -> int:
     compose = load_compose(settings.compose_file)
     workers, names = worker_commands(settings, compose.model(settings.service))
@@ -229,6 +249,7 @@ def run_stack(settings: StackSettings) -> int:
     # wrappers stop them first (they kill a worker's engine processes too; honcho would not).
     honcho.manager.KILL_WAIT = stop_timeout(settings) + 5
     manager = Manager()
+    manager._process_ctor = StackProcess
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     traefik_env = traefik_environment(traefik_dir(settings), os.environ)

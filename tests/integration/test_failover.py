@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 RESTART_TIMEOUT = 600.0
 SETTLE_SECONDS = 5.0  # after the kill, a health-check interval (2 s) and a controller refresh, with margin
 STREAM_END_BOUND = 10.0  # seconds after the kill by which a stream on the dead replica has ended
-PROCESSES_GONE_BOUND = 60.0  # seconds; vLLM's model runner has taken over 10 s to exit after SIGKILL here
+PROCESSES_GONE_BOUND = 60.0  # seconds; 2 s measured, 25 s when the kernel starved them (llm_ops.stack.StackProcess)
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once the gap is over, to show it is over
 MAX_LONG_ANSWERS = 10  # started to get one through each route onto the replica about to die
 

@@ -77,10 +77,14 @@ def test_stopping_the_wrapper_lets_the_command_finish_and_returns_its_code_witho
 
 def test_the_command_runs_in_a_process_group_of_its_own_so_only_the_wrapper_signals_it(tmp_path: Path) -> None:
     groups = tmp_path / "groups"
-    record = f"import os; open({str(groups)!r}, 'w').write(f'{{os.getpgid(0)}} {{os.getpgid(os.getppid())}}')"
+    record = (
+        f"import os; open({str(groups)!r}, 'w').write("
+        f"f'{{os.getpgid(0)}} {{os.getpgid(os.getppid())}} {{os.getsid(0)}} {{os.getsid(os.getppid())}}')"
+    )
     assert restart.run_restarting(python(record)) == 0
-    own, wrappers = groups.read_text().split()
+    own, wrappers, own_session, wrappers_session = groups.read_text().split()
     assert own != wrappers
+    assert own_session == wrappers_session  # the stack's: see llm_ops.stack.StackProcess
 
 
 def test_a_wrapper_killed_outright_takes_its_command_with_it(tmp_path: Path) -> None:

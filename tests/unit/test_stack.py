@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,7 +11,14 @@ import pytest
 from llm_ops.cli import parse_worker_args
 from llm_ops.frontdoor.compose import ComposeError, ModelService, load_compose
 from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
-from llm_ops.stack import controller_command, openai_api_command, usage_banner, worker_commands
+from llm_ops.stack import (
+    StackProcess,
+    controller_command,
+    openai_api_command,
+    shell_command,
+    usage_banner,
+    worker_commands,
+)
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = load_compose(ROOT / "docker-compose.yml")
@@ -95,3 +103,20 @@ def test_up_passes_admission_and_drain_settings_to_every_replica() -> None:
     commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
     workers = [parse_worker_args(command[7:]) for command in commands]
     assert {(w.limit_worker_concurrency, w.max_queued_requests, w.drain_seconds) for w in workers} == {(4, 2, 1.0)}
+
+
+def test_each_process_runs_in_a_process_group_of_its_own_in_the_stacks_session_reading_nothing(
+    tmp_path: Path,
+) -> None:
+    """honcho signals each process's group; one session keeps the kernel from starving a killed worker
+    of the CPU it needs to close its sockets (see `StackProcess`)."""
+    ids = tmp_path / "ids"
+    record = (
+        f"import os; open({str(ids)!r}, 'w').write("
+        f"f'{{os.getpid()}} {{os.getpgid(0)}} {{os.getsid(0)}} {{os.readlink(\"/proc/self/fd/0\")}}')"
+    )
+    StackProcess(shell_command([sys.executable, "-c", record]), name="probe").run()
+    pid, group, session, stdin = ids.read_text().split()
+    assert group == pid
+    assert int(session) == os.getsid(0)
+    assert stdin == os.devnull

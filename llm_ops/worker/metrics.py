@@ -72,7 +72,7 @@ class WorkerMetrics:
         ).labels(model)
 
     def count(self, mode: str, outcome: str) -> None:
-        """A request that ended before it reached the engine (refused, overloaded, aborted while waiting)."""
+        """One request more that ended with `outcome`: in the engine (`RequestTimer.end`) or before it."""
         self.requests.labels(self.model, mode, outcome).inc()
 
     def timer(self, mode: str, prompt_tokens: int, received_at: float) -> RequestTimer:

@@ -1,12 +1,14 @@
-"""Who may call the public servers (worker `/api/...`, OpenAI API `/v1/...`) and how much they may send.
+"""Who may call the public servers (workers, the OpenAI router) and what they may send.
 
-Both checks are ASGI middlewares that answer before the app sees the request, each server shaping
-the refusal in its own error format (`Refuse`):
+Each check is an ASGI middleware that answers before the app sees the request, in the error format
+of the request's path (`refusal`: FastChat's for `/api/...`, vLLM's OpenAI shape for the rest):
 
 - `RequireApiKey`: with keys configured (the `LLM_OPS_API_KEYS` environment variable, never a flag,
-  so keys stay out of `ps` and logs), a protected path needs `Authorization: Bearer <key>`; else 401
-  with FastChat's INVALID_AUTH_KEY (40101).
+  so keys stay out of `ps` and logs), every path but the health and metrics probes needs
+  `Authorization: Bearer <key>`; else 401 with FastChat's INVALID_AUTH_KEY (40101).
 - `LimitBody`: a body over `max_bytes` gets 413 without being read any further.
+- `PublicRoutes`: a worker answers only the routes LLM Ops documents; vLLM's development and admin
+  endpoints (`/sleep`, `/pause`, `/collective_rpc`, runtime LoRA loading, ...) get 404.
 """
 
 from __future__ import annotations
@@ -14,16 +16,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable
-
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_ops.protocol.errors import ErrorCode
+from llm_ops.protocol.errors import ErrorCode, RequestError
 
 API_KEYS_VARIABLE = "LLM_OPS_API_KEYS"
+PROBES = frozenset({"/health", "/metrics"})  # open to the front door's health checks and Prometheus
+FASTCHAT_PREFIX = "/api/"
+# What a worker serves besides FastChat's /api/... routes (vLLM's OpenAI routes for clients, and probes).
+OPENAI_ROUTES = frozenset(
+    {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
+)
+GENERATION_ROUTES = frozenset(
+    {"/api/worker_generate", "/api/worker_generate_stream", "/v1/chat/completions", "/v1/completions"}
+)
 
-Refuse = Callable[[int, ErrorCode, str], Response]  # (HTTP status, error code, message) -> response
+
+def refusal(scope: Scope, error: RequestError) -> JSONResponse:
+    """`error` in the format of the path it refuses: FastChat's under /api/, vLLM's OpenAI shape elsewhere."""
+    if scope["path"].startswith(FASTCHAT_PREFIX):
+        return JSONResponse(error.to_response().model_dump(), status_code=error.status_code)
+    return JSONResponse(error.to_openai().model_dump(), status_code=error.status_code)
 
 
 def api_keys_from_environment() -> frozenset[str]:
@@ -38,18 +52,16 @@ def authorization_headers(keys: frozenset[str]) -> dict[str, str]:
 
 
 class RequireApiKey:
-    def __init__(self, app: ASGIApp, keys: frozenset[str], protected_prefixes: tuple[str, ...], refuse: Refuse):
+    def __init__(self, app: ASGIApp, keys: frozenset[str]):
         self.app = app
-        self.protected_prefixes = protected_prefixes
-        self.refuse = refuse
         # Compared as digests, in constant time, so the time to refuse does not leak a key's prefix.
         self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._digests and scope["type"] == "http" and scope["path"].startswith(self.protected_prefixes):
+        if self._digests and scope["type"] == "http" and scope["path"] not in PROBES:
             problem = self._problem(scope)
             if problem is not None:
-                response = self.refuse(401, ErrorCode.INVALID_AUTH_KEY, problem)
+                response = refusal(scope, RequestError(ErrorCode.INVALID_AUTH_KEY, problem))
                 response.headers["WWW-Authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
@@ -70,10 +82,9 @@ class LimitBody:
     """Reads the body (up to `max_bytes`) before the app does, so a larger one is refused early,
     whether it announced its length or came in chunks."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, refuse: Refuse) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,28 +98,44 @@ class LimitBody:
         while not ended:
             message = await receive()
             if message["type"] != "http.request":  # the client left: let the app see it
-                await self.app(scope, _replay(message, receive), send)
+                await self.app(scope, replay(message, receive), send)
                 return
             body += message.get("body", b"")
             ended = not message.get("more_body", False)
             if len(body) > self.max_bytes:
                 await self._too_large(scope, receive, send)
                 return
-        await self.app(scope, _replay({"type": "http.request", "body": bytes(body)}, receive), send)
+        await self.app(scope, replay({"type": "http.request", "body": bytes(body)}, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
-        await self.refuse(413, ErrorCode.PARAM_OUT_OF_RANGE, message)(scope, receive, send)
+        await refusal(scope, RequestError(ErrorCode.PARAM_OUT_OF_RANGE, message, 413))(scope, receive, send)
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+class PublicRoutes:
+    """A worker's routes: FastChat's, the OpenAI ones LLM Ops documents, and the probes; 404 for the rest."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path and not (path.startswith(FASTCHAT_PREFIX) or path in OPENAI_ROUTES or path in PROBES):
+            error = RequestError(ErrorCode.VALIDATION_TYPE_ERROR, f"no such endpoint: {path}", 404)
+            await refusal(scope, error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def replay(first: Message, receive: Receive) -> Receive:
+    """`receive`, with `first` handed out before anything it receives."""
     replayed = False
 
-    async def replay() -> Message:
+    async def receive_again() -> Message:
         nonlocal replayed
         if not replayed:
             replayed = True
             return first
         return await receive()
 
-    return replay
+    return receive_again

@@ -1,7 +1,9 @@
-"""The `llm-ops` command. Each subcommand is a settings model whose fields are its flags."""
+"""The `llm-ops` command. Each subcommand is a settings model whose fields are its flags, except
+`llm-ops worker`, which is vLLM's server and takes vLLM's flags (`llm_ops.worker.launch`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import httpx
@@ -10,7 +12,6 @@ from pydantic_settings import (
     BaseSettings,
     CliApp,
     CliSubCommand,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
@@ -22,19 +23,9 @@ from llm_ops.settings import (
     ControllerSettings,
     OpenAIApiSettings,
     StackSettings,
-    WorkerSettings,
 )
 
 CLI_CONFIG = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True)
-
-
-class WorkerCommand(WorkerSettings):
-    """Run one FastChat-protocol worker wrapping a vLLM engine."""
-
-    def cli_cmd(self) -> None:
-        from llm_ops.worker.run import run_worker
-
-        run_worker(self)
 
 
 class ControllerCommand(ControllerSettings):
@@ -105,7 +96,6 @@ class LLMOps(BaseSettings):
     log_format: LogFormat = Field("json", description="json: one JSON object per line, with request ids; text")
 
     up: CliSubCommand[UpCommand]
-    worker: CliSubCommand[WorkerCommand]
     controller: CliSubCommand[ControllerCommand]
     openai_api: CliSubCommand[OpenAIApiCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
@@ -117,33 +107,21 @@ class LLMOps(BaseSettings):
         CliApp.run_subcommand(self)
 
 
-class _WorkerArgs(BaseSettings, WorkerSettings):
-    """Worker flags alone, read as `llm-ops worker` reads them, without the environment."""
-
-    model_config = CLI_CONFIG | SettingsConfigDict(cli_prog_name="llm-ops worker")
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
-def parse_worker_args(args: list[str]) -> WorkerSettings:
-    """Settings from `llm-ops worker` flags (a compose service's command); raises on bad flags."""
-    parsed = CliApp.run(_WorkerArgs, cli_args=args, cli_exit_on_error=False)
-    return WorkerSettings.model_validate(parsed.model_dump(exclude_unset=True))
+WORKER_COMMAND = "worker"
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     configure_logging("text")  # until the settings say otherwise
     try:
-        CliApp.run(LLMOps, cli_args=sys.argv[1:] if argv is None else argv)
+        if args[:1] == [WORKER_COMMAND]:
+            from llm_ops.worker.launch import run_worker
+
+            # vLLM's parser owns the worker's command line: LLM_OPS_LOG_FORMAT=text is the way to plain lines.
+            configure_logging("text" if os.environ.get("LLM_OPS_LOG_FORMAT") == "text" else "json")
+            run_worker(args[1:])
+            return
+        CliApp.run(LLMOps, cli_args=args)
     except ConfigurationError as error:
         sys.exit(f"llm-ops: {error}")
     except ValidationError as error:  # a flag's value out of its bounds

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
 # Model names go into URLs (/api/<name>/...) and Traefik rules: keep them to safe characters.
-ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)]
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN, max_length=128)]
 
 
 class ConfigurationError(ValueError):
@@ -23,41 +24,6 @@ class ConfigurationError(ValueError):
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
-
-
-class ModelSettings(BaseModel):
-    """Which model a worker serves, and how its chats become prompts: a deployment's identity."""
-
-    model_path: str | None = Field(
-        None, description="Hugging Face model folder or hub id; unset: the packaged SmolLM2-135M-Instruct"
-    )
-    served_model_names: list[ModelName] = Field(
-        default_factory=list,
-        description="names clients use for this model (model_identifier, /api/<name>/); unset: the model folder's name",
-    )
-    conv_template: str | None = Field(
-        None, description="registered FastChat conversation template; unset: the tokenizer's chat template"
-    )
-    kind: Literal["chat", "completion"] = Field(
-        "chat",
-        description="chat: refuse to start without a conversation or chat template; "
-        "completion: a base model, for generation_mode completion (chat works only if it has a chat template)",
-    )
-
-
-class EngineSettings(BaseModel):
-    """How the vLLM engine is built. Anything vLLM accepts goes through `engine_args`."""
-
-    dtype: str = Field("auto", description="weights dtype; the packaged model runs in float32")
-    max_model_len: int | None = Field(None, ge=16, description="context length; unset: the model's own")
-    kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may use")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs to shard the model over")
-    quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8, ...); unset: none")
-    enforce_eager: bool = Field(False, description="skip torch.compile / CUDA graphs: faster start, slower serving")
-    engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="any other vLLM engine argument, as JSON: '{\"enable_prefix_caching\": true}'"
-    )
 
 
 class LifecycleSettings(BaseModel):
@@ -96,20 +62,6 @@ class AdmissionSettings(BaseModel):
     )
 
 
-class ServerSettings(LifecycleSettings, LimitSettings, AdmissionSettings):
-    """The worker's HTTP server."""
-
-    host: str = Field("127.0.0.1", description="address the worker listens on")
-    port: int = Field(21002, ge=0, le=65535, description="port the worker listens on")
-    log_level: str = Field("info", description="uvicorn log level")
-    keep_alive_timeout: int = Field(
-        75,
-        gt=0,
-        description="seconds an idle connection stays open; must exceed the proxy's idle timeout "
-        "(Traefik here: 60 s) so that the proxy never sends a request on a connection the worker is closing",
-    )
-
-
 class RegistrationSettings(BaseModel):
     """How a worker makes itself known to a controller."""
 
@@ -122,11 +74,29 @@ class RegistrationSettings(BaseModel):
     )
 
 
-class WorkerSettings(ModelSettings, EngineSettings, ServerSettings, RegistrationSettings):
-    """A FastChat-protocol worker serving one model."""
+class WorkerOptions(LimitSettings, AdmissionSettings, RegistrationSettings):
+    """What LLM Ops adds to vLLM's server flags: `llm-ops worker` takes both (`llm_ops.worker.launch`).
 
-    def address(self) -> str:
-        return self.worker_address or f"http://{self.host}:{self.port}/api"
+    Everything else (model, served names, dtype, context length, parallelism, parsers, ...) is a
+    flag of vLLM's own server, spelled as `vllm serve` spells it."""
+
+    conv_template: str | None = Field(
+        None,
+        description="registered FastChat conversation template: renders FastChat chats and, as a Jinja chat "
+        "template, /v1 chats; unset: the tokenizer's chat template",
+    )
+    kind: Literal["chat", "completion"] = Field(
+        "chat",
+        description="chat: refuse to start without a conversation or chat template; "
+        "completion: a base model, for generation_mode completion",
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM: seconds /health answers 503 while requests are still served, so that the "
+        "front door routes new ones elsewhere; then vLLM drains (--shutdown-timeout) and stops",
+    )
+    kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
 
 
 class ControllerSettings(LifecycleSettings):
@@ -153,13 +123,20 @@ class OpenAIApiSettings(LifecycleSettings, LimitSettings):
     log_level: str = Field("info", description="uvicorn log level")
 
 
-class StackSettings(EngineSettings, ServerSettings):
+class StackSettings(AdmissionSettings):
     """The native stack: a model service of docker-compose.yml, run outside Docker with Traefik in front.
 
-    The service decides the model (its command's --model-path, --served-model-names, ...); engine and
-    server flags given here are added after the service's own (the last value of a flag wins).
+    The service decides the model (its command: vLLM's flags and LLM Ops' own); `--worker-args` and
+    the admission flags given here are added after the service's own (the last value of a flag wins).
     """
 
+    host: str = Field("127.0.0.1", description="address the workers listen on")
+    port: int = Field(21002, ge=0, le=65535, description="the first worker's port")
+    worker_args: list[str] = Field(
+        default_factory=list,
+        description='more flags for every worker, after the service\'s own: \'["--max-model-len", "2048"]\'',
+    )
+    drain_seconds: float | None = Field(None, ge=0, description="workers' drain after SIGTERM; unset: theirs")
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment whose service to run")
     service: str = Field(DEFAULT_SERVICE, description="the model service of the compose file to run")
     replicas: int = Field(1, ge=1, le=16, description="workers of the model, on --port, --port + 1, ...")

@@ -119,12 +119,26 @@ register_conv_template(
     )
 )
 
-# ChatML: SmolLM2, Qwen, OpenHermes, ...
+# ChatML: Qwen, OpenHermes, ... (SmolLM2: see "smollm2", its default system message differs)
 register_conv_template(
     Conversation(
         name="chatml",
         system_template="<|im_start|>system\n{system_message}",
         system_message="You are a helpful assistant.",
+        roles=("<|im_start|>user", "<|im_start|>assistant"),
+        sep_style=SeparatorStyle.CHATML,
+        sep="<|im_end|>",
+        stop_str="<|im_end|>",
+    )
+)
+
+# SmolLM2-Instruct: ChatML with the default system message of its tokenizer's chat template (which
+# writes that system message only when the chat has none of its own).
+register_conv_template(
+    Conversation(
+        name="smollm2",
+        system_template="<|im_start|>system\n{system_message}",
+        system_message="You are a helpful AI assistant named SmolLM, trained by Hugging Face",
         roles=("<|im_start|>user", "<|im_start|>assistant"),
         sep_style=SeparatorStyle.CHATML,
         sep="<|im_end|>",

@@ -1,8 +1,10 @@
-"""The one error shape of LLM Ops: FastChat's `{"text", "error_code"}` body with an HTTP status.
+"""Errors, in the two shapes clients of LLM Ops read.
 
-FastChat clients read `error_code` (values from `fastchat.constants.ErrorCode`) and `text`.
-FastChat answers most of them with HTTP 400; we answer with the status that means the same thing
-in HTTP, listed in `HTTP_STATUS`.
+FastChat's routes (`/api/...`) answer `{"text", "error_code"}` (values from
+`fastchat.constants.ErrorCode`); FastChat answers most of them with HTTP 400, we answer with the
+status that means the same thing in HTTP (`HTTP_STATUS`). The OpenAI routes answer as vLLM's
+server does, `{"error": {"message", "type", "param", "code"}}` with the HTTP status as `code`: the
+router in front of the workers refuses in the same shape as the workers behind it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from fastchat.constants import ErrorCode
 from pydantic import BaseModel
 
-__all__ = ["ErrorCode", "ErrorResponse", "RequestError", "HTTP_STATUS", "http_status"]
+__all__ = ["ErrorCode", "ErrorResponse", "OpenAIError", "OpenAIErrorResponse", "RequestError", "HTTP_STATUS", "http_status"]
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.VALIDATION_TYPE_ERROR: 400,
@@ -40,17 +42,34 @@ class ErrorResponse(BaseModel):
     error_code: int
 
 
-class RequestError(Exception):
-    """A request that cannot be served as asked; becomes an `ErrorResponse`."""
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+
+class OpenAIErrorResponse(BaseModel):
+    """vLLM's `ErrorResponse` as it goes over the wire."""
+
+    error: OpenAIError
+
+
+class RequestError(Exception):
+    """A request that cannot be served as asked; `status` overrides the one its code stands for."""
+
+    def __init__(self, code: ErrorCode, message: str, status: int | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-
-    @property
-    def status_code(self) -> int:
-        return http_status(self.code)
+        self.status_code = status or http_status(code)
+        self.param = param
 
     def to_response(self) -> ErrorResponse:
         return ErrorResponse(text=self.message, error_code=int(self.code))
+
+    def to_openai(self) -> OpenAIErrorResponse:
+        kind = "BadRequestError" if self.status_code < 500 else "InternalServerError"
+        return OpenAIErrorResponse(
+            error=OpenAIError(message=self.message, type=kind, param=self.param, code=self.status_code)
+        )

@@ -16,6 +16,7 @@ ASSISTANT_ROLES = frozenset({"ai", "assistant"})
 SYSTEM_ROLE = "system"
 
 Role = Literal["user", "human", "ai", "assistant", "system"]
+OPENAI_ROLES: dict[str, str] = {"user": "user", "human": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 # Bounds on what one request may ask for (the body as a whole: --max-body-bytes). The context
@@ -98,18 +99,10 @@ class GenerateRequest(SamplingFields):
                 raise ValueError("completion mode needs a `prompt` string")
         return self
 
-    def chat_turns(self) -> tuple[str | None, list[tuple[str, str]]]:
-        """The system message and the turns as ("user" | "assistant", text) pairs."""
-        system = self.system_message
-        turns: list[tuple[str, str]] = []
-        for message in self.messages or []:
-            if message.role == SYSTEM_ROLE:
-                system = message.text
-            elif message.role in USER_ROLES:
-                turns.append(("user", message.text))
-            else:
-                turns.append(("assistant", message.text))
-        return system, turns
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The conversation as OpenAI's messages: the system message first, if any, then user and assistant."""
+        system = [{"role": "system", "content": self.system_message}] if self.system_message is not None else []
+        return system + [{"role": OPENAI_ROLES[message.role], "content": message.text} for message in self.messages or []]
 
 
 def check_turn_order(messages: list[ChatMessage], system_message: str | None) -> None:

@@ -1,0 +1,236 @@
+"""FastChat's worker protocol, served by vLLM's own OpenAI handlers.
+
+A FastChat request becomes vLLM's chat or completion request (`openai_body`: the one place the
+sampling fields are mapped), goes to `create_chat_completion` or `create_completion` of the
+serving handlers vLLM's server already has, and vLLM's answer (SSE events, or a whole response)
+becomes FastChat's: chunks of JSON + "\\0" with the text so far (or only the new text, with
+`stream_text: delta`). vLLM renders chats with the worker's chat template, the same one its /v1
+uses, so both APIs build one prompt. Closing a stream early (the client left) closes vLLM's,
+which aborts the engine request; a whole answer is cancelled the same way (`with_cancellation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
+
+from fastapi import APIRouter, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from llm_ops.access import refusal
+from llm_ops.protocol.errors import ErrorCode, RequestError
+from llm_ops.protocol.framing import encode_chunk
+from llm_ops.protocol.validation import describe_validation_errors
+from llm_ops.protocol.worker import (
+    FASTCHAT_FORMAT,
+    LLM_OPS_FORMAT,
+    ConvTemplateResponse,
+    CountTokenRequest,
+    CountTokenResponse,
+    FinishReason,
+    GenerateChunk,
+    GenerateRequest,
+    ModelDetails,
+    Usage,
+    WorkerGenerateBody,
+    WorkerStatus,
+    as_generate_request,
+)
+from llm_ops.worker.state import WorkerState, worker_state
+
+router = APIRouter(prefix="/api")
+GENERATE_BODY: TypeAdapter[Any] = TypeAdapter(WorkerGenerateBody)
+NOT_FIELDS = frozenset({LLM_OPS_FORMAT, FASTCHAT_FORMAT})  # union tags in error locations
+FINISH_REASONS: dict[str | None, FinishReason | None] = {None: None, "length": "length", "abort": "abort"}
+
+
+def openai_body(request: GenerateRequest, state: WorkerState, stream: bool) -> dict[str, Any]:
+    """vLLM's chat or completion request for a FastChat request."""
+    chat = request.generation_mode == "chat"
+    body: dict[str, Any] = {
+        "model": request.model_identifier,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "top_k": request.top_k,
+        "max_completion_tokens" if chat else "max_tokens": request.max_new_tokens,
+        "stop": request.stop_strings() + (state.stop if chat else []),
+        "stop_token_ids": (request.stop_token_ids or []) + (state.stop_token_ids if chat else []),
+        "repetition_penalty": request.repetition_penalty,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "seed": request.seed,
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    if chat:
+        body["messages"] = request.chat_messages()
+    else:
+        body |= {"prompt": request.prompt, "echo": request.echo}
+    return body
+
+
+async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> Any:
+    """vLLM's answer: an async generator of SSE events, or a whole response; refusals raise `RequestError`."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    body = openai_body(request, worker_state(raw), stream)
+    try:
+        if request.generation_mode == "chat":
+            answer = await raw.app.state.openai_serving_chat.create_chat_completion(
+                ChatCompletionRequest.model_validate(body), raw
+            )
+        else:
+            answer = await raw.app.state.openai_serving_completion.create_completion(
+                CompletionRequest.model_validate(body), raw
+            )
+    except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
+        raise RequestError(ErrorCode.PARAM_OUT_OF_RANGE, describe_validation_errors(error.errors()).message()) from None
+    if isinstance(answer, ErrorResponse):
+        raise fastchat_error(answer.error.code, answer.error.message)
+    return answer
+
+
+def fastchat_error(status: int, message: str) -> RequestError:
+    """vLLM's refusal, with the FastChat error code that means the same."""
+    if "maximum context length" in message:
+        code = ErrorCode.CONTEXT_OVERFLOW
+    elif status == 404:
+        code = ErrorCode.INVALID_MODEL
+    elif status in (429, 503):
+        code = ErrorCode.ENGINE_OVERLOADED
+    elif status < 500:
+        code = ErrorCode.PARAM_OUT_OF_RANGE
+    else:
+        code = ErrorCode.INTERNAL_ERROR
+    return RequestError(code, message, status)
+
+
+async def fastchat_chunks(events: AsyncGenerator[str, None], head: str, deltas: bool) -> AsyncIterator[GenerateChunk]:
+    """vLLM's SSE events as FastChat chunks; `head` (an echoed chat prompt) comes before the first text."""
+    text, usage = head, Usage.of(0, 0)
+    async with contextlib.aclosing(events):  # closing vLLM's stream now, not at GC, aborts now
+        async for event in events:
+            for data in _event_data(event):
+                if "error" in data:
+                    message = f"the engine failed while generating: {data['error'].get('message')}"
+                    yield GenerateChunk(text=message, error_code=ErrorCode.INTERNAL_ERROR, usage=usage, finish_reason="error")
+                    return
+                if data.get("usage"):
+                    usage = Usage.of(data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"] or 0)
+                for choice in data["choices"]:
+                    new = choice["text"] if "text" in choice else choice["delta"].get("content") or ""
+                    if not new and not choice.get("finish_reason"):
+                        continue
+                    text = new if deltas else text + new
+                    reason = FINISH_REASONS.get(choice.get("finish_reason"), "stop")
+                    yield GenerateChunk(text=text, usage=usage, finish_reason=reason)
+                    text = "" if deltas else text
+
+
+def _event_data(event: str) -> list[dict[str, Any]]:
+    lines = (line.removeprefix("data: ") for line in event.splitlines() if line.startswith("data: "))
+    return [json.loads(line) for line in lines if line != "[DONE]"]
+
+
+def whole_chunk(answer: BaseModel, head: str) -> GenerateChunk:
+    """A whole vLLM answer as FastChat's `worker_generate` body."""
+    choice = cast(Any, answer).choices[0]
+    text = choice.text if hasattr(choice, "text") else (choice.message.content or "")
+    usage = cast(Any, answer).usage
+    reason = FINISH_REASONS.get(choice.finish_reason, "stop")
+    return GenerateChunk(text=head + text, usage=Usage.of(usage.prompt_tokens, usage.completion_tokens), finish_reason=reason)
+
+
+async def generate_request(raw: Request) -> GenerateRequest:
+    """The request body, checked: the model is served here and every field is within its bounds."""
+    try:
+        body = as_generate_request(GENERATE_BODY.validate_json(await raw.body()))
+    except ValidationError as error:
+        invalid = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS)
+        code = ErrorCode.PARAM_OUT_OF_RANGE if invalid.out_of_range else ErrorCode.VALIDATION_TYPE_ERROR
+        raise RequestError(code, invalid.message()) from None
+    names = worker_state(raw).model_names
+    if body.model_identifier not in names:
+        raise RequestError(
+            ErrorCode.INVALID_MODEL,
+            f"this worker serves {', '.join(map(repr, names))}, not model_identifier {body.model_identifier!r}",
+        )
+    return body
+
+
+async def echoed_prompt(request: GenerateRequest, raw: Request) -> str:
+    """What `echo` puts before a chat answer: the prompt vLLM renders for it (completions echo in vLLM)."""
+    if not (request.echo and request.generation_mode == "chat"):
+        return ""
+    tokenizer = raw.app.state.engine_client.renderer.get_tokenizer()
+    template = worker_state(raw).chat_template
+    render = tokenizer.apply_chat_template
+    prompt = await asyncio.to_thread(
+        render, request.chat_messages(), chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    return cast(str, prompt)
+
+
+@router.post("/worker_generate_stream", response_class=StreamingResponse)
+async def worker_generate_stream(raw: Request) -> Response:
+    try:
+        request = await generate_request(raw)
+        head = await echoed_prompt(request, raw)
+        events = await serve_openai(request, raw, stream=True)
+    except RequestError as error:
+        return refusal(raw.scope, error)
+    chunks = fastchat_chunks(events, head, deltas=request.stream_text == "delta")
+    return StreamingResponse((encode_chunk(chunk) async for chunk in chunks), media_type="text/plain")
+
+
+@router.post("/worker_generate", response_model=GenerateChunk)
+async def worker_generate(raw: Request) -> Response | None:
+    from vllm.entrypoints.serve.utils.api_utils import with_cancellation
+
+    try:
+        request = await generate_request(raw)
+        # Cancelled, and the engine request aborted, when the client leaves (then nobody reads the answer).
+        return cast(Response | None, await with_cancellation(_whole_answer)(request, raw))
+    except RequestError as error:
+        return refusal(raw.scope, error)
+
+
+async def _whole_answer(request: GenerateRequest, raw: Request) -> Response:
+    head = await echoed_prompt(request, raw)
+    return JSONResponse(whole_chunk(await serve_openai(request, raw, stream=False), head).model_dump())
+
+
+@router.post("/worker_get_status")
+async def worker_get_status(raw: Request) -> WorkerStatus:
+    return worker_state(raw).status()
+
+
+@router.post("/count_token")
+async def count_token(raw: Request) -> Response:
+    from vllm.entrypoints.serve.tokenize.protocol import TokenizeCompletionRequest
+
+    try:
+        body = CountTokenRequest.model_validate_json(await raw.body())
+    except ValidationError as error:
+        message = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS).message()
+        return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message))
+    answer = await raw.app.state.serving_tokenization.create_tokenize(TokenizeCompletionRequest(prompt=body.prompt), raw)
+    return JSONResponse(CountTokenResponse(count=answer.count).model_dump())
+
+
+@router.post("/worker_get_conv_template")
+async def worker_get_conv_template(raw: Request) -> ConvTemplateResponse:
+    return ConvTemplateResponse(conv=jsonable_encoder(worker_state(raw).conv))
+
+
+@router.post("/model_details")
+async def model_details(raw: Request) -> ModelDetails:
+    return ModelDetails(context_length=raw.app.state.vllm_config.model_config.max_model_len)

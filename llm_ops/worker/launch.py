@@ -1,0 +1,155 @@
+"""`llm-ops worker`: vLLM's own OpenAI-compatible server, with LLM Ops inside it as an endpoint plugin.
+
+The command line is vLLM's (`vllm serve` flags, parsed by vLLM's own parser) plus LLM Ops' group
+(`WorkerOptions`: conversation template, controller, admission). Before vLLM starts, the launcher
+fills in what a deployment of LLM Ops means by default:
+
+- no `--model`: the packaged SmolLM2-135M-Instruct, converted once, in float32;
+- no `--served-model-name`: the model folder's last name (it goes into URLs: /api/<name>/);
+- `--conv-template NAME`: the template as a Jinja chat template, so /v1 chats render as FastChat's;
+- `VLLM_PLUGINS` names the `llm_ops` plugin (`llm_ops.worker.plugin`), which adds FastChat's routes,
+  admission, API keys and registration to vLLM's app;
+- a drain on SIGTERM (`--shutdown-timeout`), and idle connections kept longer than Traefik's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import try_to_load_from_cache
+
+from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
+
+PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
+SHUTDOWN_TIMEOUT = 30  # seconds vLLM lets answers in flight finish after SIGTERM, unless told otherwise
+KEEP_ALIVE_SECONDS = "75"  # longer than Traefik's idle timeout (60 s): it never reuses a closing connection
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
+
+
+def worker_parser() -> Any:
+    """vLLM's server parser with LLM Ops' flags in a group of their own."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(
+        FlexibleArgumentParser(prog="llm-ops worker", description="vLLM's OpenAI-compatible server with LLM Ops.")
+    )
+    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")
+    for name, field in WorkerOptions.model_fields.items():
+        kind = _argument_type(field.annotation)
+        choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
+        group.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=kind, choices=choices, default=field.default,
+            help=field.description,
+        )  # fmt: skip
+    parser.set_defaults(model=None)  # tells "not given" apart from vLLM's own default model
+    return parser
+
+
+def _argument_type(annotation: Any) -> type:
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _argument_type(members[0])
+    return annotation if isinstance(annotation, type) else str
+
+
+def parse_worker_args(argv: list[str]) -> Namespace:
+    """The worker's flags, as `llm-ops worker` reads them, without preparing anything."""
+    args = worker_parser().parse_args(argv)
+    if args.model is None:
+        args.model = args.model_tag
+    return args
+
+
+def worker_options(args: Namespace) -> WorkerOptions:
+    return WorkerOptions.model_validate({name: getattr(args, name) for name in WorkerOptions.model_fields})
+
+
+def served_names(args: Namespace) -> list[str]:
+    """The names clients use: as configured, else the model folder's name."""
+    if args.served_model_name:
+        names = list(args.served_model_name)
+    elif args.model is None:
+        names = [DEFAULT_MODEL_NAME]
+    else:
+        names = [Path(str(args.model).rstrip("/")).name]
+    unsafe = [name for name in names if not SAFE_NAME.fullmatch(name)]
+    if unsafe:
+        raise ConfigurationError(
+            f"served model name {unsafe[0]!r}: use letters, digits, '.', '_' and '-' (it goes into /api/<name>/); "
+            f"set --served-model-name"
+        )
+    return names
+
+
+def check_before_start(args: Namespace, options: WorkerOptions) -> None:
+    """Fail in a second, not after minutes of engine start, when the model or its template cannot be found."""
+    from llm_ops.prompts.conversation import conv_template_names
+
+    if options.conv_template is not None and options.conv_template not in conv_template_names():
+        known = ", ".join(conv_template_names())
+        raise ConfigurationError(f"--conv-template {options.conv_template}: not registered; registered: {known}")
+    source = args.model
+    if source is None:
+        if options.kind == "completion":
+            raise ConfigurationError("a completion model needs --model (a model folder or a Hugging Face id)")
+        return
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigurationError(f"--model {source}: the folder has no config.json, it is not a model")
+        return
+    if source.startswith(("/", ".", "~")) or not HUB_ID.fullmatch(source):
+        raise ConfigurationError(f"--model {source}: no such folder (and not a Hugging Face id like org/name)")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and try_to_load_from_cache(source, "config.json") is None:
+        raise ConfigurationError(f"--model {source}: not in the Hugging Face cache, and HF_HUB_OFFLINE=1")
+
+
+def prepare(args: Namespace, options: WorkerOptions) -> Namespace:
+    """Fill in LLM Ops' defaults (see the module's docstring); `args` as vLLM's server takes them."""
+    from llm_ops.models.default import ensure_default_model
+    from llm_ops.prompts.chat_template import jinja_chat_template
+    from llm_ops.prompts.conversation import get_conv_template
+
+    args.served_model_name = served_names(args)
+    if args.model is None:
+        args.model = str(ensure_default_model())
+        args.dtype = "float32" if args.dtype == "auto" else args.dtype  # bfloat16 garbles this model
+    if options.conv_template is not None:
+        if args.chat_template is not None:
+            raise ConfigurationError("give either --conv-template or --chat-template, not both")
+        args.chat_template = jinja_chat_template(get_conv_template(options.conv_template))
+    if args.shutdown_timeout == 0:
+        args.shutdown_timeout = SHUTDOWN_TIMEOUT
+    plugins = [name for name in os.environ.get("VLLM_PLUGINS", "").split(",") if name]
+    os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*plugins, PLUGIN_NAME]))
+    os.environ.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_SECONDS)
+    # Without this the CPU build reserves most of the machine's memory for its KV cache.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib))
+    return args
+
+
+def run_worker(argv: list[str]) -> None:
+    import uvloop
+    from vllm.entrypoints.launchers.api_server.entry import run_server
+    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
+
+    cli_env_setup()
+    args = parse_worker_args(argv)
+    options = worker_options(args)
+    check_before_start(args, options)
+    prepare(args, options)
+    configure_logging_from_args(args)
+    validate_parsed_serve_args(args)
+    uvloop.run(run_server(args))

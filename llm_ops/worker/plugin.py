@@ -1,0 +1,181 @@
+"""LLM Ops inside vLLM's server: the `llm_ops` endpoint plugin (entry point group `vllm.endpoint_plugins`).
+
+vLLM loads it when `VLLM_PLUGINS` names it (`llm_ops.worker.launch` does) and calls:
+
+- `attach_router(app)` once its own routes are on the app: FastChat's routes (`worker.fastchat`), a
+  `/health` that turns 503 while the worker drains, and the middlewares, outermost first: request
+  ids, API keys, the public routes only, the body limit, admission on every generation route;
+- `init_state(engine_client, state, args)` once its serving handlers exist: the worker's names,
+  chat template, conversation and admission (`WorkerState`).
+
+While the app runs (its lifespan), the worker registers with the controller and sends heartbeats,
+and SIGTERM starts a drain: /health says 503 for `--drain-seconds` so the front door routes new
+requests elsewhere, then admission closes and vLLM's own shutdown lets answers in flight finish
+(`--shutdown-timeout`) before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from argparse import Namespace
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from starlette.datastructures import State
+
+from llm_ops.access import (
+    GENERATION_ROUTES,
+    LimitBody,
+    PublicRoutes,
+    RequireApiKey,
+    api_keys_from_environment,
+    authorization_headers,
+)
+from llm_ops.access import refusal as refuse_in_format
+from llm_ops.controller.client import ControllerClient
+from llm_ops.logs import RequestId
+from llm_ops.prompts.chat_template import matching_conv_template
+from llm_ops.prompts.conversation import get_conv_template
+from llm_ops.settings import ConfigurationError
+from llm_ops.worker.admission import Admission, AdmitGeneration
+from llm_ops.worker.fastchat import router
+from llm_ops.worker.launch import worker_options
+from llm_ops.worker.registration import keep_registered
+from llm_ops.worker.state import WorkerState, worker_state
+
+logger = logging.getLogger(__name__)
+
+
+class LLMOpsPlugin:
+    name = "llm_ops"
+    required_tasks = ("generate",)
+
+    def attach_router(self, app: FastAPI) -> None:
+        options = worker_options(app.state.args)
+        app.include_router(router)
+        app.add_api_route("/health", health, methods=["GET"])
+        app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission, refuse=refuse_in_format)
+        app.add_middleware(LimitBody, max_bytes=options.max_body_bytes)
+        app.add_middleware(PublicRoutes)
+        app.add_middleware(RequireApiKey, keys=api_keys_from_environment())
+        app.add_middleware(RequestId)
+        app.router.lifespan_context = _with_registration_and_drain(app.router.lifespan_context)
+
+    async def init_state(self, engine_client: Any, state: State, args: Namespace) -> None:
+        from vllm.renderers.chat_utils import load_chat_template
+
+        options = worker_options(args)
+        tokenizer = engine_client.renderer.get_tokenizer()
+        chat_template = load_chat_template(args.chat_template)
+        if options.kind == "chat" and chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ConfigurationError(
+                "this model has no chat template: start it with --conv-template NAME, "
+                "or serve it as a completion model (start_completion.sh, --kind completion)"
+            )
+        template_name = options.conv_template or _matching_template(tokenizer, chat_template)
+        conv = get_conv_template(template_name) if template_name else None
+        explicit = conv if options.conv_template else None  # a matched template adds nothing the tokenizer lacks
+        state.llm_ops = WorkerState(
+            options=options,
+            model_names=list(args.served_model_name),
+            admission=Admission(options.limit_worker_concurrency, options.max_queued_requests, options.max_queue_wait),
+            chat_template=chat_template,
+            conv=jsonable_encoder(conv) if conv else None,
+            stop=_stop_strings(explicit.stop_str) if explicit else [],
+            stop_token_ids=list(explicit.stop_token_ids or []) if explicit else [],
+        )
+        logger.info("LLM Ops serves %s; FastChat conversation: %s", ", ".join(args.served_model_name), template_name)
+
+
+def _admission(scope: Any) -> Admission:
+    admission: Admission = scope["app"].state.llm_ops.admission
+    return admission
+
+
+def _matching_template(tokenizer: Any, chat_template: str | None) -> str | None:
+    if chat_template is None and not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(messages: list[dict[str, str]]) -> str:
+        prompt = tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        )
+        return str(prompt)
+
+    return matching_conv_template(render)
+
+
+def _stop_strings(stop: str | list[str] | None) -> list[str]:
+    return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+async def health(raw: Request) -> JSONResponse:
+    """200 while the worker should get requests; 503 (do not route here) when its engine failed or it
+    drains. Says what it is doing, counted by admission and by the engine client."""
+    state, engine = worker_state(raw), raw.app.state.engine_client
+    counts = {
+        "running": state.admission.running,
+        "waiting": state.admission.waiting,
+        "engine_requests": engine.get_num_unfinished_requests(),
+    }
+    try:
+        await engine.check_health()
+    except Exception as error:  # any failure of the check means: do not route here
+        return JSONResponse({"status": "unhealthy", "detail": str(error)} | counts, status_code=503)
+    if state.draining:
+        return JSONResponse({"status": "draining"} | counts, status_code=503)
+    return JSONResponse({"status": "ok"} | counts)
+
+
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]
+
+
+def _with_registration_and_drain(lifespan: Lifespan) -> Lifespan:
+    @contextlib.asynccontextmanager
+    async def run(app: Any) -> AsyncIterator[Any]:
+        async with lifespan(app) as maybe_state:
+            state: WorkerState = app.state.llm_ops
+            registration = asyncio.create_task(_register(state, app.state.args))
+            loop = asyncio.get_running_loop()
+            # Replaces vLLM's own SIGTERM handler (installed before the lifespan starts); SIGINT keeps it.
+            loop.add_signal_handler(signal.SIGTERM, _start_draining, state, registration)
+            try:
+                yield maybe_state
+            finally:
+                registration.cancel()
+                await asyncio.gather(registration, return_exceptions=True)
+
+    return run
+
+
+def _start_draining(state: WorkerState, registration: asyncio.Task[None]) -> None:
+    if state.draining:
+        return
+    seconds = state.options.drain_seconds
+    logger.info("SIGTERM: draining for %g s, then stopping", seconds)
+    state.draining = True
+    registration.cancel()  # no more heartbeats: the controller drops this worker
+
+    def stop() -> None:
+        state.admission.closed = True
+        signal.raise_signal(signal.SIGINT)  # vLLM's shutdown: answers in flight finish, then the server stops
+
+    asyncio.get_running_loop().call_later(seconds, stop)
+
+
+async def _register(state: WorkerState, args: Namespace) -> None:
+    options = state.options
+    if options.controller_address is None:
+        return
+    address = options.worker_address or f"http://{args.host or '127.0.0.1'}:{args.port}/api"
+    headers = authorization_headers(api_keys_from_environment())
+    async with httpx.AsyncClient(timeout=5, headers=headers) as http:
+        controller = ControllerClient(http, options.controller_address)
+        await keep_registered(controller, address, state.status, options.heart_beat_interval)

@@ -1,4 +1,6 @@
-"""What the HTTP servers of LLM Ops (worker, OpenAI-compatible API) share."""
+"""How LLM Ops' own HTTP servers (controller, OpenAI router) run and stop: uvicorn with a drain.
+
+Workers are vLLM's server, which has its own (`llm_ops.worker.plugin`)."""
 
 from __future__ import annotations
 
@@ -6,54 +8,16 @@ import asyncio
 import logging
 import math
 import signal
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
-from fastapi import Request
-from starlette.exceptions import HTTPException
 
 from llm_ops.settings import LifecycleSettings
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
-
-def http_error_message(request: Request, error: HTTPException) -> str:
-    """Starlette's and FastAPI's own refusals (no such route, a body that is not text), as sentences."""
-    if error.status_code == 404:
-        return f"no such endpoint: {request.method} {request.url.path}"
-    if error.status_code == 405:
-        return f"{request.url.path} does not take {request.method} requests"
-    if error.detail == "There was an error parsing the body":  # FastAPI, for a body that is not UTF-8
-        return "invalid request: the request body is not valid JSON text (UTF-8)"
-    return str(error.detail)
-
-
-async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T | None:
-    """Run `work`, cancelling it if the client disconnects first; None then.
-
-    Listens for `http.disconnect` rather than polling `request.is_disconnected()`, as vLLM's
-    `with_cancellation` does. Cancelling the work closes the engine or worker stream it reads,
-    which aborts the generation.
-    """
-    work_task = asyncio.ensure_future(work)
-    disconnect_task = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({work_task, disconnect_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work_task, disconnect_task):
-            task.cancel()
-        await asyncio.gather(work_task, disconnect_task, return_exceptions=True)
-    if work_task.cancelled():
-        return None
-    return work_task.result()
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 class DrainingServer(uvicorn.Server):

@@ -120,6 +120,9 @@ class OpenAIApiSettings(LifecycleSettings, LimitSettings):
     host: str = Field("127.0.0.1", description="address the API server listens on")
     port: int = Field(8000, ge=0, le=65535, description="port the API server listens on")
     controller_address: str = Field("http://127.0.0.1:21001", description="the controller that knows the workers")
+    routing_policy: Literal["least-loaded"] = Field(
+        "least-loaded", description="which replica gets a request: least-loaded asks the controller (shortest queue)"
+    )
     log_level: str = Field("info", description="uvicorn log level")
 
 

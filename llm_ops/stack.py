@@ -40,8 +40,8 @@ from llm_ops.frontdoor.compose import (
     load_compose,
 )
 from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, traefik_environment, write_local_front_door
-from llm_ops.settings import EngineSettings, ServerSettings, StackSettings, to_cli_args
-from llm_ops.worker.run import served_names
+from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
+from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
 
 LOOPBACK = "127.0.0.1"
 
@@ -101,13 +101,13 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
 
     Engine and server flags given to `llm-ops up` come after the service's own, so they win.
     """
-    in_container = service.worker_settings()
+    in_container = service.worker_args(start_script_args=["--port", str(CONTAINER_PORT)])
     names = served_names(in_container)
     problems = route_problems(service, names, in_container.port)
     if problems:
         raise ComposeError("; ".join(problems))
-    worker_fields = set(EngineSettings.model_fields) | set(ServerSettings.model_fields)
-    overrides = to_cli_args(settings, (worker_fields - {"host", "port"}) | {"heart_beat_interval"})
+    passed_on = set(AdmissionSettings.model_fields) | {"heart_beat_interval", "drain_seconds"}
+    overrides = to_cli_args(settings, passed_on & set(WorkerOptions.model_fields)) + settings.worker_args
     commands = []
     for replica in range(settings.replicas):
         url = worker_url(settings, replica)
@@ -121,7 +121,12 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
 
 def stop_timeout(settings: StackSettings) -> int:
     """Seconds a stopped worker gets to drain and finish its answers before it is killed."""
-    return math.ceil(settings.drain_seconds + settings.graceful_timeout) + 2
+    drain = (
+        WorkerOptions.model_fields["drain_seconds"].default
+        if settings.drain_seconds is None
+        else settings.drain_seconds
+    )
+    return math.ceil(drain + SHUTDOWN_TIMEOUT) + 2
 
 
 def controller_command(settings: StackSettings, compose: ComposeFile) -> list[str]:

@@ -61,7 +61,6 @@ class VLLMLaunch(BaseModel):
 
     command: list[str]
     environment: dict[str, str]  # the variables set for it, beyond the inherited ones
-    engine_args: dict[str, Any]
     start_s: float
 
 

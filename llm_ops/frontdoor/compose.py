@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+from argparse import Namespace
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
-from llm_ops.cli import parse_worker_args
-from llm_ops.settings import ConfigurationError, WorkerSettings
+from llm_ops.settings import ConfigurationError
 
 TRAEFIK_SERVICE = "traefik"
 CONTROLLER_SERVICE = "controller"
@@ -43,12 +41,15 @@ class ModelService:
     command: list[str]  # the start script's arguments: worker flags
     labels: dict[str, str]
 
-    def worker_settings(self) -> WorkerSettings:
-        """The worker's settings, parsed from the command as `llm-ops worker` parses it."""
+    def worker_args(self, start_script_args: list[str]) -> Namespace:
+        """The worker's flags, parsed as `llm-ops worker` parses them (vLLM's parser): what the start script
+        passes first, then the command."""
+        from llm_ops.worker.launch import parse_worker_args
+
         try:
-            return parse_worker_args(self.command)
-        except (SettingsError, ValidationError) as error:
-            raise ComposeError(f"service {self.name}: bad worker flags in its command: {error}") from error
+            return parse_worker_args([*start_script_args, *self.command])
+        except SystemExit as error:  # argparse has printed what is wrong
+            raise ComposeError(f"service {self.name}: bad worker flags in its command (see above)") from error
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ labels, turned into the file-provider configuration the Docker provider would ha
 with loopback servers in place of containers. The shared middlewares and TLS options are the same
 files (traefik/dynamic/), and a self-signed certificate stands in for Let's Encrypt's.
 
-A model M is routed by ``Path(`/api/M`) || PathPrefix(`/api/M/`)``, so that names with dots work and
-`/api/M-v2/...` never reaches M, then `llm-ops-strip-model` (``^/api/[^/]+``) and `llm-ops-add-api`
-turn `/api/M/worker_generate` into the worker's `/api/worker_generate`.
+A model M has two routers. FastChat's: ``Path(`/api/M`) || PathPrefix(`/api/M/`)``, so that names
+with dots work and `/api/M-v2/...` never reaches M, then `llm-ops-strip-model` (``^/api/[^/]+``) and
+`llm-ops-add-api` turn `/api/M/worker_generate` into the worker's `/api/worker_generate`. vLLM's
+OpenAI API: ``PathPrefix(`/api/M/v1/`) || Path(`/api/M/tokenize`) || Path(`/api/M/detokenize`)``
+(a longer rule, so Traefik tries it first), stripped to the worker's `/v1/...`, `/tokenize`, ...;
+the worker itself answers only the OpenAI routes LLM Ops documents (`llm_ops.access.PublicRoutes`).
 """
 
 from __future__ import annotations
@@ -32,14 +35,14 @@ ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
 # traefik/dynamic/llm-ops.yml: a request id, request body read before proxying, per-client rate
 # limit, retry on refused connections, /api/<model>/x -> /api/x.
-MODEL_MIDDLEWARES = [
+OPENAI_MODEL_MIDDLEWARES = [
     "llm-ops-request-id@file",
     "llm-ops-request-body@file",
     "llm-ops-rate-limit@file",
     "llm-ops-retry@file",
     "llm-ops-strip-model@file",
-    "llm-ops-add-api@file",
 ]
+MODEL_MIDDLEWARES = [*OPENAI_MODEL_MIDDLEWARES, "llm-ops-add-api@file"]
 FILE_PROVIDER_DIRECTORY = "providers.file.directory"
 PLUGINS_DIRECTORY = "/plugins-local"  # in Traefik's container; Traefik reads ./plugins-local
 # Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
@@ -70,7 +73,14 @@ class LocalAddresses:
 
 
 def route_rule(model_name: str) -> str:
+    """FastChat's routes of a model."""
     return f"Path(`/api/{model_name}`) || PathPrefix(`/api/{model_name}/`)"
+
+
+def openai_route_rule(model_name: str) -> str:
+    """vLLM's OpenAI routes of a model."""
+    prefix = f"/api/{model_name}"
+    return f"PathPrefix(`{prefix}/v1/`) || Path(`{prefix}/tokenize`) || Path(`{prefix}/detokenize`)"
 
 
 def labels_to_dynamic_config(labels: Mapping[str, str], server_urls: Sequence[str]) -> dict[str, Any]:
@@ -113,11 +123,14 @@ def route_problems(service: ModelService, served_names: Sequence[str], worker_po
     service_id, definition = next(iter(services.items()))
     problems = [f"label {key}: {LABEL_FIELD_HINT}" for key in service.labels if not _known_label(key)]
     problems += _balancer_problems(definition.get("loadbalancer", {}), worker_port)
-    wanted = {route_rule(name): name for name in served_names}
+    wanted = {route_rule(name): (name, MODEL_MIDDLEWARES) for name in served_names}
+    wanted |= {openai_route_rule(name): (name, OPENAI_MODEL_MIDDLEWARES) for name in served_names}
     for router_id, router in routers.items():
         problems += [f"router {router_id} {problem}" for problem in _router_problems(router, wanted, service_id)]
     routed = {router.get("rule") for router in routers.values()}
-    problems += [f"served name {name} has no router" for rule, name in wanted.items() if rule not in routed]
+    problems += [
+        f"served name {name} has no router with rule {rule}" for rule, (name, _) in wanted.items() if rule not in routed
+    ]
     return [f"service {service.name}: {problem}" for problem in problems]
 
 
@@ -131,14 +144,19 @@ def _balancer_problems(balancer: dict[str, Any], worker_port: int) -> list[str]:
     return problems
 
 
-def _router_problems(router: dict[str, Any], wanted_rules: Mapping[str, str], service_id: str) -> list[str]:
+def _router_problems(
+    router: dict[str, Any], wanted_rules: Mapping[str, tuple[str, list[str]]], service_id: str
+) -> list[str]:
     problems = []
-    if router.get("rule") not in wanted_rules:
-        problems.append(f"rule {router.get('rule')!r} is not {route_rule('NAME')} for a served name")
+    rule = str(router.get("rule"))
+    if rule not in wanted_rules:
+        expected = f"{route_rule('NAME')} or {openai_route_rule('NAME')}"
+        return [f"rule {rule!r} is not {expected} for a served name"]
     if router.get("entrypoints") != [ENTRYPOINT_HTTPS]:
         problems.append(f"must use only the {ENTRYPOINT_HTTPS} entrypoint")
-    if router.get("middlewares") != MODEL_MIDDLEWARES:
-        problems.append(f"middlewares must be {','.join(MODEL_MIDDLEWARES)}")
+    middlewares = wanted_rules[rule][1]
+    if router.get("middlewares") != middlewares:
+        problems.append(f"middlewares must be {','.join(middlewares)}")
     if router.get("service") != service_id:
         problems.append(f"must name its service, {service_id}")
     return problems

@@ -10,6 +10,9 @@ from llm_ops.settings import OpenAIApiSettings
 
 def run_openai_api(settings: OpenAIApiSettings) -> None:
     app = create_openai_app(
-        settings.controller_address, api_keys=api_keys_from_environment(), max_body_bytes=settings.max_body_bytes
+        settings.controller_address,
+        api_keys=api_keys_from_environment(),
+        max_body_bytes=settings.max_body_bytes,
+        policy=settings.routing_policy,
     )
     serve(app, settings.host, settings.port, settings.log_level, settings, on_drain=lambda: None)

@@ -12,7 +12,15 @@ from __future__ import annotations
 from fastchat.constants import ErrorCode
 from pydantic import BaseModel
 
-__all__ = ["ErrorCode", "ErrorResponse", "OpenAIError", "OpenAIErrorResponse", "RequestError", "HTTP_STATUS", "http_status"]
+__all__ = [
+    "ErrorCode",
+    "ErrorResponse",
+    "OpenAIError",
+    "OpenAIErrorResponse",
+    "RequestError",
+    "HTTP_STATUS",
+    "http_status",
+]
 
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.VALIDATION_TYPE_ERROR: 400,

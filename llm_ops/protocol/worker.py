@@ -16,7 +16,13 @@ ASSISTANT_ROLES = frozenset({"ai", "assistant"})
 SYSTEM_ROLE = "system"
 
 Role = Literal["user", "human", "ai", "assistant", "system"]
-OPENAI_ROLES: dict[str, str] = {"user": "user", "human": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
+OPENAI_ROLES: dict[str, str] = {
+    "user": "user",
+    "human": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 # Bounds on what one request may ask for (the body as a whole: --max-body-bytes). The context
@@ -102,7 +108,9 @@ class GenerateRequest(SamplingFields):
     def chat_messages(self) -> list[dict[str, str]]:
         """The conversation as OpenAI's messages: the system message first, if any, then user and assistant."""
         system = [{"role": "system", "content": self.system_message}] if self.system_message is not None else []
-        return system + [{"role": OPENAI_ROLES[message.role], "content": message.text} for message in self.messages or []]
+        return system + [
+            {"role": OPENAI_ROLES[message.role], "content": message.text} for message in self.messages or []
+        ]
 
 
 def check_turn_order(messages: list[ChatMessage], system_message: str | None) -> None:

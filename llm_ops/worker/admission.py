@@ -18,7 +18,6 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from prometheus_client import Counter, Gauge
 from starlette.responses import Response
@@ -27,7 +26,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_ops.access import replay
 from llm_ops.protocol.errors import ErrorCode, RequestError
 
-T = TypeVar("T")
 # In vLLM's registry (the default one), so they show on the worker's /metrics beside vllm:*.
 REFUSED = Counter("llm_ops_requests_refused", "Generation requests refused by admission", ["reason"])
 RUNNING = Gauge("llm_ops_requests_running", "Generation requests holding a running slot")
@@ -144,7 +142,7 @@ class AdmitGeneration:
             slot.release()
 
 
-async def _unless_client_leaves(work: Awaitable[T], receive: Receive) -> T | None:
+async def _unless_client_leaves(work: Awaitable[Slot], receive: Receive) -> Slot | None:
     """`work`'s result, or None (with `work` cancelled) if the client disconnects first."""
     work_task = asyncio.ensure_future(work)
     left = asyncio.ensure_future(_disconnect(receive))
@@ -165,4 +163,3 @@ async def _unless_client_leaves(work: Awaitable[T], receive: Receive) -> T | Non
 async def _disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-

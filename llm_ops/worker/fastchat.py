@@ -121,7 +121,9 @@ async def fastchat_chunks(events: AsyncGenerator[str, None], head: str, deltas: 
             for data in _event_data(event):
                 if "error" in data:
                     message = f"the engine failed while generating: {data['error'].get('message')}"
-                    yield GenerateChunk(text=message, error_code=ErrorCode.INTERNAL_ERROR, usage=usage, finish_reason="error")
+                    yield GenerateChunk(
+                        text=message, error_code=ErrorCode.INTERNAL_ERROR, usage=usage, finish_reason="error"
+                    )
                     return
                 if data.get("usage"):
                     usage = Usage.of(data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"] or 0)
@@ -146,7 +148,9 @@ def whole_chunk(answer: BaseModel, head: str) -> GenerateChunk:
     text = choice.text if hasattr(choice, "text") else (choice.message.content or "")
     usage = cast(Any, answer).usage
     reason = FINISH_REASONS.get(choice.finish_reason, "stop")
-    return GenerateChunk(text=head + text, usage=Usage.of(usage.prompt_tokens, usage.completion_tokens), finish_reason=reason)
+    return GenerateChunk(
+        text=head + text, usage=Usage.of(usage.prompt_tokens, usage.completion_tokens), finish_reason=reason
+    )
 
 
 async def generate_request(raw: Request) -> GenerateRequest:
@@ -198,7 +202,7 @@ async def worker_generate(raw: Request) -> Response | None:
     try:
         request = await generate_request(raw)
         # Cancelled, and the engine request aborted, when the client leaves (then nobody reads the answer).
-        return cast(Response | None, await with_cancellation(_whole_answer)(request, raw))
+        return cast(Response | None, await with_cancellation(_whole_answer)(request, raw))  # type: ignore[no-untyped-call]
     except RequestError as error:
         return refusal(raw.scope, error)
 
@@ -222,7 +226,9 @@ async def count_token(raw: Request) -> Response:
     except ValidationError as error:
         message = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS).message()
         return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message))
-    answer = await raw.app.state.serving_tokenization.create_tokenize(TokenizeCompletionRequest(prompt=body.prompt), raw)
+    answer = await raw.app.state.serving_tokenization.create_tokenize(
+        TokenizeCompletionRequest(prompt=body.prompt), raw
+    )
     return JSONResponse(CountTokenResponse(count=answer.count).model_dump())
 
 

@@ -27,6 +27,7 @@ from huggingface_hub import try_to_load_from_cache
 from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
 
 PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
+CONTAINER_PORT = 21002  # where start_chat.sh and start_completion.sh have the worker listen
 SHUTDOWN_TIMEOUT = 30  # seconds vLLM lets answers in flight finish after SIGTERM, unless told otherwise
 KEEP_ALIVE_SECONDS = "75"  # longer than Traefik's idle timeout (60 s): it never reuses a closing connection
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -39,9 +40,9 @@ def worker_parser() -> Any:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     parser = make_arg_parser(
-        FlexibleArgumentParser(prog="llm-ops worker", description="vLLM's OpenAI-compatible server with LLM Ops.")
+        FlexibleArgumentParser(prog="llm-ops worker", description="vLLM's OpenAI-compatible server with LLM Ops.")  # type: ignore[no-untyped-call]
     )
-    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")
+    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")  # type: ignore[no-untyped-call]
     for name, field in WorkerOptions.model_fields.items():
         kind = _argument_type(field.annotation)
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
@@ -64,7 +65,7 @@ def _argument_type(annotation: Any) -> type:
 
 def parse_worker_args(argv: list[str]) -> Namespace:
     """The worker's flags, as `llm-ops worker` reads them, without preparing anything."""
-    args = worker_parser().parse_args(argv)
+    args: Namespace = worker_parser().parse_args(argv)
     if args.model is None:
         args.model = args.model_tag
     return args
@@ -114,8 +115,8 @@ def check_before_start(args: Namespace, options: WorkerOptions) -> None:
         raise ConfigurationError(f"--model {source}: not in the Hugging Face cache, and HF_HUB_OFFLINE=1")
 
 
-def prepare(args: Namespace, options: WorkerOptions) -> Namespace:
-    """Fill in LLM Ops' defaults (see the module's docstring); `args` as vLLM's server takes them."""
+def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
+    """Fill in LLM Ops' defaults (model, dtype, names, chat template, drain); `args` as vLLM's server takes them."""
     from llm_ops.models.default import ensure_default_model
     from llm_ops.prompts.chat_template import jinja_chat_template
     from llm_ops.prompts.conversation import get_conv_template
@@ -130,12 +131,38 @@ def prepare(args: Namespace, options: WorkerOptions) -> Namespace:
         args.chat_template = jinja_chat_template(get_conv_template(options.conv_template))
     if args.shutdown_timeout == 0:
         args.shutdown_timeout = SHUTDOWN_TIMEOUT
-    plugins = [name for name in os.environ.get("VLLM_PLUGINS", "").split(",") if name]
-    os.environ["VLLM_PLUGINS"] = ",".join(dict.fromkeys([*plugins, PLUGIN_NAME]))
-    os.environ.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_SECONDS)
-    # Without this the CPU build reserves most of the machine's memory for its KV cache.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib))
     return args
+
+
+def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[str, str]:
+    """The environment vLLM's server runs in: the plugin enabled, keep-alive and KV cache set."""
+    plugins = [name for name in environ.get("VLLM_PLUGINS", "").split(",") if name]
+    return environ | {
+        "VLLM_PLUGINS": ",".join(dict.fromkeys([*plugins, PLUGIN_NAME])),
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_SECONDS),
+        # Without this the CPU build reserves most of the machine's memory for its KV cache.
+        "VLLM_CPU_KVCACHE_SPACE": environ.get("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib)),
+    }
+
+
+def vllm_argv(argv: list[str]) -> list[str]:
+    """`argv` for vLLM's own server, without LLM Ops: LLM Ops' flags left out, its defaults written out.
+    The benchmark's reference server serves the same model the same way with these."""
+    args = parse_worker_args(argv)
+    resolve_defaults(args, worker_options(args))
+    ours = {"--" + name.replace("_", "-") for name in WorkerOptions.model_fields}
+    kept: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg.split("=", 1)[0] in ours:
+            skip_value = "=" not in arg
+        else:
+            kept.append(arg)
+    resolved = ["--model", args.model, "--dtype", args.dtype, "--served-model-name", *args.served_model_name]
+    template = ["--chat-template", args.chat_template] if args.chat_template else []
+    return [*kept, *resolved, *template, "--shutdown-timeout", str(args.shutdown_timeout)]
 
 
 def run_worker(argv: list[str]) -> None:
@@ -145,11 +172,12 @@ def run_worker(argv: list[str]) -> None:
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
 
-    cli_env_setup()
+    cli_env_setup()  # type: ignore[no-untyped-call]
     args = parse_worker_args(argv)
     options = worker_options(args)
     check_before_start(args, options)
-    prepare(args, options)
+    resolve_defaults(args, options)
+    os.environ.update(server_environment(options, dict(os.environ)))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
     uvloop.run(run_server(args))

@@ -25,6 +25,17 @@ from llm_ops.protocol.errors import ErrorCode, RequestError
 API_KEYS_VARIABLE = "LLM_OPS_API_KEYS"
 PROBES = frozenset({"/health", "/metrics"})  # open to the front door's health checks and Prometheus
 FASTCHAT_PREFIX = "/api/"
+FASTCHAT_ROUTES = frozenset(
+    FASTCHAT_PREFIX + name
+    for name in (
+        "worker_generate",
+        "worker_generate_stream",
+        "worker_get_status",
+        "count_token",
+        "worker_get_conv_template",
+        "model_details",
+    )
+)
 # What a worker serves besides FastChat's /api/... routes (vLLM's OpenAI routes for clients, and probes).
 OPENAI_ROUTES = frozenset(
     {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
@@ -36,7 +47,7 @@ GENERATION_ROUTES = frozenset(
 
 def refusal(scope: Scope, error: RequestError) -> JSONResponse:
     """`error` in the format of the path it refuses: FastChat's under /api/, vLLM's OpenAI shape elsewhere."""
-    if scope["path"].startswith(FASTCHAT_PREFIX):
+    if scope["path"].startswith(FASTCHAT_PREFIX) or scope["path"] == FASTCHAT_PREFIX.rstrip("/"):
         return JSONResponse(error.to_response().model_dump(), status_code=error.status_code)
     return JSONResponse(error.to_openai().model_dump(), status_code=error.status_code)
 
@@ -121,7 +132,7 @@ class PublicRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if path and not (path.startswith(FASTCHAT_PREFIX) or path in OPENAI_ROUTES or path in PROBES):
+        if path and not (path in FASTCHAT_ROUTES or path in OPENAI_ROUTES or path in PROBES):
             error = RequestError(ErrorCode.VALIDATION_TYPE_ERROR, f"no such endpoint: {path}", 404)
             await refusal(scope, error)(scope, receive, send)
             return

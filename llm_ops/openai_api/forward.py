@@ -59,6 +59,7 @@ async def forward(
             await answer.aclose()
             await policy.unreachable(worker)
             continue
+        logger.info("%s for %s: %s answered %d", path, model, worker, answer.status_code)
         kept = {name: answer.headers[name] for name in ANSWERED_WITH if name in answer.headers}
         return StreamingResponse(_relay(answer), status_code=answer.status_code, headers=kept)
     raise RequestError(ErrorCode.CONTROLLER_NO_WORKER, f"no worker serving {model} could be reached; try again")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -29,6 +30,7 @@ from llm_ops.protocol.validation import describe_validation_errors
 from llm_ops.protocol.worker import (
     FASTCHAT_FORMAT,
     LLM_OPS_FORMAT,
+    MAX_STOP_STRINGS,
     ConvTemplateResponse,
     CountTokenRequest,
     CountTokenResponse,
@@ -43,6 +45,7 @@ from llm_ops.protocol.worker import (
 )
 from llm_ops.worker.state import WorkerState, worker_state
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
 GENERATE_BODY: TypeAdapter[Any] = TypeAdapter(WorkerGenerateBody)
 NOT_FIELDS = frozenset({LLM_OPS_FORMAT, FASTCHAT_FORMAT})  # union tags in error locations
@@ -52,13 +55,20 @@ FINISH_REASONS: dict[str | None, FinishReason | None] = {None: None, "length": "
 def openai_body(request: GenerateRequest, state: WorkerState, stream: bool) -> dict[str, Any]:
     """vLLM's chat or completion request for a FastChat request."""
     chat = request.generation_mode == "chat"
+    stop = list(dict.fromkeys(request.stop_strings() + (state.stop if chat else [])))
+    if len(stop) > MAX_STOP_STRINGS:
+        raise RequestError(
+            ErrorCode.PARAM_OUT_OF_RANGE,
+            f"stop: this model's conversation template adds {state.stop}; with them a request may have at most "
+            f"{MAX_STOP_STRINGS} stop strings",
+        )
     body: dict[str, Any] = {
         "model": request.model_identifier,
         "temperature": request.temperature,
         "top_p": request.top_p,
         "top_k": request.top_k,
         "max_completion_tokens" if chat else "max_tokens": request.max_new_tokens,
-        "stop": request.stop_strings() + (state.stop if chat else []),
+        "stop": stop,
         "stop_token_ids": (request.stop_token_ids or []) + (state.stop_token_ids if chat else []),
         "repetition_penalty": request.repetition_penalty,
         "presence_penalty": request.presence_penalty,
@@ -80,6 +90,7 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
 
     body = openai_body(request, worker_state(raw), stream)
     try:
@@ -93,6 +104,8 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
             )
     except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
         raise RequestError(ErrorCode.PARAM_OUT_OF_RANGE, describe_validation_errors(error.errors()).message()) from None
+    except (ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer for it
+        answer = create_error_response(error)
     if isinstance(answer, ErrorResponse):
         raise fastchat_error(answer.error.code, answer.error.message)
     return answer
@@ -115,26 +128,42 @@ def fastchat_error(status: int, message: str) -> RequestError:
 
 async def fastchat_chunks(events: AsyncGenerator[str, None], head: str, deltas: bool) -> AsyncIterator[GenerateChunk]:
     """vLLM's SSE events as FastChat chunks; `head` (an echoed chat prompt) comes before the first text."""
-    text, usage = head, Usage.of(0, 0)
-    async with contextlib.aclosing(events):  # closing vLLM's stream now, not at GC, aborts now
-        async for event in events:
-            for data in _event_data(event):
-                if "error" in data:
-                    message = f"the engine failed while generating: {data['error'].get('message')}"
-                    yield GenerateChunk(
-                        text=message, error_code=ErrorCode.INTERNAL_ERROR, usage=usage, finish_reason="error"
-                    )
-                    return
-                if data.get("usage"):
-                    usage = Usage.of(data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"] or 0)
-                for choice in data["choices"]:
-                    new = choice["text"] if "text" in choice else choice["delta"].get("content") or ""
-                    if not new and not choice.get("finish_reason"):
-                        continue
-                    text = new if deltas else text + new
-                    reason = FINISH_REASONS.get(choice.get("finish_reason"), "stop")
-                    yield GenerateChunk(text=text, usage=usage, finish_reason=reason)
-                    text = "" if deltas else text
+    text, usage, outcome = head, Usage.of(0, 0), "aborted"  # unless it ends otherwise
+    try:
+        async with contextlib.aclosing(events):  # closing vLLM's stream now, not at GC, aborts now
+            async for event in events:
+                for data in _event_data(event):
+                    if "error" in data:
+                        outcome = "error"
+                        message = f"the engine failed while generating: {data['error'].get('message')}"
+                        yield GenerateChunk(
+                            text=message, error_code=ErrorCode.INTERNAL_ERROR, usage=usage, finish_reason="error"
+                        )
+                        return
+                    if data.get("usage"):
+                        usage = Usage.of(data["usage"]["prompt_tokens"], data["usage"]["completion_tokens"] or 0)
+                    for choice in data["choices"]:
+                        new = choice["text"] if "text" in choice else choice["delta"].get("content") or ""
+                        if not new and not choice.get("finish_reason"):
+                            continue
+                        text = new if deltas else text + new
+                        reason = FINISH_REASONS.get(choice.get("finish_reason"), "stop")
+                        outcome = "finished" if reason else outcome
+                        yield GenerateChunk(text=text, usage=usage, finish_reason=reason)
+                        text = "" if deltas else text
+    finally:
+        log_outcome(outcome, usage)
+
+
+def log_outcome(outcome: str, usage: Usage) -> None:
+    """One line per FastChat request, under the request's id (llm_ops.logs)."""
+    logger.info(
+        "%s request: %d prompt tokens, %d generated",
+        outcome,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        extra={"outcome": outcome, "generated": usage.completion_tokens},
+    )
 
 
 def _event_data(event: str) -> list[dict[str, Any]]:
@@ -196,20 +225,27 @@ async def worker_generate_stream(raw: Request) -> Response:
 
 
 @router.post("/worker_generate", response_model=GenerateChunk)
-async def worker_generate(raw: Request) -> Response | None:
+async def worker_generate(raw: Request) -> Response:
     from vllm.entrypoints.serve.utils.api_utils import with_cancellation
 
     try:
         request = await generate_request(raw)
-        # Cancelled, and the engine request aborted, when the client leaves (then nobody reads the answer).
-        return cast(Response | None, await with_cancellation(_whole_answer)(request, raw))  # type: ignore[no-untyped-call]
     except RequestError as error:
         return refusal(raw.scope, error)
+    # Cancelled, and the engine request aborted, when the client leaves (then nobody reads the answer).
+    answer = await with_cancellation(_whole_answer)(request, raw)  # type: ignore[no-untyped-call]
+    return cast(Response, answer) if answer is not None else Response(status_code=499)
 
 
 async def _whole_answer(request: GenerateRequest, raw: Request) -> Response:
-    head = await echoed_prompt(request, raw)
-    return JSONResponse(whole_chunk(await serve_openai(request, raw, stream=False), head).model_dump())
+    """The answer, or the refusal: vLLM's `with_cancellation` leaves an exception of a cancelled call unread."""
+    try:
+        head = await echoed_prompt(request, raw)
+        chunk = whole_chunk(await serve_openai(request, raw, stream=False), head)
+    except RequestError as error:
+        return refusal(raw.scope, error)
+    log_outcome("finished", chunk.usage)
+    return JSONResponse(chunk.model_dump())
 
 
 @router.post("/worker_get_status")

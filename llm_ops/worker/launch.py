@@ -142,6 +142,9 @@ def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[
         "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_SECONDS),
         # Without this the CPU build reserves most of the machine's memory for its KV cache.
         "VLLM_CPU_KVCACHE_SPACE": environ.get("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib)),
+        # vLLM's SageMaker routes import a package that sets the root logger and its handlers to this level
+        # (ERROR unless set): LLM Ops' own INFO lines (one per FastChat request, registration) would vanish.
+        "SAGEMAKER_CONTAINER_LOG_LEVEL": environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "INFO"),
     }
 
 

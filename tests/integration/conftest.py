@@ -27,6 +27,7 @@ import httpx
 import psutil
 import pytest
 
+from llm_ops.bench.vllm_server import reference_environment, server_command, service_argv
 from llm_ops.settings import DEFAULT_SERVICE
 from tests.conftest import free_port, free_ports_in_a_row
 
@@ -223,6 +224,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     assert chunks and chunks[-1]["finish_reason"] in ("stop", "length"), (
         f"the answer streaming when the stack got SIGTERM did not end complete: {chunks[-1:]}"
     )
+
+
+@pytest.fixture(scope="session")
+def vllm_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """vLLM's own OpenAI server, without LLM Ops, with the default service's flags: what the stack must match."""
+    worker_argv = service_argv(COMPOSE_FILE, DEFAULT_SERVICE)
+    port = free_port()
+    log_file = tmp_path_factory.mktemp("vllm-reference") / "vllm.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            server_command(worker_argv, port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=reference_environment(worker_argv),
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _healthy(f"{url}/health"):
+            assert process.poll() is None, f"vLLM's server exited:\n{log_file.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vLLM's server did not start:\n{log_file.read_text()[-3000:]}"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 
 from llm_ops.frontdoor.certs import ensure_certificates
-from llm_ops.frontdoor.compose import load_compose
+from llm_ops.frontdoor.compose import OPENAI_API_SERVICE, load_compose
 from llm_ops.frontdoor.traefik import (
     LocalAddresses,
     labels_to_dynamic_config,
@@ -36,14 +36,18 @@ from llm_ops.frontdoor.traefik import (
     write_local_front_door,
 )
 from llm_ops.stack import traefik_binary
-from llm_ops.worker.run import served_names
+from llm_ops.worker.launch import CONTAINER_PORT, served_names
 from tests.conftest import free_port
 from tests.integration.conftest import ADDRESS_IN_USE, COMPOSE_FILE, PORT_ATTEMPTS
 
 pytestmark = pytest.mark.integration
 
 COMPOSE = load_compose(COMPOSE_FILE)
-ROUTES = [(svc.name, name) for svc in COMPOSE.models.values() for name in served_names(svc.worker_settings())]
+ROUTES = [
+    (svc.name, name)
+    for svc in COMPOSE.models.values()
+    for name in served_names(svc.worker_args(start_script_args=["--port", str(CONTAINER_PORT)]))
+]
 REPLICAS = 2
 READY_TIMEOUT = 30.0
 HEALTH_TIMEOUT = 15.0  # the labels check every 2 s
@@ -102,7 +106,7 @@ class FrontDoor:
     admin_url: str
     ca_file: Path
     access_log: Path
-    backends: dict[str, list[EchoBackend]]  # model service -> its replicas
+    backends: dict[str, list[EchoBackend]]  # compose service -> its replicas
 
     def client(self) -> httpx.Client:
         return httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_file)), timeout=10)
@@ -134,6 +138,7 @@ def router_ids() -> set[str]:
 def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
     state = tmp_path_factory.mktemp("compose-front-door")
     backends = {name: [EchoBackend(f"{name}/{i}") for i in range(REPLICAS)] for name in COMPOSE.models}
+    backends[OPENAI_API_SERVICE] = [EchoBackend(f"{OPENAI_API_SERVICE}/0")]
     for replica in (replica for replicas in backends.values() for replica in replicas):
         replica.start()
     traefik, door = _start_traefik(state, backends)
@@ -206,6 +211,37 @@ def test_each_served_name_reaches_its_own_model_at_the_worker_path(
     echoed = response.json()
     assert echoed["backend"].startswith(f"{service}/")
     assert (echoed["path"], echoed["method"]) == ("/api/worker_generate", "POST")
+
+
+@pytest.mark.parametrize(("service", "name"), ROUTES)
+@pytest.mark.parametrize(
+    ("public", "worker"),
+    [
+        ("v1/chat/completions", "/v1/chat/completions"),
+        ("v1/completions", "/v1/completions"),
+        ("v1/models", "/v1/models"),
+        ("tokenize", "/tokenize"),
+        ("detokenize", "/detokenize"),
+    ],
+)
+def test_each_served_name_reaches_its_own_models_openai_api_at_the_workers_path(
+    front_door: FrontDoor, service: str, name: str, public: str, worker: str
+) -> None:
+    with front_door.client() as client:
+        response = client.post(f"{front_door.base_url}/api/{name}/{public}", json={"model": name})
+    assert response.status_code == 200
+    echoed = response.json()
+    assert echoed["backend"].startswith(f"{service}/")
+    assert echoed["path"] == worker
+
+
+@pytest.mark.parametrize(("service", "name"), ROUTES)
+def test_the_openai_router_gets_v1_tokenize_and_detokenize(front_door: FrontDoor, service: str, name: str) -> None:
+    with front_door.client() as client:
+        for path in ("/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize"):
+            response = client.post(f"{front_door.base_url}{path}", json={"model": name})
+            assert response.status_code == 200, path
+            assert response.json()["backend"].startswith("openai-api/") and response.json()["path"] == path
 
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
         pytest.param(chat(top_p=0), 400, 40302, id="top-p-zero"),
         pytest.param(chat(top_p=1.5), 400, 40302, id="top-p-above-one"),
         pytest.param(chat(max_new_tokens=0), 400, 40302, id="max-new-tokens-zero"),
-        pytest.param(chat(max_new_tokens=100_000), 400, 40303, id="context-overflow"),
+        pytest.param(chat(messages=[{"role": "user", "text": "word " * 9000}]), 400, 40303, id="context-overflow"),
         pytest.param(chat(model_identifier="Llama-2-7b-chat"), 404, 40301, id="model-not-served-here"),
     ],
 )

@@ -21,7 +21,9 @@ from tests.conftest import free_port
 from tests.integration.conftest import HEART_BEAT_EXPIRATION, Stack
 
 pytestmark = pytest.mark.integration
-TEMPLATED_MODEL = "SmolLM2-chatml"  # FastChat's server renders prompts itself: it needs a FastChat template
+# A worker configured as the default model service is (the tokenizer's chat template, no --conv-template),
+# under a name of its own and without API keys: FastChat's components send none.
+FASTCHAT_MODEL = "SmolLM2-for-fastchat"
 START_TIMEOUT = 600.0
 FASTCHAT_WORKER = "http://127.0.0.1:1/fastchat-worker"
 
@@ -49,17 +51,18 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def templated_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One more worker of the packaged model, rendering chats with FastChat's chatml template."""
-    log = tmp_path_factory.mktemp("templated-worker") / "worker.log"
+def fastchat_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One more worker of the packaged model, as the default service starts it, registered with the stack's
+    controller. FastChat's server renders prompts itself with the `Conversation` the worker names."""
+    log = tmp_path_factory.mktemp("fastchat-worker") / "worker.log"
     port = free_port()
     command = [
-        sys.executable, "-m", "llm_ops", "worker", "--port", str(port),
-        "--served-model-names", TEMPLATED_MODEL, "--conv-template", "chatml",
+        sys.executable, "-m", "llm_ops", "worker", "--port", str(port), "--served-model-name", FASTCHAT_MODEL,
         "--controller-address", stack.controller_url, "--heart-beat-interval", "1",
     ]  # fmt: skip
+    environment = {name: value for name, value in os.environ.items() if name != "LLM_OPS_API_KEYS"}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
     try:
         wait_until_answers(f"http://127.0.0.1:{port}/health", process, log)
         yield f"http://127.0.0.1:{port}"
@@ -68,7 +71,7 @@ def templated_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def fastchat_api(stack: Stack, templated_worker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fastchat_api(stack: Stack, fastchat_worker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """FastChat's own `fastchat.serve.openai_api_server`, pointed at our controller."""
     directory = tmp_path_factory.mktemp("fastchat-api")
     port = free_port()
@@ -86,14 +89,25 @@ def fastchat_api(stack: Stack, templated_worker: str, tmp_path_factory: pytest.T
         stop(process)
 
 
+def test_our_worker_names_the_fastchat_conversation_its_tokenizers_template_renders_as(fastchat_worker: str) -> None:
+    conv = httpx.post(f"{fastchat_worker}/api/worker_get_conv_template").json()["conv"]
+    assert conv["name"] == "smollm2" and conv["system_message"].startswith("You are a helpful AI assistant")
+
+
 def test_fastchats_openai_server_serves_chat_from_our_workers_through_our_controller(fastchat_api: str) -> None:
-    # Not streaming: fschat 0.2.36's streaming endpoints fail under pydantic 2 in FastChat's own code
-    # (`chunk.json(exclude_unset=True, ensure_ascii=False)` raises TypeError) before reaching a worker.
     client = openai.OpenAI(base_url=fastchat_api, api_key="unused", max_retries=0)
     question = [{"role": "user", "content": "What is the capital of France?"}]
-    answer = client.chat.completions.create(model=TEMPLATED_MODEL, messages=question, temperature=0)  # type: ignore[arg-type]
+    answer = client.chat.completions.create(model=FASTCHAT_MODEL, messages=question, temperature=0)  # type: ignore[arg-type]
     assert "Paris" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+def test_fastchats_openai_server_serves_completions_from_our_workers(fastchat_api: str) -> None:
+    client = openai.OpenAI(base_url=fastchat_api, api_key="unused", max_retries=0)
+    answer = client.completions.create(
+        model=FASTCHAT_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0
+    )
+    assert "Paris" in answer.choices[0].text
 
 
 FASTCHAT_STREAM_SCRIPT = textwrap.dedent(
@@ -113,11 +127,9 @@ FASTCHAT_STREAM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_fastchats_stream_reader_reads_our_workers_stream(templated_worker: str, tmp_path: Path) -> None:
-    # FastChat's components send no API key: they talk to workers started without keys (this one; the
-    # stack's own require keys), as on an internal network.
+def test_fastchats_stream_reader_reads_our_workers_stream(fastchat_worker: str, tmp_path: Path) -> None:
     output = tmp_path / "texts.json"
-    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{templated_worker}/api", TEMPLATED_MODEL, str(output)]
+    command = [sys.executable, "-c", FASTCHAT_STREAM_SCRIPT, f"{fastchat_worker}/api", FASTCHAT_MODEL, str(output)]
     env = os.environ | {"LOGDIR": str(tmp_path)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -128,7 +140,7 @@ def test_fastchats_stream_reader_reads_our_workers_stream(templated_worker: str,
 
 def test_fastchats_server_lists_what_our_controller_knows(fastchat_api: str) -> None:
     models = {model["id"] for model in httpx.get(f"{fastchat_api}/models").json()["data"]}
-    assert TEMPLATED_MODEL in models
+    assert FASTCHAT_MODEL in models
 
 
 FASTCHAT_WORKER_SCRIPT = textwrap.dedent(

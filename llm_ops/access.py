@@ -133,7 +133,8 @@ class PublicRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
         if path and not (path in FASTCHAT_ROUTES or path in OPENAI_ROUTES or path in PROBES):
-            error = RequestError(ErrorCode.VALIDATION_TYPE_ERROR, f"no such endpoint: {path}", 404)
+            message = f"no such endpoint: {scope['method']} {path}"
+            error = RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message, 404)
             await refusal(scope, error)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -91,6 +91,7 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
     from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     from vllm.entrypoints.serve.engine.protocol import ErrorResponse
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.exceptions import VLLMError
 
     body = openai_body(request, worker_state(raw), stream)
     try:
@@ -104,7 +105,7 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
             )
     except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
         raise RequestError(ErrorCode.PARAM_OUT_OF_RANGE, describe_validation_errors(error.errors()).message()) from None
-    except (ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer for it
+    except (VLLMError, ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer
         answer = create_error_response(error)
     if isinstance(answer, ErrorResponse):
         raise fastchat_error(answer.error.code, answer.error.message)
@@ -146,7 +147,7 @@ async def fastchat_chunks(events: AsyncGenerator[str, None], head: str, deltas: 
                         new = choice["text"] if "text" in choice else choice["delta"].get("content") or ""
                         if not new and not choice.get("finish_reason"):
                             continue
-                        text = new if deltas else text + new
+                        text += new  # after the first chunk of a delta stream, text is "" here
                         reason = FINISH_REASONS.get(choice.get("finish_reason"), "stop")
                         outcome = "finished" if reason else outcome
                         yield GenerateChunk(text=text, usage=usage, finish_reason=reason)

@@ -62,7 +62,7 @@ def test_echo_with_logprobs_scores_the_prompt_as_vllms_own_server_does(
 def test_a_json_schema_response_format_returns_json_that_validates(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",
-        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "properties": {"city": {"type": "string", "maxLength": 20}, "population": {"type": "integer"}},
         "required": ["city", "population"],
         "additionalProperties": False,
     }
@@ -70,7 +70,7 @@ def test_a_json_schema_response_format_returns_json_that_validates(client: opena
         model=MODEL,
         messages=[{"role": "user", "content": "Describe Paris as JSON."}],
         temperature=0,
-        max_tokens=60,
+        max_tokens=100,
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
     )
     jsonschema.validate(json.loads(answer.choices[0].message.content or ""), schema)

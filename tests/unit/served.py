@@ -1,5 +1,8 @@
-"""A worker app over the fake engine, served by a real uvicorn on a loopback port, in a thread:
-for tests about what real connections do (clients that leave, slow clients, many at once)."""
+"""An app (a worker over the vLLM stand-in, ...) served by a real uvicorn on a loopback port, in a thread:
+for tests about what real connections do (clients that leave, slow clients, many at once).
+
+Without the app's lifespan: a worker's registers with a controller and handles SIGTERM, which only the
+main thread can (`tests.unit.drained_worker` runs it in a process of its own)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from tests.conftest import free_port
 def served(app: FastAPI) -> Iterator[str]:
     """The app's base URL while it is served."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="httptools"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="httptools", lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

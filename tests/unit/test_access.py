@@ -1,8 +1,7 @@
-"""API keys and the request body limit, on the worker (/api) and on the OpenAI API (/v1)."""
+"""Who may call a worker and the router, what they may send, which routes a worker shows, and /health."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -14,12 +13,11 @@ from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
-from llm_ops.worker.app import create_worker_app
-from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, fake_worker
 from tests.unit.test_openai_api import Hosts
 
 pytestmark = pytest.mark.anyio
-KEYS = frozenset({"sk-first-key", "sk-second-key"})
+KEYS = "sk-first-key, sk-second-key"
 CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
 OPENAI_CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
 
@@ -29,29 +27,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@contextlib.asynccontextmanager
-async def stack(keys: frozenset[str], max_body_bytes: int = 1_048_576) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """In-process worker, controller and OpenAI API, all configured with `keys`; a client for each public one."""
-    worker = create_worker_app(lambda: open_fake_service(FakeEngine()), api_keys=keys, max_body_bytes=max_body_bytes)
-    headers = {"Authorization": f"Bearer {min(keys)}"} if keys else {}
-    registry = WorkerRegistry()
-    registry.register("http://worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
-    controller = create_controller_app(registry, transport=Hosts({"worker": worker}), worker_headers=headers)
-    hosts = Hosts({"worker": worker, "controller": controller})
-    api = create_openai_app("http://controller", transport=hosts, api_keys=keys, max_body_bytes=max_body_bytes)
-    async with (
-        worker.router.lifespan_context(worker),
-        controller.router.lifespan_context(controller),
-        api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=worker), base_url="http://worker") as to_worker,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as to_api,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=controller), base_url="http://controller") as to_controller,
-    ):
-        yield {"worker": to_worker, "api": to_api, "controller": to_controller}
-
-
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def worker_client(vllm: FakeVllm | None = None, flags: list[str] | None = None) -> httpx.AsyncClient:
+    app = await fake_worker(vllm, flags=flags or [])
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker")
+
+
+@pytest.fixture
+async def keyed_worker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    async with await worker_client() as client:
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -64,12 +53,13 @@ def bearer(key: str) -> dict[str, str]:
         (bearer("sk-first-ke"), "not valid"),
     ],
 )
-@pytest.mark.parametrize("path", ["/api/worker_generate", "/api/worker_generate_stream", "/api/worker_get_status"])
-async def test_with_keys_configured_every_worker_api_route_refuses_a_missing_or_wrong_key_with_401_40101(
-    headers: dict[str, str], says: str, path: str
+@pytest.mark.parametrize(
+    "path", ["/api/worker_generate", "/api/worker_generate_stream", "/api/worker_get_status", "/api/count_token"]
+)
+async def test_with_keys_a_worker_refuses_fastchat_routes_a_missing_or_wrong_key_with_401_40101(
+    keyed_worker: httpx.AsyncClient, headers: dict[str, str], says: str, path: str
 ) -> None:
-    async with stack(KEYS) as clients:
-        response = await clients["worker"].post(path, json=CHAT, headers=headers)
+    response = await keyed_worker.post(path, json=CHAT, headers=headers)
     assert response.status_code == 401
     assert response.json()["error_code"] == 40101 and says in response.json()["text"]
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -77,43 +67,33 @@ async def test_with_keys_configured_every_worker_api_route_refuses_a_missing_or_
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions")]
+    ("method", "path"),
+    [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/tokenize")],
 )
-@pytest.mark.parametrize("headers", [{}, bearer("sk-wrong-key")])
-async def test_with_keys_configured_every_openai_route_refuses_a_missing_or_wrong_key_with_401(
-    method: str, path: str, headers: dict[str, str]
+async def test_with_keys_a_worker_refuses_openai_routes_without_a_key_in_openais_shape(
+    keyed_worker: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    async with stack(KEYS) as clients:
-        response = await clients["api"].request(method, path, json=OPENAI_CHAT, headers=headers)
-    assert response.status_code == 401
-    error = response.json()["error"]
-    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_api_key")
-    assert "sk-" not in response.text
+    response = await keyed_worker.request(method, path, json=OPENAI_CHAT, headers=bearer("sk-wrong-key"))
+    assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == 401 and "not valid" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("key", sorted(KEYS))
-async def test_any_configured_key_is_accepted_and_the_api_reaches_the_workers_with_one(key: str) -> None:
-    async with stack(KEYS) as clients:
-        direct = await clients["worker"].post("/api/worker_generate", json=CHAT, headers=bearer(key))
-        via_api = await clients["api"].post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer(key))
-        refreshed = await clients["controller"].post("/refresh_all_workers")
-        workers = (await clients["controller"].get("/list_workers")).json()["workers"]
-    assert direct.status_code == 200 and direct.json()["text"] == "The capital is Paris."
-    assert via_api.status_code == 200
-    assert via_api.json()["choices"][0]["message"]["content"] == "The capital is Paris."
-    assert refreshed.status_code == 200 and len(workers) == 1  # the controller's status polls carry a key too
+@pytest.mark.parametrize("key", ["sk-first-key", "sk-second-key"])
+async def test_with_keys_any_configured_key_is_accepted(keyed_worker: httpx.AsyncClient, key: str) -> None:
+    fastchat = await keyed_worker.post("/api/worker_generate", json=CHAT, headers=bearer(key))
+    openai = await keyed_worker.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer(key))
+    assert fastchat.status_code == 200 and fastchat.json()["text"] == "The capital is Paris."
+    assert openai.status_code == 200
 
 
-async def test_health_checks_need_no_key() -> None:
-    async with stack(KEYS) as clients:
-        assert (await clients["worker"].get("/health")).status_code == 200
-        assert (await clients["api"].get("/health")).status_code == 200
+async def test_health_and_metrics_need_no_key(keyed_worker: httpx.AsyncClient) -> None:
+    assert (await keyed_worker.get("/health")).status_code == 200
+    assert (await keyed_worker.get("/metrics")).status_code == 200
 
 
-async def test_without_keys_everything_is_open() -> None:
-    async with stack(frozenset()) as clients:
-        assert (await clients["worker"].post("/api/worker_generate", json=CHAT)).status_code == 200
-        assert (await clients["api"].post("/v1/chat/completions", json=OPENAI_CHAT)).status_code == 200
+async def test_without_keys_a_worker_is_open() -> None:
+    async with await worker_client() as client:
+        assert (await client.post("/api/worker_generate", json=CHAT)).status_code == 200
 
 
 def test_keys_come_from_the_environment_separated_by_commas_or_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,21 +103,103 @@ def test_keys_come_from_the_environment_separated_by_commas_or_spaces(monkeypatc
     assert api_keys_from_environment() == frozenset()
 
 
+async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_workers_with_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    keys = api_keys_from_environment()
+    registry = WorkerRegistry()
+    registry.register("http://worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
+    hosts = Hosts({"worker": await fake_worker()})
+    hosts.apps["controller"] = create_controller_app(registry, transport=hosts, worker_headers=bearer(min(keys)))
+    api = create_openai_app("http://controller", transport=hosts, api_keys=keys)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+    ):
+        refused = [
+            await client.get("/v1/models"),
+            await client.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer("sk-wrong-key")),
+        ]
+        models = await client.get("/v1/models", headers=bearer("sk-second-key"))
+        answered = await client.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer("sk-second-key"))
+        health = await client.get("/health")
+    for response in refused:
+        assert response.status_code == 401 and response.json()["error"]["code"] == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer" and "sk-" not in response.text
+    assert [card["id"] for card in models.json()["data"]] == ["fake-model"]  # the cards came with a key
+    assert answered.status_code == 200 and health.status_code == 200
+
+
 async def _chunked(data: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(data), 1000):
         yield data[start : start + 1000]
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["with content-length", "chunked"])
-async def test_a_body_over_the_limit_gets_413_on_both_servers(chunked: bool) -> None:
-    big = CHAT | {"messages": [{"role": "user", "text": "x" * 5000}]}
-    raw = json.dumps(big).encode()
-    async with stack(frozenset(), max_body_bytes=4096) as clients:
-        content = _chunked(raw) if chunked else raw
-        worker = await clients["worker"].post("/api/worker_generate", content=content)
-        api = await clients["api"].post("/v1/completions", content=_chunked(raw) if chunked else raw)
-        small = await clients["worker"].post("/api/worker_generate", json=CHAT)
-    assert worker.status_code == 413 and worker.json()["error_code"] == 40302
-    assert "limit of 4096 bytes" in worker.json()["text"]
-    assert api.status_code == 413 and "limit of 4096 bytes" in api.json()["error"]["message"]
-    assert small.status_code == 200
+async def test_a_body_over_the_limit_gets_413_from_the_worker_and_the_router(chunked: bool) -> None:
+    raw = json.dumps(CHAT | {"messages": [{"role": "user", "text": "x" * 5000}]}).encode()
+    vllm = FakeVllm()
+    api = create_openai_app("http://controller", transport=Hosts({}), max_body_bytes=4096)
+    async with (
+        await worker_client(vllm, flags=["--max-body-bytes", "4096"]) as worker,
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as router,
+    ):
+        fastchat = await worker.post("/api/worker_generate", content=_chunked(raw) if chunked else raw)
+        openai = await worker.post("/v1/completions", content=_chunked(raw) if chunked else raw)
+        routed = await router.post("/v1/completions", content=_chunked(raw) if chunked else raw)
+        small = await worker.post("/api/worker_generate", json=CHAT)
+    assert fastchat.status_code == 413 and fastchat.json()["error_code"] == 40302
+    assert "limit of 4096 bytes" in fastchat.json()["text"]
+    for response in (openai, routed):
+        assert response.status_code == 413 and "limit of 4096 bytes" in response.json()["error"]["message"]
+    assert small.status_code == 200 and len(vllm.requests) == 1
+
+
+@pytest.mark.parametrize("path", HIDDEN_ROUTES)
+async def test_a_worker_hides_vllms_admin_and_development_routes(path: str) -> None:
+    async with await worker_client() as client:
+        response = await client.post(path, json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["message"] == f"no such endpoint: POST {path}"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/models"), ("POST", "/api/worker_get_status"), ("POST", "/api/model_details"), ("GET", "/metrics")],
+)
+async def test_a_worker_serves_its_documented_routes(method: str, path: str) -> None:
+    async with await worker_client() as client:
+        response = await client.request(method, path)
+    assert response.status_code == 200
+
+
+async def test_tokenize_passes_the_public_routes_check() -> None:
+    async with await worker_client() as client:
+        response = await client.post("/tokenize", json={"model": "fake-model", "prompt": "x"})
+    # The fake has no /tokenize: vLLM's router answers, not LLM Ops' "no such endpoint".
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
+async def test_health_is_ok_with_counts_and_503_while_draining() -> None:
+    vllm = FakeVllm()
+    app = await fake_worker(vllm)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+        ok = await client.get("/health")
+        app.state.llm_ops.draining = True
+        draining = await client.get("/health")
+        vllm.healthy = False
+        dead = await client.get("/health")
+    assert ok.status_code == 200
+    assert ok.json() == {"status": "ok", "running": 0, "waiting": 0, "engine_requests": 0}
+    assert draining.status_code == 503 and draining.json()["status"] == "draining"
+    assert dead.status_code == 503 and dead.json()["status"] == "unhealthy"
+
+
+async def test_a_chat_model_without_any_chat_template_does_not_start() -> None:
+    from llm_ops.settings import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="no chat template"):
+        await fake_worker(FakeVllm(chat_template=None))
+    await fake_worker(FakeVllm(chat_template=None), flags=["--kind", "completion"])  # a base model starts

@@ -7,13 +7,14 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from llm_ops.worker.admission import Admission, Overloaded
-from llm_ops.worker.app import create_worker_app
-from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.fake_vllm import FakeVllm, fake_worker
 from tests.unit.served import served
 
 pytestmark = pytest.mark.anyio
@@ -29,19 +30,31 @@ def chat(**fields: object) -> dict[str, object]:
     return body | fields
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine(delay=0.05, fail_seed=13)  # five words: 0.25 s per answer
+BODIES: dict[str, dict[str, object]] = {
+    "/api/worker_generate_stream": chat(),
+    "/api/worker_generate": chat(),
+    "/v1/completions": {"model": "fake-model", "prompt": "Once upon", "max_tokens": 8},
+}
+
+
+ADMISSION = ["--limit-worker-concurrency", "2", "--max-queued-requests", "2", "--max-queue-wait", "5"]
 
 
 @pytest.fixture
-def admission() -> Admission:
-    return Admission(max_running=2, max_waiting=2, max_wait_seconds=5)
+def vllm() -> FakeVllm:
+    return FakeVllm(delay=0.05, fail_seed=13)  # five words: 0.25 s per answer
 
 
 @pytest.fixture
-def worker_url(engine: FakeEngine, admission: Admission) -> Iterator[str]:
-    with served(create_worker_app(lambda: open_fake_service(engine, admission))) as url:
+def app(vllm: FakeVllm) -> FastAPI:
+    """A worker with 2 running and 2 waiting slots (built outside the test's event loop: it is served in
+    a thread with a loop of its own)."""
+    return asyncio.run(fake_worker(vllm, flags=ADMISSION))
+
+
+@pytest.fixture
+def worker_url(app: FastAPI) -> Iterator[str]:
+    with served(app) as url:
         yield url
 
 
@@ -96,24 +109,95 @@ async def test_a_request_that_waits_longer_than_allowed_gets_429() -> None:
 async def test_beyond_the_limits_the_worker_answers_429_42903_with_retry_after_while_admitted_requests_finish(
     worker_url: str,
 ) -> None:
+    """FastChat's routes and vLLM's OpenAI ones share the slots."""
     async with httpx.AsyncClient(base_url=worker_url, timeout=30) as client:
 
-        async def timed(path: str) -> tuple[httpx.Response, float]:
+        async def timed(path: str) -> tuple[str, httpx.Response, float]:
             started = time.monotonic()
-            response = await client.post(path, json=chat())
-            return response, time.monotonic() - started
+            response = await client.post(path, json=BODIES[path])
+            return path, response, time.monotonic() - started
 
-        paths = ["/api/worker_generate", "/api/worker_generate_stream"] * 3
+        paths = ["/api/worker_generate_stream", "/v1/completions"] * 3
         results = await asyncio.gather(*(timed(path) for path in paths))
-    refused = [(r, took) for r, took in results if r.status_code == 429]
-    served_fully = [r for r, _ in results if r.status_code == 200]
+    refused = [(path, r, took) for path, r, took in results if r.status_code == 429]
+    served_fully = [(path, r) for path, r, _ in results if r.status_code == 200]
     assert len(refused) == 2 and len(served_fully) == 4
-    for response, took in refused:
-        assert response.json()["error_code"] == 42903 and "capacity" in response.json()["text"]
+    for path, response, took in refused:
+        if path.startswith("/api/"):
+            assert response.json()["error_code"] == 42903 and "capacity" in response.json()["text"]
+        else:
+            assert response.json()["error"]["code"] == 429 and "capacity" in response.json()["error"]["message"]
         assert int(response.headers["Retry-After"]) >= 1
         assert took < 0.2  # answered at once, not after the queue moved
-    for response in served_fully:
-        assert response.text.rstrip("\0").endswith('"finish_reason":"stop"}')
+    for path, response in served_fully:
+        ending = '"finish_reason":"stop"}' if path.startswith("/api/") else '"finish_reason":"stop"'
+        assert ending in response.text
+
+
+@pytest.mark.parametrize("path", ["/api/worker_generate_stream", "/v1/completions"])
+async def test_through_the_middleware_a_full_worker_refuses_with_429_and_retry_after(path: str) -> None:
+    vllm = FakeVllm(delay=0.1)
+    app = await fake_worker(vllm, flags=["--limit-worker-concurrency", "1", "--max-queued-requests", "0"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+        first = asyncio.create_task(client.post(path, json=BODIES[path]))
+        await asyncio.sleep(0.05)
+        refused = await client.post(path, json=BODIES[path])
+        assert (await first).status_code == 200
+        after = await client.post(path, json=BODIES[path])
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "15"
+    assert after.status_code == 200
+    assert vllm.started == vllm.finished == 2  # the refused request never reached vLLM
+
+
+@pytest.mark.parametrize("path", ["/api/worker_generate", "/v1/chat/completions"])
+async def test_a_closed_admission_answers_503_and_the_engine_is_not_asked(path: str) -> None:
+    vllm = FakeVllm()
+    app = await fake_worker(vllm)
+    app.state.llm_ops.admission.closed = True
+    body = (
+        chat() if path.startswith("/api/") else {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+        response = await client.post(path, json=body)
+        status = await client.post("/api/worker_get_status")
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    assert "shutting down" in response.text and vllm.requests == []
+    assert status.status_code == 200  # only generation routes are admitted
+
+
+def test_a_client_that_leaves_while_waiting_frees_its_place_in_the_queue(vllm: FakeVllm) -> None:
+    vllm.delay = 0.2  # an answer holds a running slot for about a second
+    app = asyncio.run(fake_worker(vllm, flags=["--limit-worker-concurrency", "1", "--max-queued-requests", "1"]))
+    admission: Admission = app.state.llm_ops.admission
+    with served(app) as url, httpx.Client(base_url=url) as client, ThreadPoolExecutor(1) as pool:
+        running = pool.submit(client.post, "/api/worker_generate", json=chat())
+        time.sleep(0.1)
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/api/worker_generate", json=chat(), timeout=0.3)  # waits, then leaves
+        deadline = time.monotonic() + 2
+        while admission.waiting:
+            assert time.monotonic() < deadline, "the wait of a client that left was kept"
+            time.sleep(0.01)
+        assert admission.running == 1  # the first request is still running: the place was freed, not served
+        waiting_again = pool.submit(client.post, "/api/worker_generate", json=chat())
+        assert running.result().status_code == 200 and waiting_again.result().status_code == 200
+    assert vllm.started == vllm.finished == 2  # the one that left never reached vLLM
+    assert (admission.running, admission.waiting) == (0, 0)
+
+
+def test_a_client_that_leaves_a_stream_aborts_the_generation_and_frees_the_slot(vllm: FakeVllm) -> None:
+    vllm.delay = 0.1
+    app = asyncio.run(fake_worker(vllm, flags=ADMISSION))
+    with served(app) as url, httpx.Client(base_url=url) as client:
+        for path in ("/api/worker_generate_stream", "/v1/completions"):
+            body = BODIES[path] | ({"stream": True} if path.startswith("/v1/") else {})
+            with client.stream("POST", path, json=body) as response:
+                next(response.iter_bytes())
+        deadline = time.monotonic() + 2
+        while vllm.aborted < 2 or app.state.llm_ops.admission.running:
+            assert time.monotonic() < deadline, (vllm.aborted, app.state.llm_ops.admission.running)
+            time.sleep(0.01)
+    assert vllm.finished == 0
 
 
 async def _one_way_to_end(client: httpx.AsyncClient, kind: str) -> str:
@@ -141,7 +225,7 @@ async def _one_way_to_end(client: httpx.AsyncClient, kind: str) -> str:
     raise AssertionError(kind)
 
 
-async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, engine: FakeEngine) -> None:
+async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, vllm: FakeVllm) -> None:
     kinds = ["success", "invalid", "engine error", "stream engine error", "stream abandoned", "client timeout"]
     random.seed(7)
     plan = [kinds[n % len(kinds)] for n in range(300)]
@@ -163,5 +247,5 @@ async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, engine: Fak
         while (status := (await client.post("/api/worker_get_status")).json())["queue_length"] != 0:
             assert time.monotonic() < deadline, f"slots still held: {status}"
             await asyncio.sleep(0.05)
-        assert engine.running_requests() == 0
+        assert vllm.get_num_unfinished_requests() == 0
         assert (await client.post("/api/worker_generate", json=chat())).status_code == 200

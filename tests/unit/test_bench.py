@@ -29,16 +29,14 @@ from llm_ops.bench.stats import SLO, Arrival, RequestRecord, inter_token_latenci
 from llm_ops.bench.targets import http_client, openai_target, worker_target
 from llm_ops.bench.vllm_server import (
     ServerError,
+    reference_environment,
     running_server,
     server_command,
-    server_flags,
-    service_settings,
-    worker_engine_args,
+    service_argv,
 )
 from llm_ops.cli import main
-from llm_ops.worker.app import create_worker_app
 from tests.conftest import free_port
-from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.fake_vllm import FakeVllm, fake_worker_to_serve
 from tests.unit.served import served
 
 pytestmark = pytest.mark.anyio
@@ -107,7 +105,7 @@ def test_failed_requests_are_counted_but_left_out_of_latencies_and_tokens() -> N
 
 
 def fake_worker() -> FastAPI:
-    return create_worker_app(lambda: open_fake_service(FakeEngine(delay=0.05)))
+    return fake_worker_to_serve(FakeVllm(delay=0.05))
 
 
 async def test_worker_client_times_every_token_of_the_real_worker_app() -> None:
@@ -239,55 +237,31 @@ async def test_openai_client_fails_without_done_or_on_an_error_event() -> None:
 # vLLM's server
 
 
-def test_vllm_gets_the_worker_engine_arguments_of_the_default_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("llm_ops.worker.run.ensure_default_model", lambda: Path("/cache/SmolLM2-135M-Instruct"))
-    args = worker_engine_args(service_settings(COMPOSE_FILE, "smollm2-135m-instruct"))
-    assert server_command(args, 8123) == [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        "/cache/SmolLM2-135M-Instruct",
-        "--served-model-name",
-        "SmolLM2-135M-Instruct",
-        "--dtype",
-        "float32",
-        "--tensor-parallel-size",
-        "1",
-        "--gpu-memory-utilization",
-        "0.9",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "8123",
-    ]
+def test_the_reference_server_is_vllms_own_with_the_default_services_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/cache/SmolLM2-135M-Instruct"))
+    argv = service_argv(COMPOSE_FILE, "smollm2-135m-instruct")
+    command = server_command(argv, 8123)
+    assert command[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+    flags = command[3:]
+    assert flags[flags.index("--model") + 1] == "/cache/SmolLM2-135M-Instruct"
+    assert flags[flags.index("--dtype") + 1] == "float32"
+    assert flags[flags.index("--served-model-name") + 1] == "SmolLM2-135M-Instruct"
+    assert flags[-4:] == ["--host", "127.0.0.1", "--port", "8123"]  # the last --port wins over the service's
+
+
+def test_the_reference_server_gets_no_llm_ops_flag_or_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/m"))
+    argv = service_argv(COMPOSE_FILE, "smollm2-135m-instruct", "--limit-worker-concurrency 3 --max-queue-wait=2")
+    command = " ".join(server_command(argv, 8123))
+    assert "--limit-worker-concurrency" not in command and "--max-queue-wait" not in command
+    assert "VLLM_PLUGINS" not in reference_environment(argv)
 
 
 def test_worker_flags_given_to_up_reach_vllm_after_the_service_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("llm_ops.worker.run.ensure_default_model", lambda: Path("/m"))
-    settings = service_settings(COMPOSE_FILE, "smollm2-135m-instruct", "--enforce-eager --max-model-len=512")
-    flags = server_flags(worker_engine_args(settings))
-    assert flags[flags.index("--max-model-len") + 1] == "512"
-    assert "--enforce-eager" in flags
-
-
-def test_server_flags_spell_booleans_and_json_as_vllm_parses_them() -> None:
-    args = {
-        "model": "/m",
-        "max_model_len": None,
-        "enforce_eager": False,
-        "enable_prefix_caching": False,
-        "trust_remote_code": True,
-        "override_generation_config": {"temperature": 0},
-    }
-    assert server_flags(args) == [
-        "--model",
-        "/m",
-        "--no-enable-prefix-caching",
-        "--trust-remote-code",
-        "--override-generation-config",
-        '{"temperature": 0}',
-    ]
+    monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/m"))
+    argv = service_argv(COMPOSE_FILE, "smollm2-135m-instruct", "--enforce-eager --max-model-len=512")
+    flags = server_command(argv, 8123)
+    assert "--max-model-len=512" in flags and "--enforce-eager" in flags
 
 
 FAKE_SERVER = textwrap.dedent(

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import ssl
 import threading
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 from pydantic_settings import CliApp
 
-from llm_ops.cli import LLMOps, parse_worker_args
+from llm_ops.cli import LLMOps, main
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
-from llm_ops.settings import StackSettings, WorkerSettings, to_cli_args
+from llm_ops.settings import StackSettings, to_cli_args
 
 
 def handshake(files: TLSFiles, server_hostname: str) -> None:
@@ -53,28 +53,9 @@ def test_certificates_are_kept_across_restarts_and_remade_for_new_names(tmp_path
     assert ensure_certificates(tmp_path, ["localhost", "llm.example"]).ca_file.read_bytes() != first
 
 
-def test_worker_flags_rebuild_the_same_settings() -> None:
-    settings = WorkerSettings(
-        model_path="/models/x",
-        dtype="float32",
-        enforce_eager=True,
-        engine_args={"quantization": "awq", "seed": 3},
-        served_model_names=["x", "x.v1"],
-        port=9999,
-        conv_template="llama-2",
-    )
-    assert parse_worker_args(to_cli_args(settings)) == settings
-
-
 def test_only_the_asked_fields_that_were_set_become_flags() -> None:
-    settings = WorkerSettings(port=9999, dtype="float32")
-    assert to_cli_args(settings, {"port", "model_path"}) == ["--port", "9999"]
-
-
-def test_model_names_that_would_break_urls_or_routing_rules_are_refused() -> None:
-    for bad in ["has space", "back`tick", "../etc", "slash/name", ""]:
-        with pytest.raises(ValidationError):
-            WorkerSettings(served_model_names=[bad])
+    settings = StackSettings(port=9999, replicas=2)
+    assert to_cli_args(settings, {"port", "service"}) == ["--port", "9999"]
 
 
 def test_stack_defaults_are_the_documented_ports_on_loopback() -> None:
@@ -83,8 +64,21 @@ def test_stack_defaults_are_the_documented_ports_on_loopback() -> None:
     assert settings.host == "127.0.0.1"
 
 
-def test_the_cli_has_the_up_and_worker_commands(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_has_the_up_and_prepare_model_commands(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         CliApp.run(LLMOps, cli_args=["--help"])
     out = capsys.readouterr().out
-    assert "up" in out and "worker" in out and "prepare-model" in out
+    assert "up" in out and "prepare-model" in out  # `worker` is vLLM's parser's: see test_launch
+
+
+def test_llm_ops_worker_help_is_vllms_parser_with_llm_ops_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["worker", "--help"])
+    finally:
+        root.handlers[:], root.level = handlers, level  # main() set up the worker's logging
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "--max-model-len" in out and "--limit-worker-concurrency" in out and "--conv-template" in out

@@ -22,7 +22,7 @@ from llm_ops.frontdoor.compose import ModelService, interpolate, load_compose
 from llm_ops.frontdoor.traefik import labels_to_dynamic_config, route_problems
 from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.settings import DEFAULT_SERVICE
-from llm_ops.worker.run import served_names
+from llm_ops.worker.launch import CONTAINER_PORT, served_names, worker_options
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -62,7 +62,8 @@ def test_it_ships_a_chat_model_a_completion_model_and_the_default_model() -> Non
         "mistral-7b-v0-1": "start_completion.sh",
         DEFAULT_SERVICE: "start_chat.sh",
     }
-    assert COMPOSE.model("llama-2-7b-chat").worker_settings().conv_template == "llama-2"
+    llama = COMPOSE.model("llama-2-7b-chat").worker_args(["--port", str(CONTAINER_PORT)])
+    assert worker_options(llama).conv_template == "llama-2"
 
 
 @pytest.mark.parametrize("service", MODELS, ids=lambda s: s.name)
@@ -75,17 +76,18 @@ def test_every_model_service_runs_an_existing_start_script_that_the_image_contai
 
 @pytest.mark.parametrize("service", MODELS, ids=lambda s: s.name)
 def test_every_model_service_command_is_valid_worker_flags_with_a_registered_template(service: ModelService) -> None:
-    worker = service.worker_settings()
-    if worker.conv_template is not None:
-        assert worker.conv_template in conv_template_names()
+    worker = service.worker_args(["--port", str(CONTAINER_PORT)])
+    options = worker_options(worker)
+    if options.conv_template is not None:
+        assert options.conv_template in conv_template_names()
     elif service.start_script.name == "start_chat.sh":
         # Only the packaged model may rely on its tokenizer's chat template (proven in test_prompts.py).
-        assert worker.model_path is None
+        assert worker.model is None
 
 
 @pytest.mark.parametrize("service", MODELS, ids=lambda s: s.name)
 def test_every_model_service_routes_each_served_name_safely(service: ModelService) -> None:
-    worker = service.worker_settings()
+    worker = service.worker_args(["--port", str(CONTAINER_PORT)])
     assert route_problems(service, served_names(worker), worker.port) == []
 
 
@@ -164,7 +166,7 @@ def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None
     routes = labels_to_dynamic_config(COMPOSE.service("openai-api").labels, ["http://api"])["http"]
     assert routes["routers"] == {
         "openai-api": {
-            "rule": "PathPrefix(`/v1/`)",
+            "rule": "PathPrefix(`/v1/`) || Path(`/tokenize`) || Path(`/detokenize`)",
             "entrypoints": ["websecure"],
             "middlewares": [
                 "llm-ops-request-id@file",

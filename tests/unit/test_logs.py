@@ -16,10 +16,9 @@ from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.logs import configure_logging
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
-from llm_ops.worker.app import create_worker_app
-from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.fake_vllm import FakeVllm, fake_worker
 from tests.unit.test_openai_api import Hosts
-from tests.unit.test_worker_app import chat
+from tests.unit.test_worker_fastchat import chat
 
 pytestmark = pytest.mark.anyio
 
@@ -31,9 +30,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def worker() -> AsyncIterator[httpx.AsyncClient]:
-    app = create_worker_app(lambda: open_fake_service(FakeEngine()))
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+    app = await fake_worker()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as client:
         yield client
 
 
@@ -70,15 +68,21 @@ async def test_an_unusable_request_id_is_replaced(worker: httpx.AsyncClient, unu
     assert answered != unusable and len(answered) == 32
 
 
-async def test_each_request_is_logged_as_one_json_line_with_its_id_outcome_and_tokens(
-    worker: httpx.AsyncClient, json_logs: io.StringIO
+async def test_what_vllm_logs_while_serving_a_request_is_one_json_line_with_the_requests_id(
+    json_logs: io.StringIO,
 ) -> None:
-    await worker.post("/api/worker_generate_stream", json=chat(), headers={"X-Request-Id": "trace-7"})
+    class LoggingVllm(FakeVllm):
+        async def create_chat_completion(self, request: Any, raw: Any) -> Any:
+            logging.getLogger("vllm.entrypoints.openai").info("Received request %s", request.model)
+            return await super().create_chat_completion(request, raw)
+
+    app = await fake_worker(LoggingVllm())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as worker:
+        await worker.post("/api/worker_generate_stream", json=chat(), headers={"X-Request-Id": "trace-7"})
     lines = [line for line in logged(json_logs) if line.get("request_id") == "trace-7"]
-    finished = next(line for line in lines if line.get("outcome") == "finished")
-    assert finished["logger"] == "llm_ops.worker.service" and finished["level"] == "INFO" and finished["time"]
-    assert finished["generated"] == 5 and finished["message"] == "finished chat request: 14 prompt tokens, 5 generated"
-    assert len(finished["engine_request_id"]) == 32
+    line = next(line for line in lines if line["logger"] == "vllm.entrypoints.openai")
+    assert line["logger"] == "vllm.entrypoints.openai" and line["level"] == "INFO" and line["time"]
+    assert line["message"] == "Received request fake-model"
 
 
 async def test_lines_logged_outside_a_request_carry_no_request_id(json_logs: io.StringIO) -> None:
@@ -92,27 +96,26 @@ class Recording(Hosts):
 
     def __init__(self, apps: dict[str, Any]) -> None:
         super().__init__(apps)
-        self.sent: list[tuple[str, str | None]] = []
+        self.ids: list[tuple[str, str | None]] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append((request.url.path, request.headers.get("X-Request-Id")))
+        self.ids.append((request.url.path, request.headers.get("X-Request-Id")))
         return await super().handle_async_request(request)
 
 
 async def test_the_openai_api_passes_its_request_id_on_to_the_controller_and_the_worker() -> None:
     registry = WorkerRegistry()
     registry.register("http://worker-a/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
-    worker = create_worker_app(lambda: open_fake_service(FakeEngine()))
+    worker = await fake_worker()
     controller = create_controller_app(registry, transport=Hosts({"worker-a": worker}))
     outgoing = Recording({"worker-a": worker, "controller": controller})
     api = create_openai_app("http://controller", transport=outgoing)
     body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
     async with (
-        worker.router.lifespan_context(worker),
         controller.router.lifespan_context(controller),
         api.router.lifespan_context(api),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
     ):
         response = await client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "trace-9"})
     assert response.status_code == 200 and response.headers["X-Request-Id"] == "trace-9"
-    assert outgoing.sent == [("/get_worker_address", "trace-9"), ("/api/worker_generate_stream", "trace-9")]
+    assert outgoing.ids == [("/get_worker_address", "trace-9"), ("/v1/chat/completions", "trace-9")]

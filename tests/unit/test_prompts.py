@@ -1,7 +1,8 @@
 """Conversation templates render exactly the prompt the model was trained on.
 
 Every template is checked against an independent reference: FastChat's own template of the same
-name, or, where FastChat has none, the model family's published chat template.
+name, or, where FastChat has none, the model family's published chat template. (vLLM renders them as
+Jinja chat templates: tests/unit/test_chat_templates.py proves those render the same.)
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import fastchat.conversation as fastchat
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llm_ops.prompts.build import ConvTemplateRenderer, build_prompt
 from llm_ops.prompts.conversation import (
     Conversation,
     SeparatorStyle,
@@ -18,7 +18,6 @@ from llm_ops.prompts.conversation import (
     get_conv_template,
     register_conv_template,
 )
-from llm_ops.protocol.worker import GenerateRequest
 
 SYSTEM = "You are a terse assistant."
 TURNS = [
@@ -39,6 +38,17 @@ LLAMA_3_CHAT_TEMPLATE = (
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
+
+
+def render(name: str, system: str | None, turns: list[tuple[str, str]]) -> str:
+    """A registered template's prompt for a conversation, ready for the model's answer."""
+    conv = get_conv_template(name)
+    if system is not None:
+        conv.set_system_message(system)
+    for role, text in turns:
+        conv.append_message(conv.roles[0 if role == "user" else 1], text)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
 
 
 def fastchat_prompt(name: str) -> str:
@@ -66,7 +76,7 @@ def test_every_supported_family_has_a_registered_template() -> None:
 
 @pytest.mark.parametrize("name", FASTCHAT_NAMES)
 def test_template_renders_what_fastchat_renders(name: str) -> None:
-    assert ConvTemplateRenderer(name).render(SYSTEM, TURNS).text == fastchat_prompt(name)
+    assert render(name, SYSTEM, TURNS) == fastchat_prompt(name)
 
 
 def test_llama_2_multi_turn_prompt_is_pinned() -> None:
@@ -74,7 +84,7 @@ def test_llama_2_multi_turn_prompt_is_pinned() -> None:
         "[INST] <<SYS>>\nYou are a terse assistant.\n<</SYS>>\n\nHello! [/INST] Hi. How can I help? </s><s>"
         "[INST] Name a prime number. [/INST] Seven. </s><s>[INST] Another one? [/INST]"
     )
-    assert ConvTemplateRenderer("llama-2").render(SYSTEM, TURNS).text == expected
+    assert render("llama-2", SYSTEM, TURNS) == expected
 
 
 def test_llama_3_renders_what_metas_chat_template_renders_after_the_bos_token() -> None:
@@ -84,33 +94,24 @@ def test_llama_3_renders_what_metas_chat_template_renders_after_the_bos_token() 
         bos_token="<|begin_of_text|>",
         add_generation_prompt=True,
     )
-    ours = ConvTemplateRenderer("llama-3").render(SYSTEM, TURNS)
-    assert "<|begin_of_text|>" + ours.text == reference  # the tokenizer adds <|begin_of_text|>
-    assert ours.add_special_tokens is True
-    assert "<|eot_id|>" in ours.stop
+    assert "<|begin_of_text|>" + render("llama-3", SYSTEM, TURNS) == reference  # the tokenizer's BOS first
+    assert get_conv_template("llama-3").stop_str == "<|eot_id|>"
 
 
 def test_chatml_renders_what_the_default_models_tokenizer_renders(default_tokenizer: object) -> None:
     reference = default_tokenizer.apply_chat_template(  # type: ignore[attr-defined]
         reference_messages(), tokenize=False, add_generation_prompt=True
     )
-    assert ConvTemplateRenderer("chatml").render(SYSTEM, TURNS).text == reference
-
-
-def test_template_stop_strings_and_token_ids_come_with_the_prompt() -> None:
-    falcon = ConvTemplateRenderer("falcon").render(None, [("user", "Hi")])
-    assert falcon.stop == ["\nUser"]
-    assert falcon.stop_token_ids == list(range(12))
+    assert render("chatml", SYSTEM, TURNS) == reference
 
 
 def test_without_a_system_message_the_templates_default_is_kept() -> None:
-    vicuna = ConvTemplateRenderer("vicuna_v1.1").render(None, [("user", "Hi")])
-    assert vicuna.text.startswith("A chat between a curious user and an artificial intelligence assistant.")
+    vicuna = render("vicuna_v1.1", None, [("user", "Hi")])
+    assert vicuna.startswith("A chat between a curious user and an artificial intelligence assistant.")
 
 
 def test_rendering_does_not_change_the_registered_template() -> None:
-    renderer = ConvTemplateRenderer("llama-2")
-    renderer.render(SYSTEM, TURNS)
+    render("llama-2", SYSTEM, TURNS)
     assert get_conv_template("llama-2").messages == []
     assert get_conv_template("llama-2").system_message == ""
 
@@ -127,13 +128,4 @@ def test_registering_a_name_twice_is_an_error_unless_overridden() -> None:
 
 def test_an_unknown_template_name_lists_the_registered_ones() -> None:
     with pytest.raises(KeyError, match="llama-2"):
-        ConvTemplateRenderer("no-such-template")
-
-
-def test_completion_prompts_are_sent_verbatim() -> None:
-    request = GenerateRequest.model_validate(
-        {"model_identifier": "m", "generation_mode": "completion", "prompt": " raw\ttext ", "system_message": "x"}
-    )
-    prompt = build_prompt(request, ConvTemplateRenderer("llama-2"))
-    assert prompt.text == " raw\ttext "
-    assert prompt.stop == []
+        get_conv_template("no-such-template")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from llm_ops.protocol.worker import GenerateRequest
+from llm_ops.protocol.worker import MAX_STOP_STRINGS, GenerateRequest
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -39,18 +39,26 @@ def test_user_and_ai_role_aliases_mean_the_same_turns(user: str, ai: str) -> Non
     request = GenerateRequest.model_validate(
         chat(messages=[{"role": user, "text": "a"}, {"role": ai, "text": "b"}, {"role": user, "text": "c"}])
     )
-    assert request.chat_turns() == (None, [("user", "a"), ("assistant", "b"), ("user", "c")])
+    assert request.chat_messages() == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
 
 
-def test_a_leading_system_turn_is_the_system_message() -> None:
-    request = GenerateRequest.model_validate(
+def test_a_leading_system_turn_and_the_system_message_field_both_become_the_first_openai_message() -> None:
+    turn = GenerateRequest.model_validate(
         chat(messages=[{"role": "system", "text": "Be brief."}, {"role": "user", "text": "Hi"}])
     )
-    assert request.chat_turns() == ("Be brief.", [("user", "Hi")])
-
-
-def test_system_message_field_is_the_system_message() -> None:
-    assert GenerateRequest.model_validate(chat(system_message="Be kind.")).chat_turns()[0] == "Be kind."
+    field = GenerateRequest.model_validate(chat(system_message="Be brief.", messages=[{"role": "user", "text": "Hi"}]))
+    assert (
+        turn.chat_messages()
+        == field.chat_messages()
+        == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+        ]
+    )
 
 
 def test_stop_may_be_a_string_or_a_list() -> None:
@@ -99,7 +107,7 @@ def test_invalid_requests_are_refused_with_a_reason(body: dict[str, Any], says: 
         (chat(repetition_penalty=11.0), "repetition_penalty"),
         (chat(seed=2**64), "seed"),
         (chat(seed=-(2**64)), "seed"),
-        (chat(stop=["x"] * 17), "stop"),
+        (chat(stop=["x"] * (MAX_STOP_STRINGS + 1)), "stop"),
         (chat(stop="x" * 1001), "stop"),
         (chat(stop_token_ids=[-1]), "stop_token_ids.0"),
         (chat(stop_token_ids=[1] * 65), "stop_token_ids"),
@@ -122,5 +130,11 @@ def test_every_number_and_every_list_and_text_has_a_bound(body: dict[str, Any], 
 
 def test_values_at_the_bounds_are_accepted() -> None:
     GenerateRequest.model_validate(
-        chat(temperature=2.0, seed=2**63 - 1, stop=["x"] * 16, stop_token_ids=[2**31 - 1] * 64, max_new_tokens=2**20)
+        chat(
+            temperature=2.0,
+            seed=2**63 - 1,
+            stop=["x"] * MAX_STOP_STRINGS,
+            stop_token_ids=[2**31 - 1] * 64,
+            max_new_tokens=2**20,
+        )
     )

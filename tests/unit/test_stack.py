@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from llm_ops.cli import parse_worker_args
 from llm_ops.frontdoor.compose import ComposeError, ModelService, load_compose
 from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
 from llm_ops.stack import (
@@ -19,6 +18,7 @@ from llm_ops.stack import (
     usage_banner,
     worker_commands,
 )
+from llm_ops.worker.launch import parse_worker_args, served_names, worker_options
 
 ROOT = Path(__file__).parents[2]
 COMPOSE = load_compose(ROOT / "docker-compose.yml")
@@ -31,24 +31,29 @@ def test_by_default_it_runs_one_replica_of_the_packaged_model_service_restarted_
     (command,) = commands
     assert command[:7] == [*RESTARTING, "bash", str(ROOT / "start_chat.sh")]
     worker = parse_worker_args(command[7:])  # as the start script's `llm-ops worker` reads them
-    assert (worker.host, worker.port, worker.served_model_names) == ("127.0.0.1", 1234, [DEFAULT_MODEL_NAME])
-    assert (worker.controller_address, worker.address()) == ("http://127.0.0.1:21001", "http://127.0.0.1:1234/api")
+    assert (worker.host, worker.port, served_names(worker)) == ("127.0.0.1", 1234, [DEFAULT_MODEL_NAME])
+    options = worker_options(worker)
+    assert (options.controller_address, options.worker_address) == (
+        "http://127.0.0.1:21001",
+        "http://127.0.0.1:1234/api",
+    )
 
 
 def test_replicas_listen_on_consecutive_ports_and_register_under_their_own_address() -> None:
     settings = StackSettings(port=1000, replicas=3, controller_port=2000, heart_beat_interval=2)
     commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
-    workers = [parse_worker_args(command[7:]) for command in commands]
-    assert [w.address() for w in workers] == [f"http://127.0.0.1:{port}/api" for port in (1000, 1001, 1002)]
+    workers = [worker_options(parse_worker_args(command[7:])) for command in commands]
+    assert [w.worker_address for w in workers] == [f"http://127.0.0.1:{port}/api" for port in (1000, 1001, 1002)]
     assert {(w.controller_address, w.heart_beat_interval) for w in workers} == {("http://127.0.0.1:2000", 2.0)}
 
 
-def test_engine_and_server_flags_given_to_up_win_over_the_services_own() -> None:
-    settings = StackSettings(max_model_len=2048, enforce_eager=True, keep_alive_timeout=90)
+def test_vllm_flags_given_to_up_win_over_the_services_own() -> None:
+    settings = StackSettings(worker_args=["--max-model-len", "2048", "--enforce-eager"], limit_worker_concurrency=3)
     (command,), _ = worker_commands(settings, COMPOSE.model("llama-2-7b-chat"))
     worker = parse_worker_args(command[7:])
-    assert (worker.max_model_len, worker.enforce_eager, worker.keep_alive_timeout) == (2048, True, 90)
-    assert (worker.conv_template, worker.served_model_names) == ("llama-2", ["Llama-2-7b-chat"])
+    assert (worker.max_model_len, worker.enforce_eager) == (2048, True)  # the service says 4096
+    assert (worker_options(worker).conv_template, worker.served_model_name) == ("llama-2", ["Llama-2-7b-chat"])
+    assert worker_options(worker).limit_worker_concurrency == 3
     assert (worker.host, worker.port) == ("127.0.0.1", 21002)
 
 
@@ -65,19 +70,19 @@ def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> 
 
 
 def test_which_model_to_serve_is_the_compose_files_decision_not_a_flag_of_up() -> None:
-    assert not {"model_path", "served_model_names", "conv_template", "kind"} & set(StackSettings.model_fields)
+    assert not {"model", "served_model_name", "conv_template", "kind"} & set(StackSettings.model_fields)
 
 
 def test_a_service_whose_labels_do_not_route_its_names_is_refused_before_anything_starts() -> None:
     service = COMPOSE.model(DEFAULT_SERVICE)
-    renamed = ModelService(service.name, service.start_script, ["--served-model-names=Other"], service.labels)
+    renamed = ModelService(service.name, service.start_script, ["--served-model-name=Other"], service.labels)
     with pytest.raises(ComposeError, match="served name Other has no router"):
         worker_commands(StackSettings(), renamed)
 
 
 def test_a_service_with_bad_worker_flags_is_refused_with_its_name() -> None:
     service = COMPOSE.model(DEFAULT_SERVICE)
-    broken = ModelService(service.name, service.start_script, ["--max-model-len=3"], service.labels)
+    broken = ModelService(service.name, service.start_script, ["--limit-worker-concurrency=lots"], service.labels)
     with pytest.raises(ComposeError, match=f"service {DEFAULT_SERVICE}: bad worker flags in its command"):
         worker_commands(StackSettings(), broken)
 
@@ -101,7 +106,7 @@ def test_with_api_keys_the_banner_shows_where_a_key_goes_but_never_a_key() -> No
 def test_up_passes_admission_and_drain_settings_to_every_replica() -> None:
     settings = StackSettings(replicas=2, limit_worker_concurrency=4, max_queued_requests=2, drain_seconds=1)
     commands, _ = worker_commands(settings, COMPOSE.model(DEFAULT_SERVICE))
-    workers = [parse_worker_args(command[7:]) for command in commands]
+    workers = [worker_options(parse_worker_args(command[7:])) for command in commands]
     assert {(w.limit_worker_concurrency, w.max_queued_requests, w.drain_seconds) for w in workers} == {(4, 2, 1.0)}
 
 

@@ -13,10 +13,12 @@ from llm_ops.frontdoor.certs import TLSFiles
 from llm_ops.frontdoor.compose import ComposeError, ModelService, interpolate
 from llm_ops.frontdoor.traefik import (
     MODEL_MIDDLEWARES,
+    OPENAI_MODEL_MIDDLEWARES,
     LocalAddresses,
     certificate_config,
     labels_to_dynamic_config,
     local_traefik_args,
+    openai_route_rule,
     route_problems,
     route_rule,
     traefik_environment,
@@ -29,13 +31,18 @@ ADDRESSES = LocalAddresses("127.0.0.1", 1443, 1080, "127.0.0.1", 1090)
 
 
 def model_labels(router: str, name: str, **overrides: str) -> dict[str, str]:
-    """The labels of a model service as docker-compose.yml writes them; `overrides` by label suffix."""
+    """The labels of a model service as docker-compose.yml writes them (a router for FastChat's routes, one
+    for vLLM's OpenAI routes); `overrides` by label suffix, of the first label that has it."""
     labels = {
         "traefik.enable": "true",
         f"traefik.http.routers.{router}.rule": route_rule(name),
         f"traefik.http.routers.{router}.entrypoints": "websecure",
         f"traefik.http.routers.{router}.middlewares": ",".join(MODEL_MIDDLEWARES),
         f"traefik.http.routers.{router}.service": router,
+        f"traefik.http.routers.{router}-v1.rule": openai_route_rule(name),
+        f"traefik.http.routers.{router}-v1.entrypoints": "websecure",
+        f"traefik.http.routers.{router}-v1.middlewares": ",".join(OPENAI_MODEL_MIDDLEWARES),
+        f"traefik.http.routers.{router}-v1.service": router,
         f"traefik.http.services.{router}.loadbalancer.server.port": "21002",
         f"traefik.http.services.{router}.loadbalancer.healthcheck.path": "/health",
     }
@@ -53,6 +60,13 @@ def test_the_rule_keeps_the_real_name_and_matches_only_that_model() -> None:
     assert route_rule("Qwen2.5-0.5B") == "Path(`/api/Qwen2.5-0.5B`) || PathPrefix(`/api/Qwen2.5-0.5B/`)"
 
 
+def test_the_openai_rule_matches_only_vllms_openai_routes_of_that_model() -> None:
+    assert openai_route_rule("Qwen2.5-0.5B") == (
+        "PathPrefix(`/api/Qwen2.5-0.5B/v1/`) || Path(`/api/Qwen2.5-0.5B/tokenize`) "
+        "|| Path(`/api/Qwen2.5-0.5B/detokenize`)"
+    )
+
+
 def test_labels_become_the_routes_the_docker_provider_would_build_with_our_servers() -> None:
     config = labels_to_dynamic_config(
         model_labels("qwen2-5", "Qwen2.5-0.5B"), ["http://127.0.0.1:1", "http://127.0.0.1:2"]
@@ -65,7 +79,13 @@ def test_labels_become_the_routes_the_docker_provider_would_build_with_our_serve
                     "entrypoints": ["websecure"],
                     "middlewares": MODEL_MIDDLEWARES,
                     "service": "qwen2-5",
-                }
+                },
+                "qwen2-5-v1": {
+                    "rule": openai_route_rule("Qwen2.5-0.5B"),
+                    "entrypoints": ["websecure"],
+                    "middlewares": OPENAI_MODEL_MIDDLEWARES,
+                    "service": "qwen2-5",
+                },
             },
             "services": {
                 "qwen2-5": {

@@ -1,0 +1,132 @@
+"""`llm-ops worker`'s command line: vLLM's flags and LLM Ops' own, the names it serves, and the flags
+vLLM's own server gets for the benchmark's reference (no model is converted here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_ops.settings import ConfigurationError, WorkerOptions
+from llm_ops.worker.launch import (
+    check_before_start,
+    parse_worker_args,
+    resolve_defaults,
+    served_names,
+    server_environment,
+    vllm_argv,
+    worker_options,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/cache/SmolLM2-135M-Instruct"))
+
+
+def test_the_worker_takes_vllms_flags_and_llm_ops_flags_together() -> None:
+    args = parse_worker_args(
+        ["--model", "/models/x", "--max-model-len", "2048", "--enforce-eager", "--limit-worker-concurrency", "3"]
+        + ["--conv-template", "chatml", "--controller-address", "http://c:21001", "--max-queue-wait=2.5"]
+    )
+    assert (args.model, args.max_model_len, args.enforce_eager) == ("/models/x", 2048, True)
+    options = worker_options(args)
+    assert (options.limit_worker_concurrency, options.conv_template, options.max_queue_wait) == (3, "chatml", 2.5)
+    assert options.controller_address == "http://c:21001"
+
+
+def test_llm_ops_flags_default_to_worker_options_defaults() -> None:
+    assert worker_options(parse_worker_args([])) == WorkerOptions()
+
+
+def test_the_model_can_be_given_as_vllm_serves_positional_tag() -> None:
+    assert parse_worker_args(["org/model"]).model == "org/model"
+    assert parse_worker_args([]).model is None  # not vLLM's own default: LLM Ops' default model
+
+
+def test_an_llm_ops_flag_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="limit_worker_concurrency"):
+        worker_options(parse_worker_args(["--limit-worker-concurrency", "0"]))
+
+
+def test_served_names_are_the_configured_ones_or_the_model_folders_name() -> None:
+    assert served_names(parse_worker_args(["--served-model-name", "a", "b.v1"])) == ["a", "b.v1"]
+    assert served_names(parse_worker_args(["--model", "/models/Qwen2-0.5B/"])) == ["Qwen2-0.5B"]
+    assert served_names(parse_worker_args([])) == ["SmolLM2-135M-Instruct"]
+
+
+@pytest.mark.parametrize("bad", ["has space", "back`tick", "..", "-dash-first", "a/b"])
+def test_served_names_refuse_names_that_would_break_urls_or_routing_rules(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="served model name"):
+        served_names(parse_worker_args([f"--served-model-name={bad}"]))
+
+
+def test_a_model_path_with_an_unsafe_folder_name_needs_a_served_name() -> None:
+    with pytest.raises(ConfigurationError, match="--served-model-name"):
+        served_names(parse_worker_args(["--model", "/models/my model"]))
+
+
+def test_check_before_start_refuses_an_unknown_conv_template_and_a_folder_that_is_no_model(tmp_path: Path) -> None:
+    args = parse_worker_args(["--conv-template", "no-such-template"])
+    with pytest.raises(ConfigurationError, match="not registered"):
+        check_before_start(args, worker_options(args))
+    args = parse_worker_args(["--model", str(tmp_path)])
+    with pytest.raises(ConfigurationError, match="no config.json"):
+        check_before_start(args, worker_options(args))
+    args = parse_worker_args(["--kind", "completion"])
+    with pytest.raises(ConfigurationError, match="needs --model"):
+        check_before_start(args, worker_options(args))
+
+
+def test_resolve_defaults_fills_in_the_default_model_in_float32_and_its_name() -> None:
+    args = parse_worker_args([])
+    resolve_defaults(args, worker_options(args))
+    assert (args.model, args.dtype, args.served_model_name) == (
+        "/cache/SmolLM2-135M-Instruct",
+        "float32",
+        ["SmolLM2-135M-Instruct"],
+    )
+    assert args.shutdown_timeout > 0  # answers in flight get time to finish
+
+
+def test_a_conv_template_becomes_vllms_chat_template_and_excludes_one_given_too() -> None:
+    args = parse_worker_args(["--conv-template", "chatml"])
+    resolve_defaults(args, worker_options(args))
+    assert "<|im_start|>" in args.chat_template
+    both = parse_worker_args(["--conv-template", "chatml", "--chat-template", "{{ x }}"])
+    with pytest.raises(ConfigurationError, match="not both"):
+        resolve_defaults(both, worker_options(both))
+
+
+def test_the_server_environment_enables_the_plugin_once_and_keeps_other_plugins() -> None:
+    options = WorkerOptions(kv_cache_space_gib=3)
+    environment = server_environment(options, {"VLLM_PLUGINS": "other,llm_ops", "PATH": "/bin"})
+    assert environment["VLLM_PLUGINS"] == "other,llm_ops"
+    assert environment["VLLM_CPU_KVCACHE_SPACE"] == "3" and environment["PATH"] == "/bin"
+    assert server_environment(options, {})["VLLM_PLUGINS"] == "llm_ops"
+
+
+def test_vllm_argv_drops_llm_ops_flags_and_writes_out_model_dtype_and_names() -> None:
+    argv = ["--max-model-len", "512", "--limit-worker-concurrency", "3", "--max-queue-wait=2", "--enforce-eager"]
+    argv += ["--controller-address", "http://c:21001", "--kind", "chat"]
+    flags = vllm_argv(argv)
+    assert flags[:3] == ["--max-model-len", "512", "--enforce-eager"]
+    assert flags[3:] == [
+        "--model",
+        "/cache/SmolLM2-135M-Instruct",
+        "--dtype",
+        "float32",
+        "--served-model-name",
+        "SmolLM2-135M-Instruct",
+        "--shutdown-timeout",
+        "30",
+    ]
+
+
+def test_vllm_argv_writes_a_conv_template_out_as_a_chat_template() -> None:
+    flags = vllm_argv(["--model", "/models/llama", "--conv-template", "llama-2", "--dtype", "bfloat16"])
+    assert "--conv-template" not in flags and "llama-2" not in flags
+    assert flags[flags.index("--dtype", 2) + 1] == "bfloat16"
+    assert "[INST]" in flags[flags.index("--chat-template") + 1]
+    assert flags[flags.index("--served-model-name") + 1] == "llama"
+    assert parse_worker_args(flags).chat_template is not None  # vLLM's parser takes the flags back

@@ -1,10 +1,11 @@
-"""CPU the worker spends per streamed chunk between the engine's deltas and the socket: the hot path
-of `worker_generate_stream`, measured apart from the engine, over the scripted engine of the tests.
+"""CPU LLM Ops spends per streamed chunk between vLLM's handler and the socket: the hot path of
+`worker_generate_stream` (middlewares, admission, SSE events read back into FastChat chunks, JSON
+framing, uvicorn), measured apart from the engine, over the tests' fake of vLLM's handlers.
 
     PYTHONPATH=. .venv/bin/python benchmarks/worker_overhead.py --answers 40 --tokens 500 --concurrency 8
 
-The worker app (routes, middlewares, metrics, JSON framing, uvicorn) runs in a child process as the
-real worker runs it; its engine answers every request with `--tokens` one-token deltas at once. The
+The worker app (vLLM's app as the tests fake it, with the LLM Ops plugin attached) runs in a child
+process; its handler answers every request with `--tokens` one-token SSE events at once. The
 script reads the streams from another process and reports the server's CPU time per chunk, for each
 HTTP implementation of uvicorn and each stream mode. CPU time, not wall time: it does not depend on
 the client's speed or the machine's other load.
@@ -21,14 +22,12 @@ import httpx
 import psutil
 import uvicorn
 
-from llm_ops.worker.app import create_worker_app
 from tests.conftest import free_port
-from tests.unit.fake_engine import FakeEngine, open_fake_service
+from tests.unit.fake_vllm import NAMES, FakeVllm, fake_worker_to_serve
 
 
 def serve(port: int, http: str, tokens: int) -> None:
-    engine = FakeEngine(words=[" word"] * tokens, max_model_len=2 * tokens + 64)
-    app = create_worker_app(lambda: open_fake_service(engine))
+    app = fake_worker_to_serve(FakeVllm(words=[" word"] * tokens, max_model_len=2 * tokens + 64))
     uvicorn.run(app, host="127.0.0.1", port=port, http=http, log_level="warning", access_log=False)
 
 
@@ -39,7 +38,7 @@ def stream_once(client: httpx.Client, url: str, body: dict[str, object]) -> int:
 
 def cpu_per_chunk(port: int, server: psutil.Process, args: argparse.Namespace, stream_text: str) -> float:
     body: dict[str, object] = {
-        "model_identifier": "fake-model",
+        "model_identifier": NAMES[0],
         "generation_mode": "completion",
         "prompt": "Once upon a time",
         "max_new_tokens": args.tokens,

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from llm_ops.bench.settings import TargetKey
 from llm_ops.bench.stats import Percentiles, Summary
+from llm_ops.bench.vllm_client import VLLMBenchResult
 
 MIN_TOKENS_RATIO = 0.98
 MAX_TTFT_EXTRA_MS = 2.0
@@ -73,6 +74,7 @@ class BenchReport(BaseModel):
     vllm: VLLMLaunch | None
     levels: list[LevelResult]
     checks: list[Check]
+    vllm_bench: list[VLLMBenchResult] = []  # vLLM's own client against the OpenAI targets, when asked
 
 
 def machine_info() -> MachineInfo:

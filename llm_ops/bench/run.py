@@ -20,9 +20,10 @@ from tqdm import tqdm
 from llm_ops.access import api_keys_from_environment, authorization_headers
 from llm_ops.bench import cpu, plot, report
 from llm_ops.bench.report import BenchReport, LevelResult, TargetInfo, VLLMLaunch
-from llm_ops.bench.settings import TARGET_NAMES, BenchSettings
+from llm_ops.bench.settings import TARGET_NAMES, BenchSettings, TargetKey
 from llm_ops.bench.stats import SLO, RequestRecord, summarize
 from llm_ops.bench.targets import Target, http_client, openai_target, worker_target
+from llm_ops.bench.vllm_client import VLLMBenchResult, run_vllm_bench, vllm_bench_table
 from llm_ops.bench.vllm_server import (
     LOOPBACK,
     ServerError,
@@ -33,7 +34,7 @@ from llm_ops.bench.vllm_server import (
     service_argv,
 )
 from llm_ops.settings import ConfigurationError
-from llm_ops.worker.launch import parse_worker_args, served_names
+from llm_ops.worker.launch import parse_worker_args, resolve_defaults, served_names, worker_options
 
 
 class BenchError(Exception):
@@ -155,20 +156,28 @@ def service_worker(settings: BenchSettings) -> list[str]:
 
 
 async def our_targets(settings: BenchSettings, model: str, stack: contextlib.AsyncExitStack) -> list[Target]:
-    """Targets a and b, as selected: both speak the worker protocol."""
-    bases = {"a": f"{settings.stack_url.rstrip('/')}/api/{model}", "b": f"{settings.worker_url.rstrip('/')}/api"}
+    """Targets a, b, d and e, as selected: the FastChat routes (a, b) and the front door's OpenAI ones (d, e)."""
+    front_door = settings.stack_url.rstrip("/")
+    bases: dict[TargetKey, str] = {
+        "a": f"{front_door}/api/{model}",
+        "b": f"{settings.worker_url.rstrip('/')}/api",
+        "d": front_door,
+        "e": f"{front_door}/api/{model}",
+    }
     targets: list[Target] = []
-    for key in ("a", "b"):
+    for key, base in bases.items():
         if key not in settings.targets:
             continue
-        ca_file = settings.ca_file if bases[key].startswith("https:") else None
+        ca_file = settings.ca_file if base.startswith("https:") else None
         if ca_file is not None and not ca_file.is_file():
             raise BenchError(f"--ca-file {ca_file}: no such file (the stack writes its CA there when it starts)")
         client = http_client(max(settings.concurrency), settings.request_timeout, ca_file, key_headers(settings))
         await stack.enter_async_context(client)
-        targets.append(
-            worker_target(key, TARGET_NAMES[key], bases[key], client, model, settings.prompt, settings.stream_text)
-        )
+        name = TARGET_NAMES[key]
+        if key in ("a", "b"):
+            targets.append(worker_target(key, name, base, client, model, settings.prompt, settings.stream_text))
+        else:
+            targets.append(openai_target(key, name, base, client, model, settings.prompt))
     return targets
 
 
@@ -186,7 +195,40 @@ async def bench(settings: BenchSettings) -> None:
             reference = openai_target("c", TARGET_NAMES["c"], base, client, model, settings.prompt)
             await warm_up([reference], settings)
             targets.append(reference)
-        await run_against(targets, settings, model, vllm)
+        result, output = await run_against(targets, settings, model, vllm)
+        if settings.vllm_bench_prompts:
+            result.vllm_bench = await vllm_bench_each(settings, model, {t.key: t.url for t in targets})
+            print(f"\n{vllm_bench_table(result.vllm_bench)}")
+            report.write_json(result, output)
+
+
+async def vllm_bench_each(settings: BenchSettings, model: str, urls: dict[str, str]) -> list[VLLMBenchResult]:
+    """vLLM's own benchmark client against each OpenAI target that ran (c, d, e), one after the other."""
+    worker_argv = service_worker(settings)
+    tokenizer = resolve_defaults(parse_worker_args(worker_argv), worker_options(parse_worker_args(worker_argv))).model
+    key = key_headers(settings).get("Authorization", "").removeprefix("Bearer ")
+    results = []
+    for target in ("c", "d", "e"):
+        if target not in urls:
+            continue
+        base_url = urls[target].removesuffix("/v1/completions")
+        environment = {"OPENAI_API_KEY": key} if key and target != "c" else {}
+        if base_url.startswith("https:"):
+            environment["SSL_CERT_FILE"] = str(settings.ca_file)
+        result_file = output_path(settings).with_suffix(f".vllm-bench-{target}.json")
+        results.append(
+            await run_vllm_bench(
+                TARGET_NAMES[target],
+                base_url,
+                model,
+                str(tokenizer),
+                settings.vllm_bench_prompts,
+                settings.vllm_bench_concurrency,
+                result_file,
+                environment,
+            )
+        )
+    return results
 
 
 async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) -> tuple[str, VLLMLaunch]:

@@ -9,17 +9,22 @@ from pydantic import BaseModel, Field
 
 from llm_ops.settings import DEFAULT_SERVICE
 
-TargetKey = Literal["a", "b", "c"]
-TARGET_NAMES: dict[TargetKey, str] = {"a": "stack", "b": "worker", "c": "vllm"}
-ALL_TARGETS: list[TargetKey] = ["a", "b", "c"]  # pydantic copies a list default for each instance
+TargetKey = Literal["a", "b", "c", "d", "e"]
+TARGET_NAMES: dict[TargetKey, str] = {"a": "stack", "b": "worker", "c": "vllm", "d": "v1", "e": "model-v1"}
+ALL_TARGETS: list[TargetKey] = ["a", "b", "c", "d", "e"]  # pydantic copies a list default for each instance
 
 
 class BenchSettings(BaseModel):
-    """A load generator comparing, interleaved, (a) the stack through Traefik over TLS, (b) the worker
-    directly and (c) vLLM's own OpenAI server with the same model and engine settings."""
+    """A load generator comparing, interleaved, the stack through Traefik over TLS, (a) FastChat's
+    /api/<model>/worker_generate_stream, (d) /v1 (the router) and (e) /api/<model>/v1, with (b) the
+    worker's FastChat route directly and (c) vLLM's own OpenAI server with the same flags."""
 
-    targets: list[TargetKey] = Field(ALL_TARGETS, description="which targets to run: a (stack), b (worker), c (vLLM)")
-    stack_url: str = Field("https://localhost:8443", description="target a: the front door (Traefik, HTTPS)")
+    targets: list[TargetKey] = Field(
+        ALL_TARGETS,
+        description="which targets to run: a (stack, FastChat), b (worker), c (vLLM), d (stack, /v1), "
+        "e (stack, /api/<model>/v1)",
+    )
+    stack_url: str = Field("https://localhost:8443", description="targets a, d, e: the front door (Traefik, HTTPS)")
     worker_url: str = Field("http://127.0.0.1:21002", description="target b: the worker, directly")
     vllm_url: str | None = Field(
         None, description="target c: an already running vLLM OpenAI server; unset: start one on loopback"
@@ -28,7 +33,7 @@ class BenchSettings(BaseModel):
     vllm_start_timeout: float = Field(600, gt=0, description="seconds to wait for the vLLM server's /health")
     ca_file: Path = Field(Path(".llm-ops/tls/ca.pem"), description="the CA that signed the stack's certificate")
     api_key: str | None = Field(
-        None, description="sent as 'Authorization: Bearer' to a and b; unset: the first of LLM_OPS_API_KEYS, if any"
+        None, description="sent as 'Authorization: Bearer' to a, b, d, e; unset: the first of LLM_OPS_API_KEYS, if any"
     )
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment the stack runs")
     service: str = Field(DEFAULT_SERVICE, description="the model service whose model and engine settings vLLM gets")
@@ -56,6 +61,10 @@ class BenchSettings(BaseModel):
         None, description="the JSON result (a PNG plot goes beside it); unset: benchmarks/results/bench-<time>.json"
     )
     progress: bool = Field(True, description="show a progress bar per target and level")
+    vllm_bench_prompts: int = Field(
+        0, ge=0, description="then vLLM's own benchmark client (random prompts) against c, d and e; 0: skip"
+    )
+    vllm_bench_concurrency: int = Field(8, ge=1, description="vLLM's benchmark client: requests in flight")
 
     def requests_at(self, concurrency: int) -> int:
         return self.requests_per_level or max(4, 2 * concurrency)

@@ -12,6 +12,10 @@ separator style, quirks included.
 template, it finds the registered `Conversation` that renders the same prompts, so FastChat clients
 can still be told which template the worker uses.
 
+vLLM tokenizes a rendered chat without adding special tokens: the template itself starts with the
+tokenizer's BOS token (`bos=True`) when the model's tokenizer would add one to a plain prompt (Llama,
+Mistral, Vicuna), as the models' own chat templates do; FastChat's templates leave it to the tokenizer.
+
 Every literal (separators, roles, the default system message) is written as a JSON string literal,
 which Jinja reads with the same escapes, and every tag strips the whitespace around it, so the
 template renders the same with or without `trim_blocks`/`lstrip_blocks`.
@@ -34,11 +38,13 @@ _PROBE_SYSTEM = "You answer in one word."
 _PROBE_TURNS = ["Hello!", "Hi.", "Name a prime number.", "Seven.", "Another one?"]
 
 
-def jinja_chat_template(conv: Conversation) -> str:
-    """The Jinja chat template that renders `conv`'s prompts exactly as `conv.get_prompt()` does."""
+def jinja_chat_template(conv: Conversation, bos: bool = False) -> str:
+    """The Jinja chat template that renders `conv`'s prompts exactly as `conv.get_prompt()` does, after the
+    tokenizer's `bos_token` when `bos`."""
     head, body = _style_parts(conv)
     return "\n".join(
         [
+            "{{- bos_token -}}" if bos else "{#- the tokenizer adds no BOS token -#}",
             "{%- if messages and messages[0]['role'] == 'system' -%}",
             "  {%- set system_message = messages[0]['content'] -%}",
             "  {%- set turns = messages[1:] -%}",

@@ -128,10 +128,23 @@ def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
     if options.conv_template is not None:
         if args.chat_template is not None:
             raise ConfigurationError("give either --conv-template or --chat-template, not both")
-        args.chat_template = jinja_chat_template(get_conv_template(options.conv_template))
+        conv = get_conv_template(options.conv_template)
+        args.chat_template = jinja_chat_template(conv, bos=tokenizer_adds_bos(args.tokenizer or args.model, args))
     if args.shutdown_timeout == 0:
         args.shutdown_timeout = SHUTDOWN_TIMEOUT
     return args
+
+
+def tokenizer_adds_bos(tokenizer_source: str, args: Namespace) -> bool:
+    """Whether the model's tokenizer starts a plain prompt with its BOS token (vLLM's chat rendering does not
+    add it: a FastChat template, which leaves it to the tokenizer, must then write it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_source, revision=args.tokenizer_revision, trust_remote_code=args.trust_remote_code
+    )
+    ids = tokenizer("x").input_ids
+    return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[str, str]:

@@ -104,12 +104,15 @@ def _matching_template(tokenizer: Any, chat_template: str | None) -> str | None:
         return None
 
     def render(messages: list[dict[str, str]]) -> str:
-        prompt = tokenizer.apply_chat_template(
-            messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+        return str(
+            tokenizer.apply_chat_template(
+                messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+            )
         )
-        return str(prompt)
 
-    return matching_conv_template(render)
+    # A model's own template may write the BOS token that FastChat's templates leave to the tokenizer.
+    bos = getattr(tokenizer, "bos_token", None) or ""
+    return matching_conv_template(render) or matching_conv_template(lambda messages: render(messages).removeprefix(bos))
 
 
 def _stop_strings(stop: str | list[str] | None) -> list[str]:

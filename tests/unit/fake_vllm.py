@@ -4,7 +4,8 @@
 `args`, serving handlers (`openai_serving_chat`, `openai_serving_completion`, `serving_tokenization`),
 an `engine_client`, `vllm_config.model_config.max_model_len`, and a few of vLLM's own routes (the
 OpenAI ones, `/metrics`, and admin ones LLM Ops must hide). Then, as vLLM's `build_and_serve` does,
-the plugin's `attach_router` runs on the app and its `init_state` before anything is served.
+the plugin's `attach_router` runs on the app, then vLLM's exception handlers are added, and the
+plugin's `init_state` runs before anything is served.
 
 `FakeVllm` answers every prompt with `words`, one token per word, `delay` seconds apart, as vLLM's
 handlers answer: an async generator of SSE events (`"data: {json}\\n\\n"`, ending with
@@ -46,7 +47,9 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionStreamResponse,
 )
 from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse, ModelCard, ModelList, UsageInfo
+from vllm.entrypoints.serve.exception_handling.register import init_exception_handler
 from vllm.entrypoints.serve.tokenize.protocol import TokenizeResponse
+from vllm.exceptions import VLLMValidationError
 from vllm.plugins.endpoint_plugins.interface import attach_endpoint_plugins
 
 from llm_ops.prompts.chat_template import jinja_chat_template
@@ -126,7 +129,10 @@ class FakeVllm:
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request | None) -> Any:
         self.requests.append(request)
         messages = [dict(message) for message in request.messages]
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # as vLLM's renderer: a chat its template rejects is the client's error (400)
+            raise VLLMValidationError(str(error)) from error
         max_tokens = request.max_completion_tokens or request.max_tokens
         return await self._answer("chat", request, prompt, max_tokens, echo=False)
 
@@ -335,6 +341,7 @@ async def fake_worker(
     # vLLM's own wiring: it calls attach_router, then lets the plugin's routes replace its own (/health).
     with mock.patch("vllm.plugins.load_endpoint_plugins", return_value=[plugin]):
         attach_endpoint_plugins(app, ("generate",))
+    init_exception_handler(app)  # vLLM's own, as its build_app adds them after the plugins
     await plugin.init_state(vllm, app.state, args)
     return app
 

@@ -216,3 +216,12 @@ def test_matching_finds_none_for_a_chat_template_that_refuses_system_messages() 
         + SMOLLM2_CHAT_TEMPLATE
     )
     assert matching_conv_template(renderer(refusing)) is None
+
+
+def test_with_bos_the_template_starts_with_the_tokenizers_bos_token_then_renders_as_fastchat() -> None:
+    messages = [user("Hello!"), assistant("Hi."), user("Name a prime number.")]
+    for name in conv_template_names():
+        conv = get_conv_template(name)
+        assert render_chat_template(jinja_chat_template(conv, bos=True), messages) == "<s>" + fastchat_prompt(
+            name, messages
+        )

@@ -14,6 +14,7 @@ from llm_ops.worker.launch import (
     resolve_defaults,
     served_names,
     server_environment,
+    tokenizer_adds_bos,
     vllm_argv,
     worker_options,
 )
@@ -21,7 +22,30 @@ from llm_ops.worker.launch import (
 
 @pytest.fixture(autouse=True)
 def no_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No model is converted or read: the default model is a path, and only a "llama" tokenizer adds a BOS."""
     monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/cache/SmolLM2-135M-Instruct"))
+    monkeypatch.setattr("llm_ops.worker.launch.tokenizer_adds_bos", lambda source, args: source.endswith("llama"))
+
+
+def tiny_tokenizer(folder: Path, adds_bos: bool) -> Path:
+    """A real tokenizer of three words, saved as a model folder's tokenizer is."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({"<s>": 0, "x": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", unk_token="[UNK]").save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_whether_a_tokenizer_starts_a_prompt_with_its_bos_token_is_read_from_the_tokenizer(
+    tmp_path: Path, adds_bos: bool
+) -> None:
+    folder = tiny_tokenizer(tmp_path, adds_bos)
+    assert tokenizer_adds_bos(str(folder), parse_worker_args([])) is adds_bos  # the real one, imported above
 
 
 def test_the_worker_takes_vllms_flags_and_llm_ops_flags_together() -> None:
@@ -121,6 +145,15 @@ def test_vllm_argv_drops_llm_ops_flags_and_writes_out_model_dtype_and_names() ->
         "--shutdown-timeout",
         "30",
     ]
+
+
+def test_a_conv_templates_chat_template_starts_with_bos_when_the_models_tokenizer_adds_one() -> None:
+    llama = parse_worker_args(["--model", "/models/llama", "--conv-template", "llama-2"])
+    chatml = parse_worker_args(["--model", "/models/qwen", "--conv-template", "chatml"])
+    for args in (llama, chatml):
+        resolve_defaults(args, worker_options(args))
+    assert llama.chat_template.startswith("{{- bos_token -}}")
+    assert "bos_token }}" not in chatml.chat_template
 
 
 def test_vllm_argv_writes_a_conv_template_out_as_a_chat_template() -> None:

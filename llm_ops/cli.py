@@ -56,7 +56,7 @@ class UpCommand(StackSettings):
 
 
 class BenchCommand(BenchSettings):
-    """Load the stack (a), the worker (b) and vLLM's own server (c) in turn; print and save what each serves."""
+    """Load the stack (FastChat a, /v1 d, /api/<model>/v1 e), the worker (b) and vLLM's own server (c) in turn."""
 
     def cli_cmd(self) -> None:
         from llm_ops.bench.run import run_bench

@@ -94,15 +94,15 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
     from vllm.exceptions import VLLMError
 
     body = openai_body(request, worker_state(raw), stream)
+    chat = request.generation_mode == "chat"
+    handler = getattr(raw.app.state, "openai_serving_chat" if chat else "openai_serving_completion", None)
+    if handler is None:  # e.g. an embedding model: vLLM serves no generation for it
+        raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, "this model does not generate text", 400)
     try:
-        if request.generation_mode == "chat":
-            answer = await raw.app.state.openai_serving_chat.create_chat_completion(
-                ChatCompletionRequest.model_validate(body), raw
-            )
+        if chat:
+            answer = await handler.create_chat_completion(ChatCompletionRequest.model_validate(body), raw)
         else:
-            answer = await raw.app.state.openai_serving_completion.create_completion(
-                CompletionRequest.model_validate(body), raw
-            )
+            answer = await handler.create_completion(CompletionRequest.model_validate(body), raw)
     except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
         raise RequestError(ErrorCode.PARAM_OUT_OF_RANGE, describe_validation_errors(error.errors()).message()) from None
     except (VLLMError, ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer

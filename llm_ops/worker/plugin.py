@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 class LLMOpsPlugin:
     name = "llm_ops"
-    required_tasks = ("generate",)
+    required_tasks = None  # every model: keys and public routes must guard an embedding model's server too
 
     def attach_router(self, app: FastAPI) -> None:
         options = worker_options(app.state.args)
@@ -71,10 +71,13 @@ class LLMOpsPlugin:
     async def init_state(self, engine_client: Any, state: State, args: Namespace) -> None:
         from vllm.renderers.chat_utils import load_chat_template
 
+        if engine_client is None:  # vLLM's render-only server: LLM Ops serves engines
+            raise ConfigurationError("LLM Ops runs inside vLLM's API server, which has an engine")
         options = worker_options(args)
         tokenizer = engine_client.renderer.get_tokenizer()
         chat_template = load_chat_template(args.chat_template)
-        if options.kind == "chat" and chat_template is None and not getattr(tokenizer, "chat_template", None):
+        generates = "generate" in await engine_client.get_supported_tasks()
+        if generates and options.kind == "chat" and not (chat_template or getattr(tokenizer, "chat_template", None)):
             raise ConfigurationError(
                 "this model has no chat template: start it with --conv-template NAME, "
                 "or serve it as a completion model (start_completion.sh, --kind completion)"

@@ -122,6 +122,9 @@ class FakeVllm:
         if not self.healthy:
             raise RuntimeError("the engine core died")
 
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
     def get_num_unfinished_requests(self) -> int:
         return self.started - self.finished - self.aborted
 

@@ -415,3 +415,15 @@ async def test_an_empty_completion_prompt_is_refused_with_a_fastchat_error(
 ) -> None:
     response = await client.post(f"/api/{endpoint}", json=completion(prompt=""))
     assert response.status_code == 400 and response.json()["error_code"] in (40001, 40302)
+
+
+async def test_a_model_that_does_not_generate_text_refuses_fastchat_generation_with_a_sentence(
+    vllm: FakeVllm,
+) -> None:
+    app = await fake_worker(vllm)
+    del app.state.openai_serving_chat, app.state.openai_serving_completion  # vLLM sets none for an embedding model
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+        for body in (chat(), completion()):
+            response = await client.post("/api/worker_generate", json=body)
+            assert response.status_code == 400 and response.json()["text"] == "this model does not generate text"
+    assert vllm.requests == []

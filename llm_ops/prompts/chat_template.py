@@ -27,7 +27,13 @@ import json
 from collections.abc import Callable
 from string import Formatter
 
-from llm_ops.prompts.conversation import Conversation, SeparatorStyle, conv_template_names, get_conv_template
+from llm_ops.prompts.conversation import (
+    Conversation,
+    SeparatorStyle,
+    conv_template_names,
+    fastchat_prompt,
+    get_conv_template,
+)
 
 __all__ = ["jinja_chat_template", "matching_conv_template"]
 
@@ -79,7 +85,7 @@ def matching_conv_template(render: Callable[[Messages], str]) -> str | None:
         return None
     for name in conv_template_names():
         conv = get_conv_template(name)
-        if all(_fastchat_prompt(conv, messages) == text for messages, text in zip(probes, expected, strict=True)):
+        if all(fastchat_prompt(conv, messages) == text for messages, text in zip(probes, expected, strict=True)):
             return name
     return None
 
@@ -166,16 +172,3 @@ def _probe_conversations() -> list[Messages]:
         messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]
         chats += [messages, [{"role": "system", "content": _PROBE_SYSTEM}, *messages]]
     return chats
-
-
-def _fastchat_prompt(template: Conversation, messages: Messages) -> str:
-    """What FastChat renders for `messages`, as `ConvTemplateRenderer` does, with the generation prompt."""
-    conv = template.copy()
-    if messages and messages[0]["role"] == "system":
-        conv.set_system_message(messages[0]["content"])
-        messages = messages[1:]
-    for message in messages:
-        conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
-    conv.append_message(conv.roles[1], None)
-    prompt: str = conv.get_prompt()
-    return prompt

@@ -16,6 +16,7 @@ __all__ = [
     "register_conv_template",
     "get_conv_template",
     "conv_template_names",
+    "fastchat_prompt",
 ]
 
 _templates: dict[str, Conversation] = {}
@@ -38,6 +39,20 @@ def get_conv_template(name: str) -> Conversation:
 
 def conv_template_names() -> list[str]:
     return sorted(_templates)
+
+
+def fastchat_prompt(template: Conversation, messages: list[dict[str, str]]) -> str:
+    """What FastChat renders for OpenAI-style `messages` (an optional system message first, then user and
+    assistant turns), ready for the assistant's answer; the template's own system message unless given."""
+    conv = template.copy()
+    if messages and messages[0]["role"] == "system":
+        conv.set_system_message(messages[0]["content"])
+        messages = messages[1:]
+    for message in messages:
+        conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
+    conv.append_message(conv.roles[1], None)
+    prompt: str = conv.get_prompt()
+    return prompt
 
 
 # Llama-2 chat

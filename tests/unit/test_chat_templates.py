@@ -19,6 +19,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from llm_ops.models.default import FOLDER_NAME, default_cache_dir
 from llm_ops.prompts.chat_template import jinja_chat_template, matching_conv_template
 from llm_ops.prompts.conversation import Conversation, SeparatorStyle, conv_template_names, get_conv_template
+from llm_ops.prompts.conversation import fastchat_prompt as render_conversation
 
 Messages = list[dict[str, str]]
 
@@ -77,15 +78,7 @@ CONVERSATIONS: dict[str, Messages] = {
 
 def fastchat_prompt(name: str, messages: Messages) -> str:
     """What FastChat renders: the conversation's default system message unless the chat brings one."""
-    conv = get_conv_template(name)
-    if messages[0]["role"] == "system":
-        conv.set_system_message(messages[0]["content"])
-        messages = messages[1:]
-    for message in messages:
-        conv.append_message(conv.roles[0] if message["role"] == "user" else conv.roles[1], message["content"])
-    conv.append_message(conv.roles[1], None)
-    prompt: str = conv.get_prompt()
-    return prompt
+    return render_conversation(get_conv_template(name), messages)
 
 
 def render_chat_template(template: str, messages: Messages, add_generation_prompt: bool = True) -> str:

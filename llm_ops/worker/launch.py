@@ -72,7 +72,10 @@ def parse_worker_args(argv: list[str]) -> Namespace:
 
 
 def worker_options(args: Namespace) -> WorkerOptions:
-    return WorkerOptions.model_validate({name: getattr(args, name) for name in WorkerOptions.model_fields})
+    """LLM Ops' flags; their defaults where vLLM's own parser read the command line (`vllm serve` with
+    VLLM_PLUGINS=llm_ops loads the plugin without them)."""
+    given = {name: getattr(args, name) for name in WorkerOptions.model_fields if hasattr(args, name)}
+    return WorkerOptions.model_validate(given)
 
 
 def served_names(args: Namespace) -> list[str]:

@@ -163,3 +163,10 @@ def test_vllm_argv_writes_a_conv_template_out_as_a_chat_template() -> None:
     assert "[INST]" in flags[flags.index("--chat-template") + 1]
     assert flags[flags.index("--served-model-name") + 1] == "llama"
     assert parse_worker_args(flags).chat_template is not None  # vLLM's parser takes the flags back
+
+
+def test_under_vllms_own_command_line_the_plugin_takes_llm_ops_defaults() -> None:
+    """`vllm serve ...` with VLLM_PLUGINS=llm_ops: vLLM's parser knows none of LLM Ops' flags."""
+    from argparse import Namespace
+
+    assert worker_options(Namespace(model="m", port=8000)) == WorkerOptions()

@@ -1,1 +1,1 @@
-"""Where model weights come from when no `--model-path` is given."""
+"""Where model weights come from when no `--model` is given."""

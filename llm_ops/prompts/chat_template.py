@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from string import Formatter
+from typing import Any
 
 from llm_ops.prompts.conversation import (
     Conversation,
@@ -35,7 +36,7 @@ from llm_ops.prompts.conversation import (
     get_conv_template,
 )
 
-__all__ = ["jinja_chat_template", "matching_conv_template"]
+__all__ = ["jinja_chat_template", "matching_conv_template", "render_chat"]
 
 Messages = list[dict[str, str]]
 
@@ -70,6 +71,15 @@ def jinja_chat_template(conv: Conversation, bos: bool = False) -> str:
             "{%- endfor -%}",
         ]
     )
+
+
+def render_chat(tokenizer: Any, chat_template: str | None, messages: Messages) -> str:
+    """The prompt vLLM renders for `messages`: `chat_template` (the tokenizer's own when None), with the
+    generation prompt."""
+    prompt = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )
+    return str(prompt)
 
 
 def matching_conv_template(render: Callable[[Messages], str]) -> str | None:

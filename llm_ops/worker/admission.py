@@ -20,10 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llm_ops.access import replay
+from llm_ops.access import refusal, replay
 from llm_ops.protocol.errors import ErrorCode, RequestError
 
 # In vLLM's registry (the default one), so they show on the worker's /metrics beside vllm:*.
@@ -105,22 +104,16 @@ class Admission:
         return max(1, math.ceil(self.max_wait_seconds / 2))
 
 
-Refuse = Callable[[Scope, RequestError], Response]  # a refusal in the error format of the request's path
-
-
 class AdmitGeneration:
     """ASGI middleware: a request to one of `paths` holds a running slot of `admission_of(scope)` from
     before the app sees it until its response has ended, however it ends. A client that leaves while
     waiting for a slot is let go and leaves nothing behind. Runs inside `LimitBody`, which has read
     the body: after it, the next message can only be the client leaving."""
 
-    def __init__(
-        self, app: ASGIApp, paths: frozenset[str], admission_of: Callable[[Scope], Admission], refuse: Refuse
-    ) -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str], admission_of: Callable[[Scope], Admission]) -> None:
         self.app = app
         self.paths = paths
         self.admission_of = admission_of
-        self.refuse = refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paths:
@@ -130,7 +123,7 @@ class AdmitGeneration:
         try:
             slot = await _unless_client_leaves(self.admission_of(scope).acquire(), receive)
         except Overloaded as refused:
-            response = self.refuse(scope, refused)
+            response = refusal(scope, refused)
             response.headers["Retry-After"] = str(refused.retry_after)
             await response(scope, receive, send)
             return

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from llm_ops.access import refusal
+from llm_ops.prompts.chat_template import render_chat
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.protocol.validation import describe_validation_errors
@@ -205,12 +206,7 @@ async def echoed_prompt(request: GenerateRequest, raw: Request) -> str:
     if not (request.echo and request.generation_mode == "chat"):
         return ""
     tokenizer = raw.app.state.engine_client.renderer.get_tokenizer()
-    template = worker_state(raw).chat_template
-    render = tokenizer.apply_chat_template
-    prompt = await asyncio.to_thread(
-        render, request.chat_messages(), chat_template=template, add_generation_prompt=True, tokenize=False
-    )
-    return cast(str, prompt)
+    return await asyncio.to_thread(render_chat, tokenizer, worker_state(raw).chat_template, request.chat_messages())
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)

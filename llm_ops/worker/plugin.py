@@ -38,10 +38,9 @@ from llm_ops.access import (
     api_keys_from_environment,
     authorization_headers,
 )
-from llm_ops.access import refusal as refuse_in_format
 from llm_ops.controller.client import ControllerClient
 from llm_ops.logs import RequestId
-from llm_ops.prompts.chat_template import matching_conv_template
+from llm_ops.prompts.chat_template import matching_conv_template, render_chat
 from llm_ops.prompts.conversation import get_conv_template
 from llm_ops.settings import ConfigurationError
 from llm_ops.worker.admission import Admission, AdmitGeneration
@@ -61,7 +60,7 @@ class LLMOpsPlugin:
         options = worker_options(app.state.args)
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
-        app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission, refuse=refuse_in_format)
+        app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission)
         app.add_middleware(LimitBody, max_bytes=options.max_body_bytes)
         app.add_middleware(PublicRoutes)
         app.add_middleware(RequireApiKey, keys=api_keys_from_environment())
@@ -107,11 +106,7 @@ def _matching_template(tokenizer: Any, chat_template: str | None) -> str | None:
         return None
 
     def render(messages: list[dict[str, str]]) -> str:
-        return str(
-            tokenizer.apply_chat_template(
-                messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
-            )
-        )
+        return render_chat(tokenizer, chat_template, messages)
 
     # A model's own template may write the BOS token that FastChat's templates leave to the tokenizer.
     bos = getattr(tokenizer, "bos_token", None) or ""

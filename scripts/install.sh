@@ -25,5 +25,13 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # `import transformers`. vLLM does not use triton on the CPU.
 "${PIP[@]}" uninstall --quiet --yes torchvision torchaudio torchcodec triton 2>/dev/null || true
 
+# FastChat's own OpenAI server, as its users run it, for the tests that point it at LLM Ops. It gets a
+# venv of its own: FastChat 0.2.36 streams with pydantic 1's `.json(ensure_ascii=...)`, which pydantic 2
+# (what vLLM needs) refuses. FastAPI before 0.100 is the last one built on pydantic 1.
+FASTCHAT_VENV="$VENV-fastchat"
+"$PYTHON" -m venv "$FASTCHAT_VENV"
+"$FASTCHAT_VENV/bin/python" -m pip --disable-pip-version-check install --quiet \
+    "fschat==0.2.36" "pydantic<2" "fastapi<0.100"
+
 echo "$WANT" > "$STAMP"
 echo "==> installed into $VENV"

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.integration
 FASTCHAT_MODEL = "SmolLM2-for-fastchat"
 START_TIMEOUT = 600.0
 FASTCHAT_WORKER = "http://127.0.0.1:1/fastchat-worker"
+# FastChat's OpenAI server runs from a venv of its own, with pydantic 1 (scripts/install.sh says why).
+FASTCHAT_PYTHON = Path(f"{sys.prefix}-fastchat") / "bin" / "python"
 
 
 def wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Path, method: str = "GET") -> None:
@@ -73,10 +75,11 @@ def fastchat_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture(scope="module")
 def fastchat_api(stack: Stack, fastchat_worker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """FastChat's own `fastchat.serve.openai_api_server`, pointed at our controller."""
+    assert FASTCHAT_PYTHON.exists(), f"{FASTCHAT_PYTHON} is missing: `make install` creates it"
     directory = tmp_path_factory.mktemp("fastchat-api")
     port = free_port()
     command = [
-        sys.executable, "-m", "fastchat.serve.openai_api_server",
+        str(FASTCHAT_PYTHON), "-m", "fastchat.serve.openai_api_server",
         "--controller-address", stack.controller_url, "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     with (directory / "server.log").open("wb") as out:
@@ -100,6 +103,16 @@ def test_fastchats_openai_server_serves_chat_from_our_workers_through_our_contro
     answer = client.chat.completions.create(model=FASTCHAT_MODEL, messages=question, temperature=0)  # type: ignore[arg-type]
     assert "Paris" in (answer.choices[0].message.content or "")
     assert answer.usage is not None and answer.usage.completion_tokens > 0
+
+
+def test_fastchats_openai_server_streams_chat_from_our_workers(fastchat_api: str) -> None:
+    client = openai.OpenAI(base_url=fastchat_api, api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    stream = client.chat.completions.create(model=FASTCHAT_MODEL, messages=question, temperature=0, stream=True)  # type: ignore[arg-type]
+    chunks = list(stream)
+    assert len(chunks) > 3
+    assert "Paris" in "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_fastchats_openai_server_serves_completions_from_our_workers(fastchat_api: str) -> None:

@@ -1,9 +1,10 @@
 # The two commands a newcomer needs:
 #   make up     install everything into .venv, prepare the default model, start the stack
 #   make test   install everything into .venv, run the whole test suite
+# And while you work: make unit, the tests that start no engine, process or external binary (< 1 min).
 VENV ?= .venv
 
-.PHONY: install up test lint
+.PHONY: install up test unit lint
 
 install:
 	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh
@@ -14,9 +15,13 @@ up: install
 test: install lint
 	$(VENV)/bin/python -m pytest
 
+unit: install
+	$(VENV)/bin/python -m pytest -m "not integration and not slow"
+
 lint: install
 	$(VENV)/bin/ruff check llm_ops tests benchmarks
 	$(VENV)/bin/ruff format --check llm_ops tests benchmarks
 	$(VENV)/bin/mypy llm_ops
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh scripts/install.sh

@@ -281,6 +281,7 @@ FAKE_SERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 async def test_launcher_waits_for_health_then_stops_the_whole_process_group(tmp_path: Path) -> None:
     port, pid_file = free_port(), tmp_path / "child.pid"
     command = [sys.executable, "-c", FAKE_SERVER, str(port), str(pid_file)]

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow
+
 CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
 ROOT = Path(__file__).parents[2]
 

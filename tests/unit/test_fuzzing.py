@@ -57,6 +57,8 @@ from llm_ops.worker.fastchat import GENERATE_BODY
 from tests.unit.fake_vllm import FakeVllm, fake_worker
 from tests.unit.test_openai_api import WORKER, Hosts
 
+pytestmark = pytest.mark.slow
+
 REQUEST_TIMEOUT = 5.0  # seconds; the scripted vLLM answers in milliseconds, so running out means a hang
 POSITIVE, NEGATIVE, SURROGATES = 300, 200, 100  # generated requests per test: 900 in all
 WORKER_MODELS = ["fake-model", "fake.model-1.5"]  # the names fake_worker serves

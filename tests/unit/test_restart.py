@@ -14,6 +14,8 @@ import pytest
 
 from llm_ops import restart
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def no_delay(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).parents[2]
 FAIL_FAST_SECONDS = 60  # generous for a loaded machine; an engine start would take minutes
 

@@ -16,7 +16,7 @@ from pydantic_settings import (
 )
 
 from llm_ops.bench.settings import BenchSettings
-from llm_ops.logs import LogFormat, configure_logging
+from llm_ops.logs import LogFormat, configure_logging, default_log_format
 from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
     ConfigurationError,
@@ -93,7 +93,11 @@ class LLMOps(BaseSettings):
         env_prefix="LLM_OPS_", env_nested_delimiter="__", cli_prog_name="llm-ops"
     )
 
-    log_format: LogFormat = Field("json", description="json: one JSON object per line, with request ids; text")
+    log_format: LogFormat = Field(
+        default_factory=default_log_format,
+        description="json: one JSON object per line, with request ids; text: aligned lines. Default: text on a "
+        "terminal, json otherwise",
+    )
 
     up: CliSubCommand[UpCommand]
     controller: CliSubCommand[ControllerCommand]
@@ -117,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         if args[:1] == [WORKER_COMMAND]:
             from llm_ops.worker.launch import run_worker
 
-            # vLLM's parser owns the worker's command line: LLM_OPS_LOG_FORMAT=text is the way to plain lines.
-            configure_logging("text" if os.environ.get("LLM_OPS_LOG_FORMAT") == "text" else "json")
+            # vLLM's parser owns the worker's command line: LLM_OPS_LOG_FORMAT is the way to choose.
+            log_format = os.environ.get("LLM_OPS_LOG_FORMAT", default_log_format())
+            configure_logging("text" if log_format == "text" else "json")
             run_worker(args[1:])
             return
         CliApp.run(LLMOps, cli_args=args)

@@ -1,16 +1,21 @@
 """Structured logs, and the request id that ties a request's lines together across processes.
 
 Every server logs one JSON object per line (python-json-logger): time, level, logger, message,
-and `request_id` while it handles a request. The id comes from the `X-Request-Id` header, which
-Traefik's `llm-ops-request-id` middleware sets on every request that arrives without one, so one
-id shows in Traefik's access log, the OpenAI API's lines and the worker's lines; servers answer
-with it and pass it on to the workers they call.
+and `request_id` while it handles a request; plain aligned text instead when it writes to a terminal
+(`default_log_format`), or when asked (`--log-format text`, `LLM_OPS_LOG_FORMAT=text`, which
+`llm-ops up` sets for its processes when it runs on a terminal). Polls (health checks, heartbeats,
+metrics scrapes) are not logged: a line every two seconds per poller says nothing.
+
+The id comes from the `X-Request-Id` header, which Traefik's `llm-ops-request-id` middleware sets
+on every request that arrives without one, so one id shows in Traefik's access log, the OpenAI
+API's lines and the worker's lines; servers answer with it and pass it on to the workers they call.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +27,27 @@ from pythonjsonlogger.json import JsonFormatter
 
 LogFormat = Literal["json", "text"]
 REQUEST_ID_HEADER = "X-Request-Id"
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# What pollers ask for: the front door's health checks, workers' heartbeats, metrics scrapes.
+POLLED_PATHS = frozenset({"/health", "/metrics", "/receive_heart_beat"})
 # What we accept from a client as an id: printable, no spaces, short enough for a log line.
 VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+
+
+def default_log_format(stream: TextIO | None = None) -> LogFormat:
+    """text on a terminal, JSON otherwise (a file, a pipe, a log collector)."""
+    stream = stream or sys.stderr
+    return "text" if stream.isatty() else "json"
+
+
+def not_a_poll(record: logging.LogRecord) -> bool:
+    """False for uvicorn's access line of a poll (its arguments: client, method, path, version, status)."""
+    args = record.args
+    return not (
+        record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) > 2 and args[2] in POLLED_PATHS
+    )
 
 
 class RequestIdFilter(logging.Filter):
@@ -49,6 +70,7 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO, stream: 
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(not_a_poll)
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

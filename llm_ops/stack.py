@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import httpx
 from honcho.manager import Manager
 
 from llm_ops.access import api_keys_from_environment, authorization_headers
+from llm_ops.console import StackPrinter
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.compose import (
     CONTROLLER_SERVICE,
@@ -44,6 +46,7 @@ from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
 
 LOOPBACK = "127.0.0.1"
+PROGRESS_SECONDS = 15.0  # how often a start that takes long says it is still going
 
 
 def traefik_binary() -> str:
@@ -151,11 +154,18 @@ def openai_api_command(settings: StackSettings, compose: ComposeFile) -> list[st
 
 
 def wait_until_serving(
-    settings: StackSettings, model_names: list[str], ca_file: Path, keys: frozenset[str], stop: threading.Event
+    settings: StackSettings,
+    model_names: list[str],
+    ca_file: Path,
+    keys: frozenset[str],
+    stop: threading.Event,
+    still_waiting: Callable[[], None] = lambda: None,
 ) -> bool:
     """True once every replica is healthy and every model answers through Traefik, over TLS verified
-    against our CA, both at /api/<model>/ and in the OpenAI API's /v1/models."""
+    against our CA, both at /api/<model>/ and in the OpenAI API's /v1/models. `still_waiting` is called
+    every `PROGRESS_SECONDS` until then."""
     deadline = time.monotonic() + settings.ready_timeout
+    next_report = time.monotonic() + PROGRESS_SECONDS
     checks = [("GET", f"{worker_url(settings, replica)}/health") for replica in range(settings.replicas)]
     checks += [("POST", f"{base_url(settings)}/api/{name}/worker_get_status") for name in model_names]
     tls = ssl.create_default_context(cafile=str(ca_file))
@@ -168,6 +178,9 @@ def wait_until_serving(
                 return True
             else:
                 stop.wait(1)
+            if time.monotonic() >= next_report:
+                still_waiting()
+                next_report += PROGRESS_SECONDS
     return False
 
 
@@ -253,10 +266,13 @@ def run_stack(settings: StackSettings) -> int:
     # honcho SIGKILLs what still runs this long after its SIGTERM (5 s by default): let the workers'
     # wrappers stop them first (they kill a worker's engine processes too; honcho would not).
     honcho.manager.KILL_WAIT = stop_timeout(settings) + 5
-    manager = Manager()
+    printer = StackPrinter(sys.stdout)
+    manager = Manager(printer=printer)
     manager._process_ctor = StackProcess
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if sys.stdout.isatty():  # a person reads this: our servers write text lines, not JSON
+        env = {"LLM_OPS_LOG_FORMAT": "text"} | env
     traefik_env = traefik_environment(traefik_dir(settings), os.environ)
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
@@ -268,7 +284,8 @@ def run_stack(settings: StackSettings) -> int:
     not_ready = threading.Event()
 
     def probe() -> None:
-        if wait_until_serving(settings, names, tls.ca_file, keys, stop_probe):
+        if wait_until_serving(settings, names, tls.ca_file, keys, stop_probe, printer.still_starting):
+            printer.serving.set()
             print(usage_banner(settings, names[0], tls.ca_file, keys), flush=True)
         elif not stop_probe.is_set():
             print(f"\nThe stack did not serve within {settings.ready_timeout:.0f} s; stopping it.\n", flush=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from huggingface_hub import try_to_load_from_cache
 
+from llm_ops.logs import POLLED_PATHS
 from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
 
 PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
@@ -119,7 +120,8 @@ def check_before_start(args: Namespace, options: WorkerOptions) -> None:
 
 
 def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
-    """Fill in LLM Ops' defaults (model, dtype, names, chat template, drain); `args` as vLLM's server takes them."""
+    """Fill in LLM Ops' defaults (model, dtype, names, chat template, drain, quiet polls); `args` as vLLM's server
+    takes them."""
     from llm_ops.models.default import ensure_default_model
     from llm_ops.prompts.chat_template import jinja_chat_template
     from llm_ops.prompts.conversation import get_conv_template
@@ -135,6 +137,8 @@ def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
         args.chat_template = jinja_chat_template(conv, bos=tokenizer_adds_bos(args.tokenizer or args.model, args))
     if args.shutdown_timeout == 0:
         args.shutdown_timeout = SHUTDOWN_TIMEOUT
+    if args.disable_access_log_for_endpoints is None:  # polled every few seconds: their lines say nothing
+        args.disable_access_log_for_endpoints = ",".join(sorted(POLLED_PATHS))
     return args
 
 

@@ -113,6 +113,14 @@ def test_resolve_defaults_fills_in_the_default_model_in_float32_and_its_name() -
     assert args.shutdown_timeout > 0  # answers in flight get time to finish
 
 
+def test_vllm_logs_no_access_line_for_polled_routes_unless_told_otherwise() -> None:
+    args = parse_worker_args([])
+    resolve_defaults(args, worker_options(args))
+    assert set(args.disable_access_log_for_endpoints.split(",")) == {"/health", "/metrics", "/receive_heart_beat"}
+    chosen = parse_worker_args(["--disable-access-log-for-endpoints", "/metrics"])
+    assert resolve_defaults(chosen, worker_options(chosen)).disable_access_log_for_endpoints == "/metrics"
+
+
 def test_a_conv_template_becomes_vllms_chat_template_and_excludes_one_given_too() -> None:
     args = parse_worker_args(["--conv-template", "chatml"])
     resolve_defaults(args, worker_options(args))

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, and the X-Request-Id that ties a request's lines together."""
+"""Structured logs: one JSON object per line (text on a terminal), no lines for polls, and the X-Request-Id
+that ties a request's lines together."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
-from llm_ops.logs import configure_logging
+from llm_ops.logs import configure_logging, default_log_format
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
 from tests.unit.fake_vllm import FakeVllm, fake_worker
@@ -119,3 +120,25 @@ async def test_the_openai_api_passes_its_request_id_on_to_the_controller_and_the
         response = await client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "trace-9"})
     assert response.status_code == 200 and response.headers["X-Request-Id"] == "trace-9"
     assert outgoing.ids == [("/get_worker_address", "trace-9"), ("/v1/chat/completions", "trace-9")]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_logs_are_text_on_a_terminal_and_json_anywhere_else() -> None:
+    assert default_log_format(Terminal()) == "text"
+    assert default_log_format(io.StringIO()) == "json"
+
+
+async def test_polls_leave_no_access_line_and_other_requests_do(json_logs: io.StringIO) -> None:
+    access = logging.getLogger("uvicorn.access")
+    for method, path in (
+        ("GET", "/health"),
+        ("GET", "/metrics"),
+        ("POST", "/receive_heart_beat"),
+        ("POST", "/list_models"),
+    ):
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", method, path, "1.1", 200)
+    assert [line["message"] for line in logged(json_logs)] == ['127.0.0.1:5000 - "POST /list_models HTTP/1.1" 200']

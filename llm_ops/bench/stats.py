@@ -6,7 +6,7 @@ counted, and left out of every latency and of the output tokens.
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -67,18 +67,16 @@ class Summary(BaseModel):
     e2e_ms: Percentiles
 
 
-def percentile(values: Sequence[float], p: float) -> float | None:
-    """Linear interpolation between the closest ranks (numpy's default); None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100
-    low, high = math.floor(rank), math.ceil(rank)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+def percentile(values: Sequence[float], p: int) -> float | None:
+    """The p-th percentile, interpolating between the closest ranks (`statistics.quantiles`' inclusive
+    method, numpy's default); None for no values."""
+    if len(values) < 2:
+        return values[0] if values else None
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
 
 
 def percentiles_ms(seconds: Sequence[float]) -> Percentiles:
-    def ms(p: float) -> float | None:
+    def ms(p: int) -> float | None:
         value = percentile(seconds, p)
         return None if value is None else value * 1000
 

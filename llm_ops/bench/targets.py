@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from httpx_sse import EventSource
 
 from llm_ops.bench.stats import Arrival, RequestRecord
 from llm_ops.protocol.framing import iter_chunks
 
 Clock = Callable[[], float]
-SSE_DATA = "data:"
 SSE_DONE = "[DONE]"
 
 
@@ -133,10 +133,8 @@ class OpenAITarget(StreamingTarget):
 
     async def token_counts(self, response: httpx.Response) -> AsyncIterator[int]:
         finished = done = False
-        async for line in response.aiter_lines():
-            if not line.startswith(SSE_DATA):
-                continue
-            data = line[len(SSE_DATA) :].strip()
+        async for sse in EventSource(response).aiter_sse():
+            data = sse.data
             if data == SSE_DONE:
                 done = True
                 break

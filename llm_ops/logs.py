@@ -16,14 +16,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 import httpx
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from pythonjsonlogger.json import JsonFormatter
+from starlette.types import ASGIApp
 
 LogFormat = Literal["json", "text"]
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -31,9 +29,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # What pollers ask for: the front door's health checks, workers' heartbeats, metrics scrapes.
 POLLED_PATHS = frozenset({"/health", "/metrics", "/receive_heart_beat"})
 # What we accept from a client as an id: printable, no spaces, short enough for a log line.
-VALID_REQUEST_ID = re.compile(r"[!-~]{1,128}")
-
-current_request_id: ContextVar[str | None] = ContextVar("current_request_id", default=None)
+USABLE_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
 
 def default_log_format(stream: TextIO | None = None) -> LogFormat:
@@ -51,10 +47,11 @@ def not_a_poll(record: logging.LogRecord) -> bool:
 
 
 class RequestIdFilter(logging.Filter):
-    """Adds `request_id` to records logged while a request is being handled."""
+    """Adds `request_id` to records logged while a request is being handled, and only to those
+    (asgi-correlation-id's own filter gives every other line a `null` one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        request_id = current_request_id.get()
+        request_id = correlation_id.get()
         if request_id is not None:
             record.request_id = request_id
         return True
@@ -74,48 +71,20 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO, stream: 
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-@contextmanager
-def request_id_context(request_id: str) -> Iterator[None]:
-    token = current_request_id.set(request_id)
-    try:
-        yield
-    finally:
-        current_request_id.reset(token)
-
-
 async def pass_request_id_on(request: httpx.Request) -> None:
     """httpx request hook: calls made while handling a request carry its id to the next server."""
-    request_id = current_request_id.get()
+    request_id = correlation_id.get()
     if request_id is not None:
         request.headers[REQUEST_ID_HEADER] = request_id
 
 
-class RequestId:
-    """ASGI middleware: takes the request's `X-Request-Id` (or makes one), logs under it, answers with it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _valid_request_id(scope["headers"]) or uuid.uuid4().hex
-        header = (REQUEST_ID_HEADER.lower().encode(), request_id.encode())
-
-        async def send_with_id(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), header]
-            await send(message)
-
-        with request_id_context(request_id):
-            await self.app(scope, receive, send_with_id)
+def usable_request_id(value: str) -> bool:
+    return USABLE_REQUEST_ID.fullmatch(value) is not None
 
 
-def _valid_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
-    name = REQUEST_ID_HEADER.lower().encode()
-    for key, value in headers:
-        if key == name:
-            text = value.decode("latin-1")
-            return text if VALID_REQUEST_ID.fullmatch(text) else None
-    return None
+class RequestId(CorrelationIdMiddleware):
+    """ASGI middleware (asgi-correlation-id's): takes the request's `X-Request-Id` if it is usable, or makes
+    one (32 hex digits), logs under it and answers with it; the app sees it in the request's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        super().__init__(app, header_name=REQUEST_ID_HEADER, validator=usable_request_id)

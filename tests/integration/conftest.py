@@ -10,13 +10,11 @@ session fails unless that answer ends complete and no process the stack started 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,33 +181,17 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
     raise RuntimeError(f"no free ports for the stack after {PORT_ATTEMPTS} attempts")
 
 
-def _stop(process: subprocess.Popen[bytes], stack: Stack) -> tuple[list[dict[str, Any]], list[psutil.Process]]:
-    """SIGTERM `llm-ops up` as a user's Ctrl-C would, while an answer streams through Traefik; return
-    that answer's chunks and whatever the stack started that survived."""
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM `llm-ops up`, as a user's Ctrl-C would; kill whatever it started that outlives it."""
     started = psutil.Process(process.pid).children(recursive=True)
-    chunks: list[dict[str, Any]] = []
-    streaming = threading.Event()
-
-    def read_answer() -> None:
-        body = chat(messages=LONG_STORY, max_new_tokens=200)
-        with stack.client() as client, client.stream("POST", f"/api/{MODEL}/worker_generate_stream", json=body) as r:
-            for raw in r.iter_raw():
-                streaming.set()
-                chunks.extend(json.loads(part) for part in raw.split(b"\0") if part.strip())
-
-    reader = threading.Thread(target=read_answer, daemon=True)
-    reader.start()
-    streaming.wait(timeout=30)
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         process.kill()
-    reader.join(timeout=5)
     _, alive = psutil.wait_procs(started, timeout=5)
     for survivor in alive:
         survivor.kill()
-    return chunks, alive
 
 
 @pytest.fixture(scope="session")
@@ -217,13 +199,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     process, stack = _start_stack(tmp_path_factory.mktemp("stack"))
     try:
         yield stack
-    finally:
-        chunks, survivors = _stop(process, stack)
-    assert not survivors, f"processes left behind after SIGTERM: {[p.pid for p in survivors]}"
-    assert process.returncode is not None
-    assert chunks and chunks[-1]["finish_reason"] in ("stop", "length"), (
-        f"the answer streaming when the stack got SIGTERM did not end complete: {chunks[-1:]}"
-    )
+    finally:  # what a stop guarantees (answers in flight end, nothing survives) is tests/integration/test_terminal.py's
+        _stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,29 @@
 """What a person sees running `llm-ops up` at a terminal: readable lines, no polls, the engine's start as
-progress, and a Ctrl-C that stops everything without a traceback. The stack runs under a pseudo-terminal,
-as in a shell: it is its controlling terminal, and Ctrl-C is the byte a keyboard sends."""
+progress, and a Ctrl-C that stops everything without a traceback, after the answers in flight have
+ended. The stack runs under a pseudo-terminal, as in a shell: it is its controlling terminal, and
+Ctrl-C is the byte a keyboard sends."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
 import select
+import ssl
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.conftest import COMPOSE_FILE
+from tests.integration.conftest import COMPOSE_FILE, LONG_STORY, MODEL, chat
 
 pytestmark = pytest.mark.integration
 START_TIMEOUT = 600.0
@@ -34,6 +40,7 @@ class Terminal:
     exit_code: int | None
     seconds_to_stop: float
     left_running: list[str]
+    streamed_through_ctrl_c: list[dict[str, object]]
 
     @property
     def lines(self) -> list[str]:
@@ -63,9 +70,10 @@ def lines_of(output: bytes) -> list[str]:
 @pytest.fixture(scope="module")
 def terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
     state_dir = tmp_path_factory.mktemp("terminal-stack")
+    https_port = free_port()
     command = [
         sys.executable, "-m", "llm_ops", "up", "--state-dir", str(state_dir), "--compose-file", str(COMPOSE_FILE),
-        "--https-port", str(free_port()), "--http-port", str(free_port()), "--admin-port", str(free_port()),
+        "--https-port", str(https_port), "--http-port", str(free_port()), "--admin-port", str(free_port()),
         "--port", str(free_port()), "--controller-port", str(free_port()), "--openai-api-port", str(free_port()),
         "--heart-beat-interval", "1",
     ]  # fmt: skip
@@ -78,20 +86,46 @@ def terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
         assert read_until(fd, output, BANNER_END, START_TIMEOUT), "no banner:\n" + "\n".join(lines_of(output)[-60:])
         banner_at = len(output)
         read_until(fd, output, "\x00never", AFTER_BANNER)
+        answer = StreamedAnswer(f"https://localhost:{https_port}", state_dir / "tls" / "ca.pem")
+        answer.start()
+        assert answer.streaming.wait(timeout=60), "no answer streamed"
         os.write(fd, b"\x03")  # Ctrl-C
         pressed = time.monotonic()
         read_until(fd, output, "", STOP_TIMEOUT)
         _, status = os.waitpid(pid, 0)
         stopped = time.monotonic() - pressed
+        answer.join(timeout=10)
         left = [" ".join(p.cmdline()) for p in psutil.process_iter() if str(state_dir) in " ".join(_cmdline(p))]
+        exit_code = os.waitstatus_to_exitcode(status)
         yield Terminal(
-            lines_of(output[:banner_at]), lines_of(output[banner_at:]), os.waitstatus_to_exitcode(status), stopped, left
+            lines_of(output[:banner_at]), lines_of(output[banner_at:]), exit_code, stopped, left, answer.chunks
         )
     finally:
         os.close(fd)
         with_state_dir = [p for p in psutil.process_iter() if str(state_dir) in " ".join(_cmdline(p))]
         for process in with_state_dir:
             process.kill()
+
+
+class StreamedAnswer(threading.Thread):
+    """A long chat answer streamed through Traefik (FastChat's route), its chunks as they arrive."""
+
+    def __init__(self, base_url: str, ca_file: Path) -> None:
+        super().__init__(daemon=True)
+        self.base_url, self.ca_file = base_url, ca_file
+        self.chunks: list[dict[str, object]] = []
+        self.streaming = threading.Event()
+
+    def run(self) -> None:
+        body = chat(messages=LONG_STORY, max_new_tokens=200)
+        tls = ssl.create_default_context(cafile=str(self.ca_file))
+        with (
+            httpx.Client(base_url=self.base_url, verify=tls, timeout=120) as client,
+            client.stream("POST", f"/api/{MODEL}/worker_generate_stream", json=body) as response,
+        ):
+            for raw in response.iter_raw():
+                self.streaming.set()
+                self.chunks.extend(json.loads(part) for part in raw.split(b"\0") if part.strip())
 
 
 def _cmdline(process: psutil.Process) -> list[str]:
@@ -145,3 +179,8 @@ def test_ctrl_c_stops_every_process_quickly_without_a_traceback(terminal: Termin
     assert terminal.seconds_to_stop < 60, terminal.after_banner[-20:]
     assert not terminal.left_running
     assert any("worker stopped" in line for line in terminal.after_banner)
+
+
+def test_an_answer_streaming_when_ctrl_c_is_pressed_still_ends_complete(terminal: Terminal) -> None:
+    chunks = terminal.streamed_through_ctrl_c
+    assert chunks and chunks[-1].get("finish_reason") in ("stop", "length"), chunks[-1:]

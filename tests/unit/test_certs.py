@@ -1,20 +1,16 @@
-"""The native stack's certificate and how settings travel from `llm-ops up` to the worker process."""
+"""The native stack's CA and server certificate (llm_ops/frontdoor/certs.py), checked by real TLS handshakes."""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import ssl
 import threading
 from pathlib import Path
 
 import pytest
-from pydantic_settings import CliApp
 
-from llm_ops.cli import LLMOps, main
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
-from llm_ops.settings import StackSettings, to_cli_args
 
 
 def handshake(files: TLSFiles, server_hostname: str) -> None:
@@ -51,34 +47,3 @@ def test_certificates_are_kept_across_restarts_and_remade_for_new_names(tmp_path
     first = ensure_certificates(tmp_path, ["localhost"]).ca_file.read_bytes()
     assert ensure_certificates(tmp_path, ["localhost"]).ca_file.read_bytes() == first
     assert ensure_certificates(tmp_path, ["localhost", "llm.example"]).ca_file.read_bytes() != first
-
-
-def test_only_the_asked_fields_that_were_set_become_flags() -> None:
-    settings = StackSettings(port=9999, replicas=2)
-    assert to_cli_args(settings, {"port", "service"}) == ["--port", "9999"]
-
-
-def test_stack_defaults_are_the_documented_ports_on_loopback() -> None:
-    settings = StackSettings()
-    assert (settings.public_host, settings.https_port, settings.http_port) == ("127.0.0.1", 8443, 8080)
-    assert settings.host == "127.0.0.1"
-
-
-def test_the_cli_has_the_up_and_prepare_model_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        CliApp.run(LLMOps, cli_args=["--help"])
-    out = capsys.readouterr().out
-    assert "up" in out and "prepare-model" in out  # `worker` is vLLM's parser's: see test_launch
-
-
-def test_llm_ops_worker_help_is_vllms_parser_with_llm_ops_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            main(["worker", "--help"])
-    finally:
-        root.handlers[:], root.level = handlers, level  # main() set up the worker's logging
-    out = capsys.readouterr().out
-    assert exit_.value.code == 0
-    assert "--max-model-len" in out and "--limit-worker-concurrency" in out and "--conv-template" in out

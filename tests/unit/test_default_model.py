@@ -1,0 +1,57 @@
+"""The packaged default model (llm_ops/models/default.py): found in its wheel, converted once into a folder
+vLLM loads, and reused from then on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llm_ops.models.default import (
+    FOLDER_NAME,
+    _drop_quantization_config,
+    default_cache_dir,
+    ensure_default_model,
+    packaged_gguf,
+)
+
+
+def test_the_gguf_ships_in_the_installed_package() -> None:
+    gguf = packaged_gguf()
+    assert gguf.is_file() and gguf.stat().st_size > 50_000_000
+
+
+def test_the_cache_is_llm_ops_model_cache_else_under_xdg_cache_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLM_OPS_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert default_cache_dir() == Path("/xdg/llm-ops/models")
+    monkeypatch.setenv("LLM_OPS_MODEL_CACHE", "/models")
+    assert default_cache_dir() == Path("/models/llm-ops/models")
+
+
+def test_a_converted_folder_is_reused_as_it_is(tmp_path: Path) -> None:
+    folder = tmp_path / FOLDER_NAME
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert ensure_default_model(tmp_path) == folder
+    assert [path.name for path in tmp_path.iterdir()] == [FOLDER_NAME]
+
+
+def test_a_leftover_gguf_quantization_config_is_dropped(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({"architectures": ["LlamaForCausalLM"], "quantization_config": {"quant_method": "gguf"}})
+    )
+    _drop_quantization_config(config)
+    assert json.loads(config.read_text()) == {"architectures": ["LlamaForCausalLM"]}
+
+
+@pytest.mark.slow
+def test_the_gguf_is_converted_once_into_a_plain_float32_model_folder(tmp_path: Path) -> None:
+    folder = ensure_default_model(tmp_path)
+    assert folder == tmp_path / FOLDER_NAME
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [FOLDER_NAME]  # no .partial left behind

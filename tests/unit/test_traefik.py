@@ -10,7 +10,7 @@ import yaml
 
 from llm_ops.frontdoor import traefik
 from llm_ops.frontdoor.certs import TLSFiles
-from llm_ops.frontdoor.compose import ComposeError, ModelService, interpolate
+from llm_ops.frontdoor.compose import ModelService
 from llm_ops.frontdoor.traefik import (
     MODEL_MIDDLEWARES,
     OPENAI_MODEL_MIDDLEWARES,
@@ -171,27 +171,6 @@ def test_ipv6_addresses_are_bracketed() -> None:
     addresses = LocalAddresses("::1", 1, 2, "::1", 3)
     args = local_traefik_args([], addresses, Path("/d"), Path("/a.log"), "INFO")
     assert "--entrypoints.websecure.address=[::1]:1" in args
-
-
-@pytest.mark.parametrize(
-    ("value", "environ", "expected"),
-    [
-        ("${A:-x}", {}, "x"),
-        ("${A:-x}", {"A": ""}, "x"),
-        ("${A-x}", {"A": ""}, ""),
-        ("${A:-x}", {"A": "y"}, "y"),
-        ("$A/${B}", {"A": "1", "B": "2"}, "1/2"),
-        ("${A}", {}, ""),
-        ("$$A", {"A": "1"}, "$A"),
-    ],
-)
-def test_compose_variables_are_substituted_as_compose_does(value: str, environ: dict[str, str], expected: str) -> None:
-    assert interpolate(value, environ) == expected
-
-
-def test_a_required_compose_variable_that_is_missing_is_an_error_with_its_message() -> None:
-    with pytest.raises(ComposeError, match="set ACME_EMAIL"):
-        interpolate("${ACME_EMAIL:?set ACME_EMAIL}", {})
 
 
 def test_the_shared_middlewares_turn_a_model_path_into_the_worker_path_whatever_the_name() -> None:

@@ -1,10 +1,11 @@
 """Structured logs, and the request id that ties a request's lines together across processes.
 
 Every server logs one JSON object per line (python-json-logger): time, level, logger, message,
-and `request_id` while it handles a request; plain aligned text instead when it writes to a terminal
-(`default_log_format`), or when asked (`--log-format text`, `LLM_OPS_LOG_FORMAT=text`, which
-`llm-ops up` sets for its processes when it runs on a terminal). Polls (health checks, heartbeats,
-metrics scrapes) are not logged: a line every two seconds per poller says nothing.
+and `request_id` while it handles a request; aligned, coloured text instead when it writes to a
+terminal (`default_log_format`), or when asked (`--log-format text`, `LLM_OPS_LOG_FORMAT=text`,
+which `llm-ops up` sets for its processes when it runs on a terminal, with `LLM_OPS_LOG_COLOR=1`).
+Polls (health checks, heartbeats, metrics scrapes) are not logged: a line every two seconds per
+poller says nothing.
 
 The id comes from the `X-Request-Id` header, which Traefik's `llm-ops-request-id` middleware sets
 on every request that arrives without one, so one id shows in Traefik's access log, the OpenAI
@@ -14,6 +15,7 @@ API's lines and the worker's lines; servers answer with it and pass it on to the
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import Literal, TextIO
@@ -22,10 +24,11 @@ import httpx
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp
+from uvicorn.logging import DefaultFormatter
 
 LogFormat = Literal["json", "text"]
 REQUEST_ID_HEADER = "X-Request-Id"
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"  # uvicorn's level prefix: aligned, coloured
 # What pollers ask for: the front door's health checks, workers' heartbeats, metrics scrapes.
 POLLED_PATHS = frozenset({"/health", "/metrics", "/receive_heart_beat"})
 # What we accept from a client as an id: printable, no spaces, short enough for a log line.
@@ -64,8 +67,9 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO, stream: 
     if log_format == "json":
         fields = {"asctime": "time", "levelname": "level", "name": "logger"}
         handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}", style="{", rename_fields=fields))
-    else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    else:  # coloured on a terminal, or under `llm-ops up` on one (LLM_OPS_LOG_COLOR=1)
+        colours = handler.stream.isatty() or os.environ.get("LLM_OPS_LOG_COLOR") == "1"
+        handler.setFormatter(DefaultFormatter(TEXT_FORMAT, use_colors=colours))
     handler.addFilter(RequestIdFilter())
     handler.addFilter(not_a_poll)
     logging.basicConfig(level=level, handlers=[handler], force=True)

@@ -271,8 +271,8 @@ def run_stack(settings: StackSettings) -> int:
     manager._process_ctor = StackProcess
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    if sys.stdout.isatty():  # a person reads this: our servers write text lines, not JSON
-        env = {"LLM_OPS_LOG_FORMAT": "text"} | env
+    if sys.stdout.isatty():  # a person reads this: our servers write coloured text lines, not JSON
+        env = {"LLM_OPS_LOG_FORMAT": "text", "LLM_OPS_LOG_COLOR": "1"} | env
     traefik_env = traefik_environment(traefik_dir(settings), os.environ)
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)

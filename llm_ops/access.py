@@ -64,13 +64,23 @@ def authorization_headers(keys: frozenset[str]) -> dict[str, str]:
 
 
 class RequireApiKey:
-    def __init__(self, app: ASGIApp, keys: frozenset[str]):
+    """With `keys`, every request needs one, but for `open_paths` and paths under `open_prefixes`."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: frozenset[str],
+        open_paths: frozenset[str] = PROBES,
+        open_prefixes: tuple[str, ...] = (),
+    ):
         self.app = app
+        self.open_paths, self.open_prefixes = open_paths, open_prefixes
         # Compared as digests, in constant time, so the time to refuse does not leak a key's prefix.
         self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._digests and scope["type"] == "http" and scope["path"] not in PROBES:
+        path = scope.get("path", "")
+        if self._digests and scope["type"] == "http" and not self._open(path):
             problem = self._problem(scope)
             if problem is not None:
                 response = refusal(scope, RequestError(ErrorCode.INVALID_AUTH_KEY, problem))
@@ -78,6 +88,9 @@ class RequireApiKey:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def _problem(self, scope: Scope) -> str | None:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")

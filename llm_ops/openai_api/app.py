@@ -3,7 +3,8 @@
 Every OpenAI request (`POST /v1/...`, and vLLM's `/tokenize` and `/detokenize`) goes, bytes in and
 bytes out, to a replica of the model its body names (`forward`, `policy`): whatever vLLM serves for
 that model works here as it works at the model's own /api/<model>/v1. `GET /v1/models` lists the
-models of every registered worker, with vLLM's model cards (`max_model_len` included).
+models of every registered worker, with vLLM's model cards (`max_model_len` included). `GET /` is the
+playground (`llm_ops.playground`), a page that talks to this /v1 from a browser.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from llm_ops.access import LimitBody, RequireApiKey, authorization_headers, refusal
+from llm_ops.access import PROBES, LimitBody, RequireApiKey, authorization_headers, refusal
 from llm_ops.controller.client import ControllerClient
 from llm_ops.logs import RequestId, pass_request_id_on
 from llm_ops.openai_api.forward import forward
 from llm_ops.openai_api.policy import POLICIES, worker_base_url
+from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.settings import MAX_BODY_BYTES
 
@@ -62,6 +65,10 @@ async def _model_cards(http: httpx.AsyncClient, worker: str) -> list[dict[str, A
 
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+async def playground_page() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")
 
 
 async def _request_error(request: Request, error: Exception) -> Response:
@@ -105,9 +112,12 @@ def create_openai_app(
     for path in ("/v1/{path:path}", "/tokenize", "/detokenize"):
         app.add_api_route(path, routed, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/", playground_page, methods=["GET"], include_in_schema=False)
+    app.mount(URL_PREFIX, StaticFiles(directory=STATIC_DIR), name="playground")
     app.add_exception_handler(RequestError, _request_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(LimitBody, max_bytes=max_body_bytes)
-    app.add_middleware(RequireApiKey, keys=api_keys)
+    # The playground's page and files are open: its key is typed into the page, which sends it with each call.
+    app.add_middleware(RequireApiKey, keys=api_keys, open_paths=PROBES | {"/"}, open_prefixes=(URL_PREFIX + "/",))
     app.add_middleware(RequestId)
     return app

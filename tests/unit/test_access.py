@@ -203,3 +203,14 @@ async def test_a_chat_model_without_any_chat_template_does_not_start() -> None:
     with pytest.raises(ConfigurationError, match="no chat template"):
         await fake_worker(FakeVllm(chat_template=None))
     await fake_worker(FakeVllm(chat_template=None), flags=["--kind", "completion"])  # a base model starts
+
+
+async def test_with_keys_the_playground_page_and_its_files_are_open_and_its_calls_need_a_key() -> None:
+    api = create_openai_app("http://controller", transport=Hosts({}), api_keys=frozenset({"sk-first-key"}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "LLM Ops playground" in page.text
+        for asset in ("/playground/playground.js", "/playground/playground.css"):
+            assert (await client.get(asset)).status_code == 200
+        assert (await client.get("/v1/models")).status_code == 401
+        assert (await client.get("/playground/../../settings.py")).status_code != 200  # no way out of the folder

@@ -162,11 +162,14 @@ def test_the_image_is_official_vllm_runs_as_non_root_checks_health_and_holds_no_
     assert ".venv" in ignored and ".llm-ops" in ignored
 
 
-def test_the_openai_api_is_routed_at_v1_over_https_with_a_health_check() -> None:
+def test_the_openai_api_and_the_playground_are_routed_over_https_with_a_health_check() -> None:
     routes = labels_to_dynamic_config(COMPOSE.service("openai-api").labels, ["http://api"])["http"]
     assert routes["routers"] == {
         "openai-api": {
-            "rule": "PathPrefix(`/v1/`) || Path(`/tokenize`) || Path(`/detokenize`)",
+            "rule": (
+                "PathPrefix(`/v1/`) || Path(`/tokenize`) || Path(`/detokenize`)"
+                " || Path(`/`) || PathPrefix(`/playground/`)"
+            ),
             "entrypoints": ["websecure"],
             "middlewares": [
                 "llm-ops-request-id@file",

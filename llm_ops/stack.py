@@ -219,7 +219,8 @@ def usage_banner(settings: StackSettings, model_name: str, ca_file: Path, keys: 
         f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/v1/chat/completions \\\n"
         f"  -H 'Content-Type: application/json' \\\n{key_header}"
         f"  -d '{openai_body}'\n\n"
-        f"In a browser, the playground: {base_url(settings)}/ (import {ca_file} into the browser as a certificate authority first)\n\n"
+        f"In a browser, the playground: {base_url(settings)}/\n"
+        f"(import {ca_file} into the browser as a certificate authority first)\n\n"
         f"{access_notice(keys)}\n"
         f"Stop with Ctrl-C.\n"
     )

@@ -129,4 +129,4 @@ def test_each_process_runs_in_a_process_group_of_its_own_in_the_stacks_session_r
 
 def test_the_banner_gives_the_playgrounds_address() -> None:
     banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset())
-    assert "the playground: https://localhost:8443/ " in banner
+    assert "the playground: https://localhost:8443/\n" in banner

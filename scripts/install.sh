@@ -33,5 +33,17 @@ FASTCHAT_VENV="$VENV-fastchat"
 "$FASTCHAT_VENV/bin/python" -m pip --disable-pip-version-check install --quiet \
     "fschat==0.2.36" "pydantic<2" "fastapi<0.100"
 
+# The playground's browser test drives Debian's Chromium (headless, through Playwright, which downloads no
+# browser of its own) and trusts the stack's CA through an NSS database (certutil).
+if ! command -v chromium >/dev/null || ! command -v certutil >/dev/null; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing Debian's chromium and libnss3-tools (the playground's browser test)"
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium libnss3-tools; } \
+            >/dev/null || echo "==> apt-get could not install them; the playground's browser test will say so" >&2
+    else
+        echo "==> the playground's browser test needs chromium and certutil: apt-get install chromium libnss3-tools" >&2
+    fi
+fi
+
 echo "$WANT" > "$STAMP"
 echo "==> installed into $VENV"

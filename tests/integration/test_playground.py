@@ -1,0 +1,93 @@
+"""The playground at https://HOST/, driven in a real browser (Debian's Chromium, headless, through Playwright)
+against the real stack, over TLS that the browser verifies against the stack's CA."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.integration.conftest import MODEL, Stack
+
+pytestmark = pytest.mark.integration
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "playground.png"
+ANSWER_TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def browser_home(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home folder whose NSS database trusts the stack's CA, as a user's does once they imported it."""
+    home = tmp_path_factory.mktemp("browser-home")
+    database = home / ".pki" / "nssdb"
+    database.mkdir(parents=True)
+    certutil = shutil.which("certutil")
+    assert certutil, "certutil is missing: `make install` installs libnss3-tools"
+    subprocess.run([certutil, "-N", "-d", f"sql:{database}", "--empty-password"], check=True)
+    trust = [certutil, "-A", "-d", f"sql:{database}", "-n", "LLM Ops test CA", "-t", "C,,", "-i", str(stack.ca_file)]
+    subprocess.run(trust, check=True)
+    return home
+
+
+@pytest.fixture
+def page(stack: Stack, browser_home: Path) -> Iterator[Page]:
+    chromium = shutil.which("chromium")
+    assert chromium, "Chromium is missing: `make install` installs Debian's chromium package"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, env=os.environ | {"HOME": str(browser_home)})
+        page = browser.new_page(viewport={"width": 1100, "height": 760})
+        page.goto(f"{stack.base_url}/")
+        yield page
+        browser.close()
+
+
+def enter_key(page: Page, key: str) -> None:
+    page.fill("#api-key", key)
+    page.press("#api-key", "Tab")  # the key is taken when the field is left
+
+
+def ask(page: Page, prompt: str, max_tokens: int, temperature: float = 0) -> None:
+    page.fill("#temperature", str(temperature))
+    page.fill("#max-tokens", str(max_tokens))
+    page.fill("#prompt", prompt)
+    page.click("#send")
+
+
+def test_it_lists_the_model_and_streams_an_answer_with_its_numbers(page: Page, stack: Stack) -> None:
+    enter_key(page, stack.api_key)
+    expect(page.locator(f"#model option[value='{MODEL}']")).to_be_attached()
+    ask(page, "What is the capital of France?", max_tokens=32)
+    answer = page.locator(".message.assistant").last
+    expect(answer.locator(".stats")).to_contain_text("finish: ", timeout=ANSWER_TIMEOUT_MS)
+    assert "Paris" in answer.inner_text()
+    stats = answer.locator(".stats").inner_text()
+    for shown in ("time to first token", "tokens/s", "request "):
+        assert shown in stats, stats
+    assert "finish: stop" in stats or "finish: length" in stats, stats
+    page.screenshot(path=str(SCREENSHOT))
+
+
+def test_stop_aborts_a_long_answer_and_the_worker_is_idle_within_a_second(page: Page, stack: Stack) -> None:
+    enter_key(page, stack.api_key)
+    expect(page.locator(f"#model option[value='{MODEL}']")).to_be_attached()
+    ask(page, "Tell me a very long story about a dragon who learns to fly.", max_tokens=2000, temperature=0.8)
+    answer = page.locator(".message.assistant").last
+    page.wait_for_function("document.querySelector('.message.assistant:last-child').textContent.length > 40")
+    assert stack.queue_length() == 1
+    page.click("#stop")
+    stopped = time.monotonic()
+    while stack.queue_length() != 0:
+        assert time.monotonic() - stopped < 1.0, "the worker still runs the answer a second after Stop"
+        time.sleep(0.05)
+    expect(answer.locator(".stats")).to_contain_text("finish: stopped")
+    expect(page.locator("#send")).to_be_enabled()
+
+
+def test_a_wrong_key_is_said_in_a_sentence(page: Page) -> None:
+    enter_key(page, "sk-not-a-key")
+    expect(page.locator("#error")).to_have_text("The API key is missing or not valid: enter a key this stack accepts.")

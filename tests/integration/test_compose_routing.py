@@ -253,7 +253,7 @@ def test_names_that_only_start_like_a_served_name_get_404(front_door: FrontDoor,
             assert response.text == "404 page not found\n"  # Traefik's, not a worker's
 
 
-@pytest.mark.parametrize("path", ["/api/gpt-4/worker_generate", "/api/worker_generate", "/worker_generate", "/"])
+@pytest.mark.parametrize("path", ["/api/gpt-4/worker_generate", "/api/worker_generate", "/worker_generate", "/x"])
 def test_models_that_are_not_deployed_get_404(front_door: FrontDoor, path: str) -> None:
     with front_door.client() as client:
         assert client.post(f"{front_door.base_url}{path}").status_code == 404

@@ -15,7 +15,7 @@ import time
 from honcho.printer import Message, Printer
 
 NAME = "llm-ops"
-# The first words of vLLM's log lines that start each phase of an engine's start, in order.
+# Text in the worker's lines (the default model's preparation, then vLLM's) that starts each phase, in order.
 PHASES = (
     ("Preparing the default model", "preparing the default model (once, about 20 s)"),
     ("Starting to load model", "loading the model"),

@@ -22,6 +22,11 @@ function describeError(status, message, retryAfter) {
   return `The request failed (${status}): ${message}`;
 }
 
+// A sentence for a failed call: fetch rejects with a TypeError when it gets no answer at all.
+function sentenceFor(error) {
+  return error instanceof TypeError ? "The stack cannot be reached: is it running?" : error.message;
+}
+
 async function refusal(response) {
   let message = response.statusText;
   try {
@@ -48,7 +53,7 @@ async function loadModels() {
     showError("");
   } catch (error) {
     $("models-status").textContent = "";
-    showError(error instanceof TypeError ? "The stack cannot be reached: is it running?" : error.message);
+    showError(sentenceFor(error));
   }
 }
 
@@ -129,7 +134,7 @@ async function send(event) {
     if (chat) history.push({ role: "user", content: prompt }, { role: "assistant", content: text });
   } catch (error) {
     if (error.name === "AbortError") finish = "stopped";
-    else showError(error instanceof TypeError ? "The stack cannot be reached: is it running?" : error.message);
+    else showError(sentenceFor(error));
     answer.textContent = text || "(no answer)";
   } finally {
     running = null;

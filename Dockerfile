@@ -1,8 +1,10 @@
-# syntax=docker/dockerfile:1
 # An LLM Ops model worker for NVIDIA GPUs: the official vLLM image (CUDA, PyTorch, vLLM) plus this
 # package. No model weights inside: models come from the Hugging Face cache volume at run time.
 # The entry point is a start script (start_chat.sh or start_completion.sh, see docker-compose.yml).
-FROM vllm/vllm-openai:v0.32.0
+# VLLM_IMAGE: another image with vLLM in it, e.g. the CPU one the tests build (docker/cpu-base.Dockerfile).
+# No `# syntax=` line and no BuildKit-only flags: the image builds offline, with either builder.
+ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
+FROM ${VLLM_IMAGE}
 
 # PIP_BREAK_SYSTEM_PACKAGES: the image's Python is the system one; this image is the environment.
 ENV PYTHONUNBUFFERED=1 \
@@ -27,7 +29,8 @@ RUN mkdir llm_ops && touch llm_ops/__init__.py \
 # The package itself; its dependencies are already there.
 COPY llm_ops ./llm_ops
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
-COPY --chmod=755 start_chat.sh start_completion.sh ./
+# Executable in git, and COPY keeps the mode.
+COPY start_chat.sh start_completion.sh ./
 
 USER 10001
 RUN mkdir -p /home/llm-ops/.cache/huggingface

@@ -1,10 +1,11 @@
 # The two commands a newcomer needs:
 #   make up     install everything into .venv, prepare the default model, start the stack
 #   make test   install everything into .venv, run the whole test suite
-# And while you work: make unit, the tests that start no engine, process or external binary (< 1 min).
+# And while you work: make unit, the tests that start no engine, process or external binary (< 1 min);
+# make deploy-test, docker-compose.yml for real under a Docker engine (started if none answers; as root).
 VENV ?= .venv
 
-.PHONY: install up test unit lint
+.PHONY: install up test unit deploy-test lint
 
 install:
 	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh
@@ -16,12 +17,15 @@ test: install lint
 	$(VENV)/bin/python -m pytest
 
 unit: install
-	$(VENV)/bin/python -m pytest -m "not integration and not slow"
+	$(VENV)/bin/python -m pytest -m "not integration and not slow and not deploy"
+
+deploy-test: install
+	$(VENV)/bin/python -m pytest -m deploy
 
 lint: install
 	$(VENV)/bin/ruff check llm_ops tests benchmarks
 	$(VENV)/bin/ruff format --check llm_ops tests benchmarks
 	$(VENV)/bin/mypy llm_ops
 	$(VENV)/bin/lint-imports
-	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh scripts/install.sh
+	$(VENV)/bin/hadolint Dockerfile docker/*.Dockerfile
+	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh scripts/*.sh

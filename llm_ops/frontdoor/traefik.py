@@ -181,6 +181,8 @@ def local_traefik_args(
     local = {
         f"entrypoints.{ENTRYPOINT_HTTP}.address": f"{_host(addresses.public_host)}:{addresses.http_port}",
         f"entrypoints.{ENTRYPOINT_HTTPS}.address": f"{_host(addresses.public_host)}:{addresses.https_port}",
+        # Outside Docker the HTTPS entrypoint listens on the public port itself: redirect to it by name.
+        f"entrypoints.{ENTRYPOINT_HTTP}.http.redirections.entrypoint.to": ENTRYPOINT_HTTPS,
         f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls": "true",  # with the certificate of certificates.yml
         f"entrypoints.{ENTRYPOINT_ADMIN}.address": f"{_host(addresses.admin_host)}:{addresses.admin_port}",
         FILE_PROVIDER_DIRECTORY: str(dynamic_dir),

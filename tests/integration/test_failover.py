@@ -5,18 +5,17 @@ again."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import HEART_BEAT_EXPIRATION, LONG_STORY, MODEL, Stack, chat, completion
+from tests.integration.conftest import HEART_BEAT_EXPIRATION, MODEL, Stack, completion
+from tests.traffic import LongAnswer, Traffic, stop_all, wait_until_each_sent
 
 pytestmark = pytest.mark.integration
 RESTART_TIMEOUT = 600.0
@@ -25,80 +24,6 @@ STREAM_END_BOUND = 10.0  # seconds after the kill by which a stream on the dead 
 PROCESSES_GONE_BOUND = 60.0  # seconds; 2 s measured, 25 s when the kernel starved them (llm_ops.stack.StackProcess)
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once the gap is over, to show it is over
 MAX_LONG_ANSWERS = 10  # started to get one through each route onto the replica about to die
-
-
-@dataclass
-class LongAnswer:
-    """A long answer streamed on a thread: when and how it ended ("complete", or what went wrong)."""
-
-    route: str
-    replica: str = ""  # the worker it went to
-    ended_at: float = 0.0
-    outcome: str = ""
-    started: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, stack: Stack) -> None:
-        try:
-            with stack.client(timeout=120) as client:
-                if self.route == "/api":
-                    body = chat(messages=LONG_STORY, max_new_tokens=400)  # greedy: the same long answer each time
-                    url = f"/api/{MODEL}/worker_generate_stream"
-                else:
-                    prompt = "Once upon a time"
-                    body = {"model": MODEL, "prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}
-                    url = "/v1/completions"
-                with client.stream("POST", url, json=body) as response:
-                    received = b""
-                    for data in response.iter_raw():
-                        self.started.set()
-                        received += data
-            self.outcome = self._judge(received)
-        except httpx.HTTPError as error:
-            self.outcome = f"cut: {error!r}"
-        finally:
-            self.ended_at = time.monotonic()
-            self.started.set()
-
-    def _judge(self, received: bytes) -> str:
-        if self.route == "/v1":
-            finished = b'"finish_reason":"length"' in received or b'"finish_reason":"stop"' in received
-            return "complete" if finished and b'"error"' not in received else "error"
-        last = received.rstrip(b"\0").rsplit(b"\0", 1)[-1]
-        try:
-            finish_reason = json.loads(last).get("finish_reason")
-        except ValueError:
-            return f"error: ends with {last[-80:]!r}"
-        return "complete" if finish_reason in ("stop", "length") else f"error: ends with {last[-80:]!r}"
-
-
-@dataclass
-class Traffic:
-    """Requests sent one after another on a thread until stopped: (sent at, answered at, succeeded, what went wrong)."""
-
-    send: Callable[[httpx.Client], httpx.Response]
-    results: list[tuple[float, float, bool, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, stack: Stack) -> None:
-        with stack.client(timeout=30) as client:
-            while not self.stop.is_set():
-                sent = time.monotonic()
-                try:
-                    response = self.send(client)
-                    ok = response.status_code == 200 and "error" not in response.json()
-                    self.results.append((sent, time.monotonic(), ok, "" if ok else response.text[:200]))
-                except httpx.HTTPError as error:
-                    self.results.append((sent, time.monotonic(), False, repr(error)))
-
-    def sent(self, after: float = 0.0, before: float = float("inf")) -> int:
-        return sum(1 for sent, *_ in self.results if after <= sent < before)
-
-    def failures(self, sent_after: float = 0.0, answered_before: float = float("inf")) -> list[str]:
-        return [
-            why
-            for sent, answered, ok, why in self.results
-            if not ok and sent_after <= sent and answered < answered_before
-        ]
 
 
 class ProcessesGone(threading.Thread):
@@ -172,14 +97,9 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
             time.sleep(0.2)
         dropped_after = time.monotonic() - killed
         gap_over = killed + SETTLE_SECONDS
-        while any(flow.sent(after=gap_over) < REQUESTS_AFTER_THE_GAP for flow in flows.values()):
-            assert time.monotonic() - gap_over < 120, "too little traffic after the gap to show anything"
-            time.sleep(0.2)
+        wait_until_each_sent(flows.values(), REQUESTS_AFTER_THE_GAP, after=gap_over)
     finally:
-        for flow in flows.values():
-            flow.stop.set()
-        for thread in threads:
-            thread.join(timeout=120)
+        stop_all(flows.values(), threads, timeout=120)
     assert not any(thread.is_alive() for thread in threads), "a request hung"
     gone.join(timeout=PROCESSES_GONE_BOUND)
     record_property("killed_processes_gone_after_s", round(gone.at - killed, 2))

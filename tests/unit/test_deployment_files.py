@@ -18,10 +18,10 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from llm_ops.frontdoor.compose import ModelService, interpolate, load_compose
+from llm_ops.frontdoor.compose import OPENAI_API_SERVICE, ModelService, interpolate, load_compose
 from llm_ops.frontdoor.traefik import labels_to_dynamic_config, route_problems
 from llm_ops.prompts.conversation import conv_template_names
-from llm_ops.settings import DEFAULT_SERVICE
+from llm_ops.settings import DEFAULT_SERVICE, LifecycleSettings
 from llm_ops.worker.launch import CONTAINER_PORT, served_names, worker_options
 
 ROOT = Path(__file__).parents[2]
@@ -117,7 +117,9 @@ def test_only_https_and_the_http_redirect_are_public_and_the_admin_port_is_on_lo
     assert traefik_flag("entrypoints.traefik.address") == ":8090"
     for internal in ["ping.entrypoint", "metrics.prometheus.entrypoint"]:
         assert traefik_flag(internal) == "traefik"
-    assert traefik_flag("entrypoints.web.http.redirections.entrypoint.to") == "websecure"
+    redirect_to = traefik_flag("entrypoints.web.http.redirections.entrypoint.to")
+    assert interpolate(redirect_to, {}) == ":8443"  # the published HTTPS port, not the container's :443
+    assert interpolate(redirect_to, {"HTTPS_PORT": "443"}) == ":443"
     assert traefik_flag("entrypoints.web.http.redirections.entrypoint.permanent") == "true"
 
 
@@ -204,3 +206,16 @@ def test_traefik_loads_our_plugins_from_the_mounted_plugins_folder(name: str) ->
 def test_traefik_uses_its_standard_proxy_and_has_a_shorter_idle_timeout_than_the_workers() -> None:
     assert "experimental.fastproxy" not in " ".join(RAW["services"]["traefik"]["command"])
     assert traefik_flag("serverstransport.forwardingtimeouts.idleconntimeout") == "60s"
+
+
+@pytest.mark.parametrize("service", ["traefik", OPENAI_API_SERVICE, *COMPOSE.models])
+def test_services_that_relay_answers_get_time_to_drain_and_finish_them_before_docker_kills_them(service: str) -> None:
+    lifecycle = LifecycleSettings()
+    grace = RAW["services"][service]["stop_grace_period"]  # Docker's default, 10 s, would cut answers short
+    assert grace.endswith("s") and int(grace[:-1]) > lifecycle.drain_seconds + lifecycle.graceful_timeout
+
+
+@pytest.mark.parametrize("service", ["controller", OPENAI_API_SERVICE, *COMPOSE.models])
+def test_every_llm_ops_service_gets_the_api_keys(service: str) -> None:
+    # Without them the controller's status checks and the router's calls get 401 from keyed workers.
+    assert RAW["services"][service]["environment"]["LLM_OPS_API_KEYS"] == "${LLM_OPS_API_KEYS:-}"

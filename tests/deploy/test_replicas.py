@@ -1,0 +1,58 @@
+"""Two replicas of the default model, one killed with `docker kill` while traffic flows through both routes
+(FastChat's, by Traefik, and /v1, by the router and the controller). Only requests in the kill's gap may
+fail; how many did, and how long until none did, go into the report (docs/deployment.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import MODEL_SERVICE, REPLICAS, Deployment
+from tests.integration.conftest import MODEL, completion
+from tests.traffic import Traffic, stop_all, wait_until_each_sent
+
+pytestmark = pytest.mark.deploy
+HEART_BEAT_EXPIRATION = 30.0  # the controller's flag in docker-compose.yml: a silent worker is dropped after it
+CLEAN_BOUND = HEART_BEAT_EXPIRATION + 15.0  # seconds after the kill by which no request fails any more
+REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once the gap is over, to show it is over
+
+
+def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
+    deployed: Deployment, record_property: Callable[[str, object], None]
+) -> None:
+    replicas = deployed.containers(MODEL_SERVICE)
+    assert len(replicas) == REPLICAS
+    victim = replicas[1]
+    openai_body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    flows = {
+        "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
+        "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
+    }
+    threads = [threading.Thread(target=flow.run, args=(deployed,)) for flow in flows.values()]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        killed = time.monotonic()
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        gap_over = killed + CLEAN_BOUND
+        wait_until_each_sent(flows.values(), REQUESTS_AFTER_THE_GAP, after=gap_over)
+    finally:
+        stop_all(flows.values(), threads, timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
+    for name, flow in flows.items():
+        failed_at = [sent - killed for sent, _, ok, _ in flow.results if not ok]
+        record_property(f"{name}_requests", len(flow.results))
+        record_property(f"{name}_failed", len(failed_at))
+        record_property(f"{name}_clean_after_s", round(max(failed_at, default=0.0), 2))
+        record_property(f"{name}_failures_seen", sorted(set(flow.failures()))[:3])
+        assert flow.sent(before=killed) > 0, f"{name}: no traffic before the kill"
+        assert flow.failures(answered_before=killed) == [], f"{name} failed before the kill"
+        assert flow.failures(sent_after=gap_over) == [], f"{name} still failing {CLEAN_BOUND} s after the kill"
+    survivor = deployed.worker_url(replicas[0])
+    assert httpx.get(f"{survivor}/health", timeout=5).status_code == 200

@@ -1,0 +1,110 @@
+"""Load that tests send through a front door (the native stack's or the containers') while they break
+something: steady requests one after another (`Traffic`), and long streamed answers (`LongAnswer`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from tests.integration.conftest import LONG_STORY, MODEL, chat
+
+
+class FrontDoor(Protocol):
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """A client of the front door's base URL that trusts its CA and sends an API key."""
+
+
+@dataclass
+class LongAnswer:
+    """A long answer streamed on a thread: when and how it ended ("complete", or what went wrong)."""
+
+    route: str
+    replica: str = ""  # the worker it went to
+    ended_at: float = 0.0
+    outcome: str = ""
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, stack: FrontDoor) -> None:
+        try:
+            with stack.client(timeout=120) as client:
+                if self.route == "/api":
+                    body = chat(messages=LONG_STORY, max_new_tokens=400)  # greedy: the same long answer each time
+                    url = f"/api/{MODEL}/worker_generate_stream"
+                else:
+                    prompt = "Once upon a time"
+                    body = {"model": MODEL, "prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}
+                    url = "/v1/completions"
+                with client.stream("POST", url, json=body) as response:
+                    received = b""
+                    for data in response.iter_raw():
+                        self.started.set()
+                        received += data
+            self.outcome = self._judge(received)
+        except httpx.HTTPError as error:
+            self.outcome = f"cut: {error!r}"
+        finally:
+            self.ended_at = time.monotonic()
+            self.started.set()
+
+    def _judge(self, received: bytes) -> str:
+        if self.route == "/v1":
+            finished = b'"finish_reason":"length"' in received or b'"finish_reason":"stop"' in received
+            return "complete" if finished and b'"error"' not in received else "error"
+        last = received.rstrip(b"\0").rsplit(b"\0", 1)[-1]
+        try:
+            finish_reason = json.loads(last).get("finish_reason")
+        except ValueError:
+            return f"error: ends with {last[-80:]!r}"
+        return "complete" if finish_reason in ("stop", "length") else f"error: ends with {last[-80:]!r}"
+
+
+@dataclass
+class Traffic:
+    """Requests sent one after another on a thread until stopped: (sent at, answered at, succeeded, what went wrong)."""
+
+    send: Callable[[httpx.Client], httpx.Response]
+    results: list[tuple[float, float, bool, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, stack: FrontDoor) -> None:
+        with stack.client(timeout=30) as client:
+            while not self.stop.is_set():
+                sent = time.monotonic()
+                try:
+                    response = self.send(client)
+                    ok = response.status_code == 200 and "error" not in response.json()
+                    self.results.append((sent, time.monotonic(), ok, "" if ok else response.text[:200]))
+                except httpx.HTTPError as error:
+                    self.results.append((sent, time.monotonic(), False, repr(error)))
+
+    def sent(self, after: float = 0.0, before: float = float("inf")) -> int:
+        return sum(1 for sent, *_ in self.results if after <= sent < before)
+
+    def failures(self, sent_after: float = 0.0, answered_before: float = float("inf")) -> list[str]:
+        return [
+            why
+            for sent, answered, ok, why in self.results
+            if not ok and sent_after <= sent and answered < answered_before
+        ]
+
+
+def wait_until_each_sent(flows: Iterable[Traffic], count: int, after: float, timeout: float = 120.0) -> None:
+    """Until every flow has sent `count` requests after `after` (a time.monotonic()): whatever went wrong
+    before then is over if those succeed."""
+    while any(flow.sent(after=after) < count for flow in flows):
+        assert time.monotonic() - after < timeout, "too little traffic after the gap to show anything"
+        time.sleep(0.2)
+
+
+def stop_all(flows: Iterable[Traffic], threads: Iterable[threading.Thread], timeout: float) -> None:
+    """Stops the flows and waits up to `timeout` s for each thread; a thread still alive then has hung."""
+    for flow in flows:
+        flow.stop.set()
+    for thread in threads:
+        thread.join(timeout=timeout)

@@ -25,6 +25,7 @@ class LongAnswer:
     """A long answer streamed on a thread: when and how it ended ("complete", or what went wrong)."""
 
     route: str
+    tokens: int = 400  # at most; greedy, so the same long answer each time
     replica: str = ""  # the worker it went to
     ended_at: float = 0.0
     outcome: str = ""
@@ -34,11 +35,17 @@ class LongAnswer:
         try:
             with stack.client(timeout=120) as client:
                 if self.route == "/api":
-                    body = chat(messages=LONG_STORY, max_new_tokens=400)  # greedy: the same long answer each time
+                    body = chat(messages=LONG_STORY, max_new_tokens=self.tokens)
                     url = f"/api/{MODEL}/worker_generate_stream"
                 else:
                     prompt = "Once upon a time"
-                    body = {"model": MODEL, "prompt": prompt, "max_tokens": 400, "stream": True, "temperature": 0}
+                    body = {
+                        "model": MODEL,
+                        "prompt": prompt,
+                        "max_tokens": self.tokens,
+                        "stream": True,
+                        "temperature": 0,
+                    }
                     url = "/v1/completions"
                 with client.stream("POST", url, json=body) as response:
                     received = b""

@@ -15,13 +15,16 @@ from tests.deploy.conftest import PROJECT, Deployment
 from tests.traffic import LongAnswer
 
 pytestmark = pytest.mark.deploy
+# Short enough to end within the drain (5 s) and the time answers in flight get (30 s), with three engines
+# sharing two cores; a longer one is cut at the end of that time, with finish_reason "error".
+ANSWER_TOKENS = 100
 
 
 def test_compose_stop_lets_answers_in_flight_finish_and_every_container_exits_0(
     deployed: Deployment, record_property: Callable[[str, object], None]
 ) -> None:
     containers = deployed.compose("ps", "--quiet").stdout.split()
-    answers = [LongAnswer("/api"), LongAnswer("/v1")]
+    answers = [LongAnswer("/api", ANSWER_TOKENS), LongAnswer("/v1", ANSWER_TOKENS)]
     threads = [threading.Thread(target=answer.run, args=(deployed,)) for answer in answers]
     for thread in threads:
         thread.start()

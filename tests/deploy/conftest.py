@@ -148,6 +148,12 @@ class Deployment:
             timeout=START_TIMEOUT + 60,
         )  # fmt: skip
 
+    def save_logs(self) -> None:
+        """Every container's log, to state_dir/compose.log, while they are still there to ask."""
+        logs = self.compose("logs", "--no-color", "--timestamps").stdout
+        if logs:
+            (self.state_dir / "compose.log").write_text(logs)
+
     def containers(self, service: str) -> list[str]:
         return self.compose("ps", "--quiet", service).stdout.split()
 
@@ -193,7 +199,7 @@ def deployment(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         deployed.up()
         yield deployed
     finally:
-        (state_dir / "compose.log").write_text(deployed.compose("logs", "--no-color").stdout)
+        deployed.save_logs()
         deployed.compose("down", "--volumes", "--remove-orphans", "--timeout", "60", timeout=STOP_TIMEOUT)
 
 

@@ -19,6 +19,7 @@ from tests.traffic import Traffic, stop_all, wait_until_each_sent
 pytestmark = pytest.mark.deploy
 HEART_BEAT_EXPIRATION = 30.0  # the controller's flag in docker-compose.yml: a silent worker is dropped after it
 CLEAN_BOUND = HEART_BEAT_EXPIRATION + 15.0  # seconds after the kill by which no request fails any more
+CONTAINER_GONE_BOUND = 60.0  # seconds; 17 s seen with the other engines keeping both cores busy
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once the gap is over, to show it is over
 
 
@@ -39,7 +40,14 @@ def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
     try:
         time.sleep(3)
         killed = time.monotonic()
-        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        kill = subprocess.run(["docker", "kill", victim], capture_output=True, text=True)
+        # Docker 20.10 answers an error when the container has not exited 10 s after SIGKILL ("is zombie"):
+        # the kernel was still tearing the engine down. What counts is that it goes, and when.
+        record_property("docker_kill_said", kill.stderr.strip()[-200:] or "nothing")
+        while deployed.inspect(victim)["State"]["Running"]:
+            assert time.monotonic() - killed < CONTAINER_GONE_BOUND, f"still running: {kill.stderr}"
+            time.sleep(0.2)
+        record_property("container_gone_after_s", round(time.monotonic() - killed, 2))
         gap_over = killed + CLEAN_BOUND
         wait_until_each_sent(flows.values(), REQUESTS_AFTER_THE_GAP, after=gap_over)
     finally:

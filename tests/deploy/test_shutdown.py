@@ -45,6 +45,7 @@ def test_compose_stop_lets_answers_in_flight_finish_and_every_container_exits_0(
 
 
 def test_compose_down_leaves_no_container_network_or_volume_behind(deployed: Deployment) -> None:
+    deployed.save_logs()
     deployed.compose("down", "--volumes", "--timeout", "60", timeout=180)
     label = f"label=com.docker.compose.project={PROJECT}"
     for kind in (["ps", "--all"], ["network", "ls"], ["volume", "ls"]):

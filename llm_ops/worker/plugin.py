@@ -50,6 +50,7 @@ from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.state import WorkerState, worker_state
 
 logger = logging.getLogger(__name__)
+ENGINE_CLIENT_LOGGER = "vllm.v1.engine.async_llm"  # vLLM's AsyncLLM, the engine client of its server
 
 
 class LLMOpsPlugin:
@@ -147,13 +148,38 @@ def _with_registration_and_drain(lifespan: Lifespan) -> Lifespan:
             loop = asyncio.get_running_loop()
             # Replaces vLLM's own SIGTERM handler (installed before the lifespan starts); SIGINT keeps it.
             loop.add_signal_handler(signal.SIGTERM, _start_draining, state, registration)
+            engine_stopped = EngineStoppedAsAsked(state)
+            logging.getLogger(ENGINE_CLIENT_LOGGER).addFilter(engine_stopped)
             try:
                 yield maybe_state
             finally:
                 registration.cancel()
                 await asyncio.gather(registration, return_exceptions=True)
+                logging.getLogger(ENGINE_CLIENT_LOGGER).removeFilter(engine_stopped)
 
     return run
+
+
+class EngineStoppedAsAsked(logging.Filter):
+    """vLLM's shutdown stops the engine before it cancels the task that reads the engine's outputs, and
+    that task may see the engine gone first and log "AsyncLLM output_handler failed" with an
+    EngineDeadError traceback, on a clean stop (vllm-project/vllm#48745). Once the worker was told to
+    stop (SIGTERM), that end is the one asked for: it is logged as one INFO line, without a traceback."""
+
+    def __init__(self, state: WorkerState) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (self.state.draining and record.exc_info):
+            return True
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if isinstance(record.exc_info[1], EngineDeadError):
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+            record.msg, record.args = "the engine stopped, as the stop signal asked", ()
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def _start_draining(state: WorkerState, registration: asyncio.Task[None]) -> None:

@@ -1,10 +1,11 @@
 """A worker stopped with SIGTERM drains (the plugin's lifespan): unhealthy at once, still serving for the
 drain time, then the server's own shutdown (vLLM's, here uvicorn's): no new connections, requests in
-flight finished."""
+flight finished. And the engine's end, asked for, is not logged as its failure."""
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from vllm.v1.engine.exceptions import EngineDeadError
 
+from llm_ops.settings import WorkerOptions
+from llm_ops.worker.admission import Admission
+from llm_ops.worker.plugin import ENGINE_CLIENT_LOGGER, EngineStoppedAsAsked
+from llm_ops.worker.state import WorkerState
 from tests.conftest import free_port
-
-pytestmark = pytest.mark.slow
 
 CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
 ROOT = Path(__file__).parents[2]
@@ -44,6 +48,7 @@ def worker() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         process.wait()
 
 
+@pytest.mark.slow
 def test_sigterm_turns_health_unhealthy_serves_in_flight_streams_to_the_end_and_stops(
     worker: tuple[subprocess.Popen[bytes], str],
 ) -> None:
@@ -74,6 +79,7 @@ def test_sigterm_turns_health_unhealthy_serves_in_flight_streams_to_the_end_and_
     process.wait(timeout=15)  # stopped (its exit code is the stand-in server's, not vLLM's)
 
 
+@pytest.mark.slow
 def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen[bytes], str]) -> None:
     process, url = worker
     reader_done = threading.Event()
@@ -91,3 +97,35 @@ def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen
     assert reader_done.wait(timeout=30)
     assert finished == ["stop"]
     process.wait(timeout=15)
+
+
+def engine_client_log(draining: bool, error: Exception) -> logging.LogRecord:
+    """What vLLM's AsyncLLM logs when its output handler ends with `error`, through the plugin's filter."""
+    worker = WorkerState(WorkerOptions(), ["fake-model"], Admission(1, 0, 1), chat_template=None, conv=None)
+    worker.draining = draining
+    try:
+        raise error
+    except Exception:
+        record = logging.LogRecord(
+            ENGINE_CLIENT_LOGGER, logging.ERROR, "async_llm.py", 906, "AsyncLLM output_handler failed.", (),
+            sys.exc_info(),
+        )  # fmt: skip
+    assert EngineStoppedAsAsked(worker).filter(record)
+    return record
+
+
+def test_the_engines_end_during_a_stop_is_one_info_line_not_a_traceback_vllm_48745() -> None:
+    record = engine_client_log(draining=True, error=EngineDeadError())
+    assert (record.levelno, record.exc_info) == (logging.INFO, None)
+    assert "stopped" in record.getMessage()
+
+
+def test_an_engine_that_dies_while_serving_is_still_logged_as_an_error_with_its_traceback() -> None:
+    record = engine_client_log(draining=False, error=EngineDeadError())
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert record.getMessage() == "AsyncLLM output_handler failed."
+
+
+def test_other_failures_during_a_stop_keep_their_traceback() -> None:
+    record = engine_client_log(draining=True, error=RuntimeError("detokenizer broke"))
+    assert record.levelno == logging.ERROR and record.exc_info is not None

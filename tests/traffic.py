@@ -8,16 +8,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import httpx
 
+from tests.conftest import FrontDoor
 from tests.integration.conftest import LONG_STORY, MODEL, chat
 
-
-class FrontDoor(Protocol):
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """A client of the front door's base URL that trusts its CA and sends an API key."""
+REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once a gap is over, to show it is over
 
 
 @dataclass
@@ -101,7 +98,9 @@ class Traffic:
         ]
 
 
-def wait_until_each_sent(flows: Iterable[Traffic], count: int, after: float, timeout: float = 120.0) -> None:
+def wait_until_each_sent(
+    flows: Iterable[Traffic], after: float, count: int = REQUESTS_AFTER_THE_GAP, timeout: float = 120.0
+) -> None:
     """Until every flow has sent `count` requests after `after` (a time.monotonic()): whatever went wrong
     before then is over if those succeed."""
     while any(flow.sent(after=after) < count for flow in flows):

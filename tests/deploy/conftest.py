@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -24,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.traefik import certificate_config, write_yaml_atomically
 from llm_ops.worker.launch import CONTAINER_PORT
-from tests.conftest import free_port
+from tests.conftest import FrontDoor, free_port
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILES = [ROOT / "docker-compose.yml", Path(__file__).with_name("docker-compose.cpu-test.yml")]
@@ -84,7 +82,7 @@ def images(docker_engine: None) -> None:
 
 
 @dataclass(frozen=True)
-class Deployment:
+class Deployment(FrontDoor):
     """The compose project PROJECT on free host ports, and how tests reach it."""
 
     state_dir: Path  # Traefik's dynamic folder (the repository's, plus the certificate) and the CA
@@ -112,10 +110,6 @@ class Deployment:
     @property
     def ca_file(self) -> Path:
         return TLSFiles.in_dir(self.dynamic_dir / "tls").ca_file
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
 
     def environment(self) -> dict[str, str]:
         """What `docker compose` interpolates into the files: the production .env's variables, and the override's."""
@@ -166,20 +160,6 @@ class Deployment:
         """The worker in `container`, at its address on the project's network (the host can reach it there)."""
         networks = self.inspect(container)["NetworkSettings"]["Networks"]
         return f"http://{next(iter(networks.values()))['IPAddress']}:{CONTAINER_PORT}"
-
-    def worker_queue_length(self, worker_url: str) -> int:
-        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers, timeout=5)
-        length: int = response.json()["queue_length"]
-        return length
-
-    def tls(self) -> ssl.SSLContext:
-        """Trusts the test's CA, and nothing else."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """A client of the front door with the test's CA and the API key."""
-        defaults = {"timeout": 120, "headers": self.headers}
-        return httpx.Client(base_url=self.base_url, verify=self.tls(), **(defaults | kwargs))
 
 
 def write_traefik_dynamic_dir(target: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pytest
 
 from llm_ops.bench.vllm_server import reference_environment, server_command, service_argv
 from llm_ops.settings import DEFAULT_SERVICE
-from tests.conftest import free_port, free_ports_in_a_row
+from tests.conftest import FrontDoor, free_port, free_ports_in_a_row
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -44,7 +43,7 @@ API_KEYS = ("sk-llm-ops-test-0123456789", "sk-llm-ops-other-9876543210")
 
 
 @dataclass(frozen=True)
-class Stack:
+class Stack(FrontDoor):
     base_url: str  # https://localhost:PORT
     http_url: str  # http://localhost:PORT, redirects to HTTPS
     admin_url: str  # Traefik's API, on loopback
@@ -58,15 +57,6 @@ class Stack:
     @property
     def worker_url(self) -> str:
         return self.worker_urls[0]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"}
-
-    def worker_queue_length(self, worker_url: str) -> int:
-        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers)
-        length: int = response.json()["queue_length"]
-        return length
 
     def engine_requests(self, worker_url: str) -> int:
         """Requests the replica's vLLM engine itself still holds."""
@@ -101,15 +91,6 @@ class Stack:
 
     def registered_workers(self) -> list[str]:
         return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
-
-    def tls(self) -> ssl.SSLContext:
-        """Trusts the stack's own CA, and nothing else."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        """A client of the front door with the stack's CA and an API key."""
-        defaults = {"timeout": 120, "headers": self.headers}
-        return httpx.Client(base_url=self.base_url, verify=self.tls(), **(defaults | kwargs))
 
     def model_url(self, model: str = MODEL) -> str:
         return f"{self.base_url}/api/{model}"

@@ -100,7 +100,9 @@ class EchoBackend:
 
 
 @dataclass
-class FrontDoor:
+class EchoFrontDoor:
+    """Traefik on the compose file's labels, in front of echo backends (one per replica of each service)."""
+
     base_url: str
     http_url: str
     admin_url: str
@@ -135,7 +137,7 @@ def router_ids() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
+def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoFrontDoor]:
     state = tmp_path_factory.mktemp("compose-front-door")
     backends = {name: [EchoBackend(f"{name}/{i}") for i in range(REPLICAS)] for name in COMPOSE.models}
     backends[OPENAI_API_SERVICE] = [EchoBackend(f"{OPENAI_API_SERVICE}/0")]
@@ -152,7 +154,9 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
                 replica.stop()
 
 
-def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple[subprocess.Popen[bytes], FrontDoor]:
+def _start_traefik(
+    state: Path, backends: dict[str, list[EchoBackend]]
+) -> tuple[subprocess.Popen[bytes], EchoFrontDoor]:
     """Traefik on free ports; again on new ones if another process took one before Traefik could listen."""
     tls = ensure_certificates(state / "tls", ["localhost", "127.0.0.1"])
     urls = {name: [replica.url for replica in replicas] for name, replicas in backends.items()}
@@ -162,7 +166,7 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
     for attempt in range(PORT_ATTEMPTS):
         addresses = LocalAddresses("127.0.0.1", free_port(), free_port(), "127.0.0.1", free_port())
         flags = write_local_front_door(COMPOSE, urls, tls, addresses, state / "traefik")
-        door = FrontDoor(
+        door = EchoFrontDoor(
             base_url=f"https://localhost:{addresses.https_port}",
             http_url=f"http://localhost:{addresses.http_port}",
             admin_url=f"http://127.0.0.1:{addresses.admin_port}",
@@ -189,11 +193,11 @@ def _start_traefik(state: Path, backends: dict[str, list[EchoBackend]]) -> tuple
     pytest.fail(f"no free ports for Traefik after {PORT_ATTEMPTS} attempts")
 
 
-def _loaded_or_exited(traefik: subprocess.Popen[bytes], door: FrontDoor) -> bool:
+def _loaded_or_exited(traefik: subprocess.Popen[bytes], door: EchoFrontDoor) -> bool:
     return traefik.poll() is not None or _routers_loaded(door)
 
 
-def _routers_loaded(door: FrontDoor) -> bool:
+def _routers_loaded(door: EchoFrontDoor) -> bool:
     try:
         loaded = {router["name"] for router in httpx.get(f"{door.admin_url}/api/http/routers", timeout=2).json()}
     except (httpx.TransportError, ValueError):  # not up yet, or another process on the port
@@ -203,7 +207,7 @@ def _routers_loaded(door: FrontDoor) -> bool:
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)
 def test_each_served_name_reaches_its_own_model_at_the_worker_path(
-    front_door: FrontDoor, service: str, name: str
+    front_door: EchoFrontDoor, service: str, name: str
 ) -> None:
     with front_door.client() as client:
         response = client.post(f"{front_door.base_url}/api/{name}/worker_generate", json={"model_identifier": name})
@@ -225,7 +229,7 @@ def test_each_served_name_reaches_its_own_model_at_the_worker_path(
     ],
 )
 def test_each_served_name_reaches_its_own_models_openai_api_at_the_workers_path(
-    front_door: FrontDoor, service: str, name: str, public: str, worker: str
+    front_door: EchoFrontDoor, service: str, name: str, public: str, worker: str
 ) -> None:
     with front_door.client() as client:
         response = client.post(f"{front_door.base_url}/api/{name}/{public}", json={"model": name})
@@ -236,7 +240,7 @@ def test_each_served_name_reaches_its_own_models_openai_api_at_the_workers_path(
 
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)
-def test_the_openai_router_gets_v1_tokenize_and_detokenize(front_door: FrontDoor, service: str, name: str) -> None:
+def test_the_openai_router_gets_v1_tokenize_and_detokenize(front_door: EchoFrontDoor, service: str, name: str) -> None:
     with front_door.client() as client:
         for path in ("/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize"):
             response = client.post(f"{front_door.base_url}{path}", json={"model": name})
@@ -245,7 +249,7 @@ def test_the_openai_router_gets_v1_tokenize_and_detokenize(front_door: FrontDoor
 
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)
-def test_names_that_only_start_like_a_served_name_get_404(front_door: FrontDoor, service: str, name: str) -> None:
+def test_names_that_only_start_like_a_served_name_get_404(front_door: EchoFrontDoor, service: str, name: str) -> None:
     with front_door.client() as client:
         for other in [f"{name}-v2", f"{name}x", name[:-1], name.lower() if name != name.lower() else name.upper()]:
             response = client.post(f"{front_door.base_url}/api/{other}/worker_generate")
@@ -254,20 +258,22 @@ def test_names_that_only_start_like_a_served_name_get_404(front_door: FrontDoor,
 
 
 @pytest.mark.parametrize("path", ["/api/gpt-4/worker_generate", "/api/worker_generate", "/worker_generate", "/x"])
-def test_models_that_are_not_deployed_get_404(front_door: FrontDoor, path: str) -> None:
+def test_models_that_are_not_deployed_get_404(front_door: EchoFrontDoor, path: str) -> None:
     with front_door.client() as client:
         assert client.post(f"{front_door.base_url}{path}").status_code == 404
 
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)
-def test_http_is_redirected_to_https_keeping_method_and_path(front_door: FrontDoor, service: str, name: str) -> None:
+def test_http_is_redirected_to_https_keeping_method_and_path(
+    front_door: EchoFrontDoor, service: str, name: str
+) -> None:
     response = httpx.post(f"{front_door.http_url}/api/{name}/worker_generate", follow_redirects=False)
     assert response.status_code == 308
     assert response.headers["location"] == f"{front_door.base_url}/api/{name}/worker_generate"
 
 
 def test_tls_verifies_against_our_certificate_and_a_client_that_trusts_others_is_refused(
-    front_door: FrontDoor,
+    front_door: EchoFrontDoor,
 ) -> None:
     name = ROUTES[0][1]
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
@@ -276,7 +282,7 @@ def test_tls_verifies_against_our_certificate_and_a_client_that_trusts_others_is
 
 @pytest.mark.parametrize("service", list(COMPOSE.models))
 def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(
-    front_door: FrontDoor, service: str, record_property: Callable[[str, object], None]
+    front_door: EchoFrontDoor, service: str, record_property: Callable[[str, object], None]
 ) -> None:
     dead, alive = front_door.backends[service]
     name = next(name for svc, name in ROUTES if svc == service)
@@ -300,14 +306,14 @@ def test_the_health_check_takes_a_dead_replica_out_of_rotation_and_back(
 
 @pytest.mark.parametrize("path", ["/api/http/routers", "/dashboard/", "/metrics", "/ping"])
 def test_traefiks_api_dashboard_metrics_and_ping_are_on_the_internal_entrypoint_only(
-    front_door: FrontDoor, path: str
+    front_door: EchoFrontDoor, path: str
 ) -> None:
     with front_door.client() as client:
         assert client.get(f"{front_door.base_url}{path}").status_code == 404
     assert httpx.get(f"{front_door.admin_url}{path}", timeout=5).status_code == 200
 
 
-def test_prometheus_metrics_and_a_json_access_log_are_on(front_door: FrontDoor) -> None:
+def test_prometheus_metrics_and_a_json_access_log_are_on(front_door: EchoFrontDoor) -> None:
     name = ROUTES[0][1]
     with front_door.client() as client:
         client.post(f"{front_door.base_url}/api/{name}/worker_generate")
@@ -319,7 +325,7 @@ def test_prometheus_metrics_and_a_json_access_log_are_on(front_door: FrontDoor) 
 
 @pytest.mark.parametrize("service", list(COMPOSE.models))
 def test_a_replica_that_just_died_costs_no_request_before_the_health_check_notices(
-    front_door: FrontDoor, service: str
+    front_door: EchoFrontDoor, service: str
 ) -> None:
     dead, alive = front_door.backends[service]
     name = next(name for svc, name in ROUTES if svc == service)
@@ -335,7 +341,7 @@ def test_a_replica_that_just_died_costs_no_request_before_the_health_check_notic
     wait_for(lambda: front_door.server_status(service).get(dead.url) == "UP", HEALTH_TIMEOUT, "back UP")
 
 
-def test_a_client_over_the_rate_limit_gets_429_with_retry_after(front_door: FrontDoor) -> None:
+def test_a_client_over_the_rate_limit_gets_429_with_retry_after(front_door: EchoFrontDoor) -> None:
     _, name = ROUTES[0]
     with front_door.client() as client:
         statuses = [client.post(f"{front_door.base_url}/api/{name}/worker_generate") for _ in range(150)]

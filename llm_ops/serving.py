@@ -5,6 +5,7 @@ Workers are vLLM's server, which has its own (`llm_ops.worker.plugin`)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import signal
@@ -43,6 +44,11 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler runs in the context of whatever the main thread was doing: often a request's,
+        # whose id would then mark the drain's log line.
+        contextvars.Context().run(self._begin_stop, sig)
+
+    def _begin_stop(self, sig: int) -> None:
         if self.draining:
             if sig == signal.SIGINT:
                 self.should_exit = self.force_exit = True

@@ -3,20 +3,25 @@ that ties a request's lines together."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from asgi_correlation_id import correlation_id
 
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.logs import configure_logging, default_log_format
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
+from llm_ops.serving import DrainingServer
 from tests.unit.fake_vllm import FakeVllm, fake_worker
 from tests.unit.test_openai_api import Hosts
 from tests.unit.test_worker_fastchat import chat
@@ -90,6 +95,24 @@ async def test_lines_logged_outside_a_request_carry_no_request_id(json_logs: io.
     logging.getLogger("llm_ops.test").warning("between requests")
     (line,) = logged(json_logs)
     assert line["message"] == "between requests" and "request_id" not in line
+
+
+def test_a_stop_signal_that_lands_during_a_request_is_not_logged_under_that_requests_id(
+    json_logs: io.StringIO,
+) -> None:
+    drained_in: list[str | None] = []
+    never_served = uvicorn.Config(app=lambda scope, receive, send: None)
+    server = DrainingServer(never_served, 1.0, on_drain=lambda: drained_in.append(correlation_id.get()))
+    server.started, server._loop = True, asyncio.new_event_loop()
+    serving = correlation_id.set("trace-3")  # the main thread was handling this request when the signal came
+    try:
+        server.handle_exit(signal.SIGTERM, None)
+    finally:
+        correlation_id.reset(serving)
+        server._loop.close()
+    (line,) = logged(json_logs)
+    assert line["message"] == "SIGTERM: draining for 1 s, then stopping" and "request_id" not in line
+    assert drained_in == [None]
 
 
 class Recording(Hosts):

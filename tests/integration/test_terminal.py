@@ -161,6 +161,11 @@ def test_traefik_does_not_warn_about_a_worker_that_is_still_starting(terminal: T
     assert not warnings, warnings[:5]
 
 
+def test_every_entrypoint_sets_how_alias_headers_are_handled_so_traefik_does_not_warn(terminal: Terminal) -> None:
+    warnings = [line for line in terminal.lines if "aliasHeadersStrategy is not configured" in line]
+    assert not warnings, warnings[:3]
+
+
 def test_the_engines_start_is_shown_as_progress_before_the_banner(terminal: Terminal) -> None:
     progress = [payload(line) for line in terminal.before_banner if line[9:].startswith("llm-ops ")]
     phases = [line.split(" (")[0] for line in progress if not line.startswith("still starting")]

@@ -148,14 +148,14 @@ def _with_registration_and_drain(lifespan: Lifespan) -> Lifespan:
             loop = asyncio.get_running_loop()
             # Replaces vLLM's own SIGTERM handler (installed before the lifespan starts); SIGINT keeps it.
             loop.add_signal_handler(signal.SIGTERM, _start_draining, state, registration)
-            engine_stopped = EngineStoppedAsAsked(state)
-            logging.getLogger(ENGINE_CLIENT_LOGGER).addFilter(engine_stopped)
+            engine_client_logger, engine_stopped = logging.getLogger(ENGINE_CLIENT_LOGGER), EngineStoppedAsAsked(state)
+            engine_client_logger.addFilter(engine_stopped)
             try:
                 yield maybe_state
             finally:
                 registration.cancel()
                 await asyncio.gather(registration, return_exceptions=True)
-                logging.getLogger(ENGINE_CLIENT_LOGGER).removeFilter(engine_stopped)
+                engine_client_logger.removeFilter(engine_stopped)
 
     return run
 

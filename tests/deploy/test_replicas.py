@@ -12,8 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from llm_ops.cli import ControllerCommand
 from llm_ops.frontdoor.compose import load_compose
-from llm_ops.settings import ControllerSettings
 from tests.deploy.conftest import COMPOSE_FILES, MODEL_SERVICE, REPLICAS, Deployment
 from tests.integration.conftest import MODEL, completion
 from tests.traffic import Traffic, stop_all, wait_until_each_sent
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.deploy
 def heart_beat_expiration() -> float:
     """Seconds after which the controller drops a silent worker: its flag in docker-compose.yml."""
     command = load_compose(COMPOSE_FILES[0]).service("controller").command
-    flags = dict(arg.removeprefix("--").split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
-    default = ControllerSettings.model_fields["heart_beat_expiration"].default
-    return float(flags.get("heart-beat-expiration", default))
+    return ControllerCommand(_cli_parse_args=command).heart_beat_expiration  # as `llm-ops controller` reads it
 
 
 CLEAN_BOUND = heart_beat_expiration() + 15.0  # seconds after the kill by which no request fails any more

@@ -18,11 +18,9 @@ import httpx
 import pytest
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from llm_ops.settings import WorkerOptions
-from llm_ops.worker.admission import Admission
 from llm_ops.worker.plugin import ENGINE_CLIENT_LOGGER, EngineStoppedAsAsked
-from llm_ops.worker.state import WorkerState
 from tests.conftest import free_port
+from tests.unit.test_worker_fastchat import state
 
 CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
 ROOT = Path(__file__).parents[2]
@@ -101,7 +99,7 @@ def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen
 
 def engine_client_log(draining: bool, error: Exception) -> logging.LogRecord:
     """What vLLM's AsyncLLM logs when its output handler ends with `error`, through the plugin's filter."""
-    worker = WorkerState(WorkerOptions(), ["fake-model"], Admission(1, 0, 1), chat_template=None, conv=None)
+    worker = state()
     worker.draining = draining
     try:
         raise error

@@ -66,6 +66,7 @@ class EchoBackend:
         self.port = 0  # the first start takes any free port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._health_checked = threading.Event()
 
     @property
     def url(self) -> str:
@@ -89,6 +90,12 @@ class EchoBackend:
             self._thread.join(timeout=10)
             self._server = None
 
+    def stop_just_after_a_health_check(self) -> None:
+        """Stops as soon as Traefik's health check has passed, so Traefik thinks it is up for one interval."""
+        self._health_checked.clear()
+        assert self._health_checked.wait(timeout=HEALTH_TIMEOUT), "Traefik sent no health check"
+        self.stop()
+
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
@@ -97,6 +104,8 @@ class EchoBackend:
         body = json.dumps({"backend": self.name, "path": scope["path"], "method": scope["method"]}).encode()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
+        if scope["path"] == "/health":
+            self._health_checked.set()
 
 
 @dataclass
@@ -329,7 +338,7 @@ def test_a_replica_that_just_died_costs_no_request_before_the_health_check_notic
 ) -> None:
     dead, alive = front_door.backends[service]
     name = next(name for svc, name in ROUTES if svc == service)
-    dead.stop()
+    dead.stop_just_after_a_health_check()
     try:
         assert front_door.server_status(service).get(dead.url) == "UP"  # Traefik does not know yet
         with front_door.client() as client:

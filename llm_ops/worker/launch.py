@@ -9,13 +9,16 @@ fills in what a deployment of LLM Ops means by default:
 - `--conv-template NAME`: the template as a Jinja chat template, so /v1 chats render as FastChat's;
 - `VLLM_PLUGINS` names the `llm_ops` plugin (`llm_ops.worker.plugin`), which adds FastChat's routes,
   admission, API keys and registration to vLLM's app;
-- a drain on SIGTERM (`--shutdown-timeout`), and idle connections kept longer than Traefik's.
+- a drain on SIGTERM (`--shutdown-timeout`), and idle connections kept longer than Traefik's;
+- a stop signal that stops the worker while its engine is still starting (`serve`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
 import types
 import typing
 from argparse import Namespace
@@ -26,6 +29,8 @@ from huggingface_hub import try_to_load_from_cache
 
 from llm_ops.logs import POLLED_PATHS
 from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
+
+logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
 CONTAINER_PORT = 21002  # where start_chat.sh and start_completion.sh have the worker listen
@@ -190,7 +195,6 @@ def vllm_argv(argv: list[str]) -> list[str]:
 
 def run_worker(argv: list[str]) -> None:
     import uvloop
-    from vllm.entrypoints.launchers.api_server.entry import run_server
     from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
@@ -203,4 +207,27 @@ def run_worker(argv: list[str]) -> None:
     os.environ.update(server_environment(options, dict(os.environ)))
     configure_logging_from_args(args)
     validate_parsed_serve_args(args)
-    uvloop.run(run_server(args))
+    uvloop.run(serve(args))
+
+
+async def serve(args: Namespace) -> None:
+    """vLLM's `run_server`, but a stop signal before the server serves stops the worker (`_stop_while_starting`).
+    Once it serves, vLLM's own handlers and the plugin's drain take over both signals."""
+    from vllm.entrypoints.launchers.api_server.entry import run_server_worker
+    from vllm.entrypoints.launchers.launcher import setup_server
+    from vllm.utils.system_utils import decorate_logs
+
+    decorate_logs("APIServer", skip_if_decorated=True)
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stop_while_starting)
+    listen_address, sock = setup_server(args, reuse_port=False)
+    await run_server_worker(listen_address, sock, args)
+
+
+def _stop_while_starting(signum: int, _: object) -> None:
+    """vLLM's `run_server` turns SIGTERM into KeyboardInterrupt until it serves, but while the server waits for
+    the engine to start, vLLM's ZeroMQ socket context (`zmq_socket_ctx`) swallows KeyboardInterrupt: the worker
+    would go on starting and then serve as if no stop had come, and `docker stop` would wait out its grace
+    period. SystemExit is not swallowed; the engine's processes are shut down as it unwinds."""
+    logger.info("%s while the worker was starting: stopping", signal.Signals(signum).name)
+    raise SystemExit(0)

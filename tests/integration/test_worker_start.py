@@ -41,14 +41,14 @@ def test_sigterm_while_the_engine_starts_stops_the_worker_and_every_engine_proce
 
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=STOP_TIMEOUT)
-    finally:
+        _, alive = psutil.wait_procs(engine_processes, timeout=10)
+    finally:  # whatever is left, after the test looked
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
     log = log_file.read_text()
     assert code == 0, log
     assert "SIGTERM while the worker was starting: stopping" in log
     assert SERVING not in log
-    _, alive = psutil.wait_procs(engine_processes, timeout=10)
     assert not alive, f"left running: {alive}"
 
 

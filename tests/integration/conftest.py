@@ -108,15 +108,17 @@ def completion(**fields: Any) -> dict[str, Any]:
     return body | {"temperature": 0, "max_new_tokens": 8} | fields
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], stack: Stack) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def wait_for_line(process: subprocess.Popen[bytes], log_file: Path, line: str, timeout: float = START_TIMEOUT) -> None:
+    """Returns once `line` is in the process's log; RuntimeError if the process exits first, TimeoutError after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"llm-ops up exited with {process.returncode}:\n{stack.log_file.read_text()[-5000:]}")
-        if "LLM Ops is serving" in stack.log_file.read_text():
+            raise RuntimeError(f"the process exited with {process.returncode}:\n{log_file.read_text()[-5000:]}")
+        if line in log_file.read_text():
             return
-        time.sleep(1)
-    raise TimeoutError(f"stack not ready after {START_TIMEOUT} s:\n{stack.log_file.read_text()[-5000:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"no {line!r} after {timeout:g} s:\n{log_file.read_text()[-5000:]}")
 
 
 def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
@@ -154,7 +156,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             env = os.environ | {"NO_COLOR": "1", "LLM_OPS_API_KEYS": ",".join(API_KEYS)}
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            _wait_until_serving(process, stack)
+            wait_for_line(process, stack.log_file, "LLM Ops is serving")
             return process, stack
         except RuntimeError:
             if ADDRESS_IN_USE not in stack.log_file.read_text().lower():

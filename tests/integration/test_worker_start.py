@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.conftest import wait_for_line
 
 pytestmark = pytest.mark.integration
 
@@ -29,13 +29,13 @@ STOP_TIMEOUT = 30.0  # vLLM gives the engine 5 s to stop before it kills it
 
 def test_sigterm_while_the_engine_starts_stops_the_worker_and_every_engine_process(tmp_path: Path) -> None:
     log_file = tmp_path / "worker.log"
-    with log_file.open("wb") as log:
+    with log_file.open("wb") as output:
         worker = subprocess.Popen(
             [sys.executable, "-m", "llm_ops", "worker", "--port", str(free_port())],
-            stdout=log, stderr=log, process_group=0,  # as in a container: the signal reaches the worker alone
+            stdout=output, stderr=output, process_group=0,  # as in a container: the signal reaches the worker alone
         )  # fmt: skip
     try:
-        _wait_for_line(log_file, ENGINE_STARTING, worker)
+        wait_for_line(worker, log_file, ENGINE_STARTING, START_TIMEOUT)
         engine_processes = psutil.Process(worker.pid).children(recursive=True)
         assert SERVING not in log_file.read_text(), "the engine started before the test could stop it"
 
@@ -50,11 +50,3 @@ def test_sigterm_while_the_engine_starts_stops_the_worker_and_every_engine_proce
     assert "SIGTERM while the worker was starting: stopping" in log
     assert SERVING not in log
     assert not alive, f"left running: {alive}"
-
-
-def _wait_for_line(log_file: Path, line: str, worker: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while line not in log_file.read_text():
-        assert worker.poll() is None, f"the worker exited with {worker.returncode}:\n{log_file.read_text()}"
-        assert time.monotonic() < deadline, f"no {line!r} after {START_TIMEOUT:g} s"
-        time.sleep(0.2)

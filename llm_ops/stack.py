@@ -122,6 +122,35 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
     return commands, names
 
 
+def engine_core_sets(replicas: int, cpus: list[int]) -> list[str | None]:
+    """Each replica's `VLLM_CPU_OMP_THREADS_BIND`: cores of its own, as far as there are enough.
+
+    vLLM's CPU build binds every engine to the same cores (on two cores: core 0, leaving core 1 to the API
+    servers), so replicas started side by side take turns on one core while the others idle. One replica keeps
+    vLLM's own choice (None); more share the cores out, a contiguous slice each, round the cores again when
+    there are more replicas than cores. Ignored by GPU builds."""
+    if replicas == 1:
+        return [None]
+    per_replica = max(1, len(cpus) // replicas)
+    slices = [cpus[start : start + per_replica] for start in range(0, len(cpus) - per_replica + 1, per_replica)]
+    return [_cpu_list(slices[replica % len(slices)]) for replica in range(replicas)]
+
+
+def _cpu_list(cpus: list[int]) -> str:
+    """vLLM's form of a core list: "3", "0-3", or "0,2,5"."""
+    if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1:
+        return f"{cpus[0]}-{cpus[-1]}"
+    return ",".join(map(str, cpus))
+
+
+def worker_environments(settings: StackSettings, env: dict[str, str]) -> list[dict[str, str]]:
+    """Each replica's environment: `env`, with the cores its engine runs on unless `env` already chooses."""
+    if "VLLM_CPU_OMP_THREADS_BIND" in env:
+        return [env] * settings.replicas
+    core_sets = engine_core_sets(settings.replicas, sorted(os.sched_getaffinity(0)))
+    return [env if cores is None else env | {"VLLM_CPU_OMP_THREADS_BIND": cores} for cores in core_sets]
+
+
 def stop_timeout(settings: StackSettings) -> int:
     """Seconds a stopped worker gets to drain and finish its answers before it is killed."""
     drain = (
@@ -279,8 +308,9 @@ def run_stack(settings: StackSettings) -> int:
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
     manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
-    for replica, worker in enumerate(workers, start=1):
-        manager.add_process(f"worker-{replica}" if len(workers) > 1 else "worker", shell_command(worker), env=env)
+    for replica, (worker, worker_env) in enumerate(zip(workers, worker_environments(settings, env)), start=1):
+        name = f"worker-{replica}" if len(workers) > 1 else "worker"
+        manager.add_process(name, shell_command(worker), env=worker_env)
 
     stop_probe = threading.Event()
     not_ready = threading.Event()

@@ -13,10 +13,12 @@ from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
 from llm_ops.stack import (
     StackProcess,
     controller_command,
+    engine_core_sets,
     openai_api_command,
     shell_command,
     usage_banner,
     worker_commands,
+    worker_environments,
 )
 from llm_ops.worker.launch import parse_worker_args, served_names, worker_options
 
@@ -55,6 +57,28 @@ def test_vllm_flags_given_to_up_win_over_the_services_own() -> None:
     assert (worker_options(worker).conv_template, worker.served_model_name) == ("llama-2", ["Llama-2-7b-chat"])
     assert worker_options(worker).limit_worker_concurrency == 3
     assert (worker.host, worker.port) == ("127.0.0.1", 21002)
+
+
+@pytest.mark.parametrize(
+    ("replicas", "cpus", "core_sets"),
+    [
+        (2, [0, 1], ["0", "1"]),
+        (2, [0, 1, 2, 3], ["0-1", "2-3"]),
+        (2, [0, 2, 4, 6], ["0,2", "4,6"]),
+        (3, [0, 1], ["0", "1", "0"]),  # more replicas than cores: they share, round the cores again
+    ],
+)
+def test_each_replicas_engine_gets_cores_of_its_own(replicas: int, cpus: list[int], core_sets: list[str]) -> None:
+    assert engine_core_sets(replicas, cpus) == core_sets
+
+
+def test_one_replica_keeps_vllms_own_core_binding_and_a_users_choice_always_wins() -> None:
+    assert engine_core_sets(1, [0, 1]) == [None]
+    assert worker_environments(StackSettings(replicas=1), {"A": "1"}) == [{"A": "1"}]
+    chosen = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    assert worker_environments(StackSettings(replicas=2), chosen) == [chosen, chosen]
+    two = worker_environments(StackSettings(replicas=2), {})
+    assert len({environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in two}) == min(2, len(os.sched_getaffinity(0)))
 
 
 def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> None:

@@ -1,14 +1,26 @@
-"""Shared test helpers. Integration fixtures (the real stack) live in tests/integration/conftest.py."""
+"""Shared test helpers. Integration fixtures (the real stack) live in tests/integration/conftest.py.
+
+A test that waits for another process, thread or server waits for what it means, with `wait_until`: the
+condition itself, polled, with a deadline and a failure that says what did not happen. Never a bare sleep.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import socket
 import ssl
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
+import pytest
+
+LOG_TAIL = 5000  # characters of a process's log shown when it exited too early
 
 
 def free_port() -> int:
@@ -56,3 +68,80 @@ class FrontDoor:
         response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers, timeout=5)
         length: int = response.json()["queue_length"]
         return length
+
+
+def _failure(what: str | Callable[[], str], timeout: float) -> str:
+    return f"waited {timeout:g} s for {what if isinstance(what, str) else what()}"
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str | Callable[[], str], interval: float = 0.1
+) -> float:
+    """Seconds until `condition()` held, polled every `interval` seconds. After `timeout` seconds the test
+    fails with "waited TIMEOUT s for WHAT" (`what` phrased as "X to happen"; a callable is asked then, to
+    say what was seen). An exception `condition` raises ends the wait at once."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(_failure(what, timeout))
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+async def wait_until_async(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float,
+    what: str | Callable[[], str],
+    interval: float = 0.01,
+) -> float:
+    """`wait_until` in an event loop: the loop runs on while it polls; `condition` may be a coroutine function."""
+    started = time.monotonic()
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            pytest.fail(_failure(what, timeout))
+        await anyio.sleep(interval)
+
+
+def still_running(process: subprocess.Popen[bytes], log_file: Path | None = None) -> bool:
+    """True while `process` runs; once it has exited, RuntimeError with its exit code (and the end of its
+    log): a wait for something it was to do ends there."""
+    if process.poll() is None:
+        return True
+    log = f":\n{log_file.read_text()[-LOG_TAIL:]}" if log_file is not None else ""
+    raise RuntimeError(f"the process exited with {process.returncode}{log}")
+
+
+def answers(url: str, method: str = "GET") -> bool:
+    """Whether `url` answers 200 (False while nothing listens there)."""
+    try:
+        return httpx.request(method, url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def draining(worker_url: str) -> bool:
+    """Whether a worker's /health says it drains (after SIGTERM: 503, status "draining")."""
+    try:
+        health = httpx.get(f"{worker_url}/health", timeout=5)
+    except httpx.TransportError:
+        return False
+    return health.status_code == 503 and health.json()["status"] == "draining"
+
+
+def wait_until_serving(
+    process: subprocess.Popen[bytes],
+    url: str,
+    timeout: float,
+    log_file: Path | None = None,
+    method: str = "GET",
+    interval: float = 0.1,
+) -> float:
+    """Seconds until `url` answers 200; RuntimeError if `process`, which is to serve it, exits first."""
+    return wait_until(
+        lambda: still_running(process, log_file) and answers(url, method), timeout, f"{url} to answer", interval
+    )

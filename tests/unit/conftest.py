@@ -1,10 +1,33 @@
+"""Fixtures of the unit tests: the async backend, the vLLM stand-in (tests/unit/fake_vllm.py) and a client
+of a worker over it."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from llm_ops.models.default import ensure_default_model
+from tests.unit.fake_vllm import FakeVllm, asgi_client, fake_worker
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def vllm() -> FakeVllm:
+    return FakeVllm()
+
+
+@pytest.fixture
+async def client(vllm: FakeVllm) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a worker (LLM Ops in vLLM's app) over `vllm`; API keys from the environment."""
+    async with asgi_client(await fake_worker(vllm)) as client:
+        yield client
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,10 @@ plugin's `init_state` runs before anything is served.
 handlers answer: an async generator of SSE events (`"data: {json}\\n\\n"`, ending with
 `"data: [DONE]\\n\\n"`), a whole response, or an `ErrorResponse`. It counts the generations that
 started, finished, and were aborted (their stream closed, or their task cancelled, before the end).
+
+Tests reach these apps in process: `asgi_client` calls one app, `Hosts` routes by host name to several
+(as the router reaches a controller and its workers). `chat`, `completion` and `openai_chat` are the
+request bodies they send.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import json
 from argparse import Namespace
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
@@ -54,13 +59,17 @@ from vllm.plugins.endpoint_plugins.interface import attach_endpoint_plugins
 
 from llm_ops.prompts.chat_template import jinja_chat_template
 from llm_ops.prompts.conversation import get_conv_template
+from llm_ops.settings import WorkerOptions
+from llm_ops.worker.admission import Admission
 from llm_ops.worker.launch import parse_worker_args
 from llm_ops.worker.plugin import LLMOpsPlugin
+from llm_ops.worker.state import WorkerState
 
 NAMES = ("fake-model", "fake.model-1.5")
 CHATML = jinja_chat_template(get_conv_template("chatml"))
 # vLLM's routes that LLM Ops' worker must not expose (development, admin, SageMaker).
 HIDDEN_ROUTES = ("/sleep", "/wake_up", "/collective_rpc", "/pause", "/v1/load_lora_adapter", "/invocations")
+WORKER = "http://worker-a/api"  # how a controller knows a fake worker reached through `Hosts` as worker-a
 
 
 class FakeTokenizer:
@@ -182,7 +191,7 @@ class FakeVllm:
         self.started += 1
         try:
             for index, _ in enumerate(words):
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay)  # the scripted engine's pace: deliberate
                 if fails is not None and index == fails:
                     self.finished += 1
                     error = ErrorInfo(message="simulated engine failure", type="InternalServerError", code=500)
@@ -232,7 +241,7 @@ class FakeVllm:
             if kind == "chat":
                 yield event(chunk("", None, 0, role=True))
             for index, word in enumerate(words):
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay)  # the scripted engine's pace: deliberate
                 if fails is not None and index == fails:
                     error = ErrorInfo(message="simulated engine failure", type="InternalServerError", code=500)
                     yield f"data: {json.dumps({'error': error.model_dump()})}\n\n"
@@ -291,21 +300,22 @@ def vllm_app(vllm: FakeVllm, args: Namespace) -> FastAPI:
     app.state.serving_tokenization = vllm
     app.state.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=vllm.max_model_len))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(raw: Request) -> Response:
-        try:
-            request = ChatCompletionRequest.model_validate_json(await raw.body())
-        except ValidationError as error:
-            return invalid(error)
-        return answered(await vllm.create_chat_completion(request, raw))
+    def openai_route(
+        request_type: type[BaseModel], create: Callable[[Any, Request], Awaitable[Any]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def route(raw: Request) -> Response:
+            try:
+                request = request_type.model_validate_json(await raw.body())
+            except ValidationError as error:
+                return invalid(error)
+            return answered(await create(request, raw))
 
-    @app.post("/v1/completions")
-    async def completions(raw: Request) -> Response:
-        try:
-            request = CompletionRequest.model_validate_json(await raw.body())
-        except ValidationError as error:
-            return invalid(error)
-        return answered(await vllm.create_completion(request, raw))
+        return route
+
+    app.add_api_route(
+        "/v1/chat/completions", openai_route(ChatCompletionRequest, vllm.create_chat_completion), methods=["POST"]
+    )
+    app.add_api_route("/v1/completions", openai_route(CompletionRequest, vllm.create_completion), methods=["POST"])
 
     @app.get("/v1/models")
     async def models() -> ModelList:
@@ -354,3 +364,57 @@ def fake_worker_to_serve(vllm: FakeVllm | None = None, flags: Sequence[str] = ()
     which serves it in a thread with yet another loop."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, fake_worker(vllm, flags)).result()
+
+
+def worker_state(stop: list[str] | None = None, stop_token_ids: list[int] | None = None) -> WorkerState:
+    """The plugin's state of a worker serving fake-model, built by hand (no app)."""
+    return WorkerState(
+        options=WorkerOptions(),
+        model_names=["fake-model"],
+        admission=Admission(1, 0, 1),
+        chat_template=None,
+        conv=None,
+        stop=stop or [],
+        stop_token_ids=stop_token_ids or [],
+    )
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    """A FastChat chat request to fake-model; `fields` override."""
+    body: dict[str, Any] = {
+        "model_identifier": "fake-model",
+        "generation_mode": "chat",
+        "messages": [{"role": "user", "text": "What is the capital of France?"}],
+    }
+    return body | fields
+
+
+def completion(**fields: Any) -> dict[str, Any]:
+    """A FastChat completion request to fake-model; `fields` override."""
+    return {"model_identifier": "fake-model", "generation_mode": "completion", "prompt": "Once upon"} | fields
+
+
+def openai_chat(**fields: Any) -> dict[str, Any]:
+    """An OpenAI chat completion request to fake-model; `fields` override."""
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    return body | fields
+
+
+def asgi_client(app: Any, base_url: str = "http://worker") -> httpx.AsyncClient:
+    """A client that calls `app` in process."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+
+class Hosts(httpx.AsyncBaseTransport):
+    """Routes requests to in-process apps by host name; unknown hosts refuse connections, like dead workers."""
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self.apps = apps
+        self.sent: list[tuple[str, str]] = []  # (host, path) of every request, in order
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append((request.url.host, request.url.path))
+        app = self.apps.get(request.url.host)
+        if app is None:
+            raise httpx.ConnectError(f"connection refused: {request.url.host}", request=request)
+        return await httpx.ASGITransport(app=app).handle_async_request(request)

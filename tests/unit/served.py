@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 
 @contextlib.contextmanager
@@ -25,10 +24,8 @@ def served(app: FastAPI) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
-        time.sleep(0.01)
+    wait_until(lambda: server.started or not thread.is_alive(), 10, "the test server to start", interval=0.01)
+    assert server.started, "the test server's thread ended before it started"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

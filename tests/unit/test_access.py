@@ -13,33 +13,20 @@ from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
-from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, fake_worker
-from tests.unit.test_openai_api import Hosts
+from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, Hosts, asgi_client, chat, fake_worker, openai_chat
 
 pytestmark = pytest.mark.anyio
 KEYS = "sk-first-key, sk-second-key"
-CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
-OPENAI_CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def worker_client(vllm: FakeVllm | None = None, flags: list[str] | None = None) -> httpx.AsyncClient:
-    app = await fake_worker(vllm, flags=flags or [])
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker")
-
-
 @pytest.fixture
 async def keyed_worker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
     monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
-    async with await worker_client() as client:
+    async with asgi_client(await fake_worker()) as client:
         yield client
 
 
@@ -59,7 +46,7 @@ async def keyed_worker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.A
 async def test_with_keys_a_worker_refuses_fastchat_routes_a_missing_or_wrong_key_with_401_40101(
     keyed_worker: httpx.AsyncClient, headers: dict[str, str], says: str, path: str
 ) -> None:
-    response = await keyed_worker.post(path, json=CHAT, headers=headers)
+    response = await keyed_worker.post(path, json=chat(), headers=headers)
     assert response.status_code == 401
     assert response.json()["error_code"] == 40101 and says in response.json()["text"]
     assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -73,15 +60,15 @@ async def test_with_keys_a_worker_refuses_fastchat_routes_a_missing_or_wrong_key
 async def test_with_keys_a_worker_refuses_openai_routes_without_a_key_in_openais_shape(
     keyed_worker: httpx.AsyncClient, method: str, path: str
 ) -> None:
-    response = await keyed_worker.request(method, path, json=OPENAI_CHAT, headers=bearer("sk-wrong-key"))
+    response = await keyed_worker.request(method, path, json=openai_chat(), headers=bearer("sk-wrong-key"))
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == 401 and "not valid" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("key", ["sk-first-key", "sk-second-key"])
 async def test_with_keys_any_configured_key_is_accepted(keyed_worker: httpx.AsyncClient, key: str) -> None:
-    fastchat = await keyed_worker.post("/api/worker_generate", json=CHAT, headers=bearer(key))
-    openai = await keyed_worker.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer(key))
+    fastchat = await keyed_worker.post("/api/worker_generate", json=chat(), headers=bearer(key))
+    openai = await keyed_worker.post("/v1/chat/completions", json=openai_chat(), headers=bearer(key))
     assert fastchat.status_code == 200 and fastchat.json()["text"] == "The capital is Paris."
     assert openai.status_code == 200
 
@@ -91,9 +78,8 @@ async def test_health_and_metrics_need_no_key(keyed_worker: httpx.AsyncClient) -
     assert (await keyed_worker.get("/metrics")).status_code == 200
 
 
-async def test_without_keys_a_worker_is_open() -> None:
-    async with await worker_client() as client:
-        assert (await client.post("/api/worker_generate", json=CHAT)).status_code == 200
+async def test_without_keys_a_worker_is_open(client: httpx.AsyncClient) -> None:
+    assert (await client.post("/api/worker_generate", json=chat())).status_code == 200
 
 
 def test_keys_come_from_the_environment_separated_by_commas_or_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,14 +101,14 @@ async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_work
     api = create_openai_app("http://controller", transport=hosts, api_keys=keys)
     async with (
         api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+        asgi_client(api, "http://api") as client,
     ):
         refused = [
             await client.get("/v1/models"),
-            await client.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer("sk-wrong-key")),
+            await client.post("/v1/chat/completions", json=openai_chat(), headers=bearer("sk-wrong-key")),
         ]
         models = await client.get("/v1/models", headers=bearer("sk-second-key"))
-        answered = await client.post("/v1/chat/completions", json=OPENAI_CHAT, headers=bearer("sk-second-key"))
+        answered = await client.post("/v1/chat/completions", json=openai_chat(), headers=bearer("sk-second-key"))
         health = await client.get("/health")
     for response in refused:
         assert response.status_code == 401 and response.json()["error"]["code"] == 401
@@ -138,18 +124,18 @@ async def _chunked(data: bytes) -> AsyncIterator[bytes]:
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["with content-length", "chunked"])
 async def test_a_body_over_the_limit_gets_413_from_the_worker_and_the_router(chunked: bool) -> None:
-    raw = json.dumps(CHAT | {"messages": [{"role": "user", "text": "x" * 5000}]}).encode()
+    raw = json.dumps(chat() | {"messages": [{"role": "user", "text": "x" * 5000}]}).encode()
     vllm = FakeVllm()
     api = create_openai_app("http://controller", transport=Hosts({}), max_body_bytes=4096)
     async with (
-        await worker_client(vllm, flags=["--max-body-bytes", "4096"]) as worker,
+        asgi_client(await fake_worker(vllm, flags=["--max-body-bytes", "4096"])) as worker,
         api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as router,
+        asgi_client(api, "http://api") as router,
     ):
         fastchat = await worker.post("/api/worker_generate", content=_chunked(raw) if chunked else raw)
         openai = await worker.post("/v1/completions", content=_chunked(raw) if chunked else raw)
         routed = await router.post("/v1/completions", content=_chunked(raw) if chunked else raw)
-        small = await worker.post("/api/worker_generate", json=CHAT)
+        small = await worker.post("/api/worker_generate", json=chat())
     assert fastchat.status_code == 413 and fastchat.json()["error_code"] == 40302
     assert "limit of 4096 bytes" in fastchat.json()["text"]
     for response in (openai, routed):
@@ -158,9 +144,8 @@ async def test_a_body_over_the_limit_gets_413_from_the_worker_and_the_router(chu
 
 
 @pytest.mark.parametrize("path", HIDDEN_ROUTES)
-async def test_a_worker_hides_vllms_admin_and_development_routes(path: str) -> None:
-    async with await worker_client() as client:
-        response = await client.post(path, json={})
+async def test_a_worker_hides_vllms_admin_and_development_routes(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.post(path, json={})
     assert response.status_code == 404
     assert response.json()["error"]["message"] == f"no such endpoint: POST {path}"
 
@@ -169,15 +154,13 @@ async def test_a_worker_hides_vllms_admin_and_development_routes(path: str) -> N
     ("method", "path"),
     [("GET", "/v1/models"), ("POST", "/api/worker_get_status"), ("POST", "/api/model_details"), ("GET", "/metrics")],
 )
-async def test_a_worker_serves_its_documented_routes(method: str, path: str) -> None:
-    async with await worker_client() as client:
-        response = await client.request(method, path)
+async def test_a_worker_serves_its_documented_routes(client: httpx.AsyncClient, method: str, path: str) -> None:
+    response = await client.request(method, path)
     assert response.status_code == 200
 
 
-async def test_tokenize_passes_the_public_routes_check() -> None:
-    async with await worker_client() as client:
-        response = await client.post("/tokenize", json={"model": "fake-model", "prompt": "x"})
+async def test_tokenize_passes_the_public_routes_check(client: httpx.AsyncClient) -> None:
+    response = await client.post("/tokenize", json={"model": "fake-model", "prompt": "x"})
     # The fake has no /tokenize: vLLM's router answers, not LLM Ops' "no such endpoint".
     assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
 
@@ -185,7 +168,7 @@ async def test_tokenize_passes_the_public_routes_check() -> None:
 async def test_health_is_ok_with_counts_and_503_while_draining() -> None:
     vllm = FakeVllm()
     app = await fake_worker(vllm)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    async with asgi_client(app) as client:
         ok = await client.get("/health")
         app.state.llm_ops.draining = True
         draining = await client.get("/health")
@@ -207,7 +190,7 @@ async def test_a_chat_model_without_any_chat_template_does_not_start() -> None:
 
 async def test_with_keys_the_playground_page_and_its_files_are_open_and_its_calls_need_a_key() -> None:
     api = create_openai_app("http://controller", transport=Hosts({}), api_keys=frozenset({"sk-first-key"}))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client:
+    async with asgi_client(api, "http://api") as client:
         page = await client.get("/")
         assert page.status_code == 200 and "LLM Ops playground" in page.text
         for asset in ("/playground/playground.js", "/playground/playground.css"):

@@ -14,21 +14,11 @@ import pytest
 from fastapi import FastAPI
 
 from llm_ops.worker.admission import Admission, Overloaded
-from tests.unit.fake_vllm import FakeVllm, fake_worker
+from tests.conftest import wait_until, wait_until_async
+from tests.unit.fake_vllm import FakeVllm, asgi_client, chat, fake_worker, openai_chat
 from tests.unit.served import served
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def chat(**fields: object) -> dict[str, object]:
-    body = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
-    return body | fields
-
 
 BODIES: dict[str, dict[str, object]] = {
     "/api/worker_generate_stream": chat(),
@@ -62,7 +52,7 @@ async def test_admission_refuses_at_once_when_running_and_waiting_slots_are_take
     admission = Admission(max_running=1, max_waiting=1, max_wait_seconds=5)
     running = await admission.acquire()
     waiting = asyncio.create_task(admission.acquire())
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: admission.waiting == 1, 5, "the second request to wait")
     started = time.monotonic()
     with pytest.raises(Overloaded) as refused:
         await admission.acquire()
@@ -87,8 +77,7 @@ async def test_a_cancelled_wait_leaves_no_trace() -> None:
     admission = Admission(max_running=1, max_waiting=4, max_wait_seconds=5)
     running = await admission.acquire()
     waits = [asyncio.create_task(admission.acquire()) for _ in range(3)]
-    await asyncio.sleep(0.01)
-    assert admission.waiting == 3
+    await wait_until_async(lambda: admission.waiting == 3, 5, "three requests to wait")
     for wait in waits:
         wait.cancel()
     await asyncio.gather(*waits, return_exceptions=True)
@@ -139,9 +128,9 @@ async def test_beyond_the_limits_the_worker_answers_429_42903_with_retry_after_w
 async def test_through_the_middleware_a_full_worker_refuses_with_429_and_retry_after(path: str) -> None:
     vllm = FakeVllm(delay=0.1)
     app = await fake_worker(vllm, flags=["--limit-worker-concurrency", "1", "--max-queued-requests", "0"])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    async with asgi_client(app) as client:
         first = asyncio.create_task(client.post(path, json=BODIES[path]))
-        await asyncio.sleep(0.05)
+        await wait_until_async(lambda: vllm.started == 1, 5, "the first request to reach vLLM")
         refused = await client.post(path, json=BODIES[path])
         assert (await first).status_code == 200
         after = await client.post(path, json=BODIES[path])
@@ -155,10 +144,8 @@ async def test_a_closed_admission_answers_503_and_the_engine_is_not_asked(path: 
     vllm = FakeVllm()
     app = await fake_worker(vllm)
     app.state.llm_ops.admission.closed = True
-    body = (
-        chat() if path.startswith("/api/") else {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
-    )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    body = chat() if path.startswith("/api/") else openai_chat()
+    async with asgi_client(app) as client:
         response = await client.post(path, json=body)
         status = await client.post("/api/worker_get_status")
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
@@ -172,13 +159,10 @@ def test_a_client_that_leaves_while_waiting_frees_its_place_in_the_queue(vllm: F
     admission: Admission = app.state.llm_ops.admission
     with served(app) as url, httpx.Client(base_url=url) as client, ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.post, "/api/worker_generate", json=chat())
-        time.sleep(0.1)
+        wait_until(lambda: vllm.started == 1, 5, "the first request to run", interval=0.01)
         with pytest.raises(httpx.ReadTimeout):
             client.post("/api/worker_generate", json=chat(), timeout=0.3)  # waits, then leaves
-        deadline = time.monotonic() + 2
-        while admission.waiting:
-            assert time.monotonic() < deadline, "the wait of a client that left was kept"
-            time.sleep(0.01)
+        wait_until(lambda: admission.waiting == 0, 2, "the wait of the client that left to end", interval=0.01)
         assert admission.running == 1  # the first request is still running: the place was freed, not served
         waiting_again = pool.submit(client.post, "/api/worker_generate", json=chat())
         assert running.result().status_code == 200 and waiting_again.result().status_code == 200
@@ -194,10 +178,15 @@ def test_a_client_that_leaves_a_stream_aborts_the_generation_and_frees_the_slot(
             body = BODIES[path] | ({"stream": True} if path.startswith("/v1/") else {})
             with client.stream("POST", path, json=body) as response:
                 next(response.iter_bytes())
-        deadline = time.monotonic() + 2
-        while vllm.aborted < 2 or app.state.llm_ops.admission.running:
-            assert time.monotonic() < deadline, (vllm.aborted, app.state.llm_ops.admission.running)
-            time.sleep(0.01)
+        admission: Admission = app.state.llm_ops.admission
+        wait_until(
+            lambda: vllm.aborted >= 2 and admission.running == 0,
+            2,
+            lambda: (
+                f"both generations aborted, their slots freed (aborted {vllm.aborted}, running {admission.running})"
+            ),
+            interval=0.01,
+        )
     assert vllm.finished == 0
 
 
@@ -236,7 +225,7 @@ async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, vllm: FakeV
     async def limited(kind: str) -> str:
         async with at_once:
             outcome = await _one_way_to_end(client, kind)
-            if outcome == "429":  # a refusal is instant: without a pause, refusals would crowd out the rest
+            if outcome == "429":  # load pacing: refusals are instant; without a pause they would crowd out the rest
                 await asyncio.sleep(0.2)
             return outcome
 
@@ -244,9 +233,12 @@ async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, vllm: FakeV
         outcomes = await asyncio.gather(*(limited(kind) for kind in plan))
         seen = set(outcomes)
         assert {"200", "400", "429", "500", "200/error", "abandoned", "timed out"} <= seen, seen
-        deadline = time.monotonic() + 5
-        while (status := (await client.post("/api/worker_get_status")).json())["queue_length"] != 0:
-            assert time.monotonic() < deadline, f"slots still held: {status}"
-            await asyncio.sleep(0.05)
+        statuses: list[dict[str, int]] = []
+
+        async def slots_free() -> bool:
+            statuses.append((await client.post("/api/worker_get_status")).json())
+            return statuses[-1]["queue_length"] == 0
+
+        await wait_until_async(slots_free, 5, lambda: f"every slot to be freed: {statuses[-1]}", interval=0.05)
         assert vllm.get_num_unfinished_requests() == 0
         assert (await client.post("/api/worker_generate", json=chat())).status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,6 +14,8 @@ from llm_ops.controller.client import ControllerClient
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.protocol.worker import WorkerStatus
 from llm_ops.worker.registration import keep_registered
+from tests.conftest import wait_until_async
+from tests.unit.fake_vllm import asgi_client
 
 pytestmark = pytest.mark.anyio
 A, B = "http://10.0.0.1:21002/api", "http://10.0.0.2:21002/api"
@@ -28,11 +30,6 @@ class FakeClock:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
@@ -44,9 +41,9 @@ def registry(clock: FakeClock) -> WorkerRegistry:
 
 @pytest.fixture
 async def client(registry: WorkerRegistry) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the controller (this module's own `client`)."""
     app = create_controller_app(registry)
-    transport = httpx.ASGITransport(app=app)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+    async with app.router.lifespan_context(app), asgi_client(app, "http://c") as client:
         yield client
 
 
@@ -147,17 +144,10 @@ async def test_a_worker_registers_sends_its_queue_and_registers_again_when_forgo
 
     task = asyncio.create_task(keep_registered(ControllerClient(client, "http://c"), A, worker_status, 0.01))
     try:
-        await wait_until(lambda: A in registry.workers)
+        await wait_until_async(lambda: A in registry.workers, 5, "the worker to register")
         queue["length"] = 7
-        await wait_until(lambda: registry.workers[A].queue_length == 7)
+        await wait_until_async(lambda: registry.workers[A].queue_length == 7, 5, "a heartbeat with the new queue")
         registry.remove(A)  # as after a controller restart, or an expiry
-        await wait_until(lambda: A in registry.workers)
+        await wait_until_async(lambda: A in registry.workers, 5, "the worker to register again")
     finally:
         task.cancel()
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

@@ -18,32 +18,44 @@ import httpx
 import pytest
 from vllm.v1.engine.exceptions import EngineDeadError
 
+from llm_ops.protocol.framing import DELIMITER
 from llm_ops.worker.plugin import ENGINE_CLIENT_LOGGER, EngineStoppedAsAsked
-from tests.conftest import free_port
-from tests.unit.test_worker_fastchat import state
+from tests.conftest import draining, free_port, wait_until, wait_until_serving
+from tests.unit.fake_vllm import chat, worker_state
 
-CHAT = {"model_identifier": "fake-model", "generation_mode": "chat", "messages": [{"role": "user", "text": "Hi"}]}
 ROOT = Path(__file__).parents[2]
+START_TIMEOUT = 30.0
+SIGNAL_TIMEOUT = 5.0  # for the worker's SIGTERM handler to run: milliseconds, unless the machine is starved
 
 
 @pytest.fixture
 def worker() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`tests.unit.drained_worker` in a process of its own, once it serves (its SIGTERM handler is in place)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "tests.unit.drained_worker", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline and process.poll() is None, "the worker did not start"
-            time.sleep(0.1)
     try:
+        wait_until_serving(process, f"{url}/health", START_TIMEOUT)
         yield process, url
     finally:
         process.kill()
         process.wait()
+
+
+def listening(url: str) -> bool:
+    """Whether the worker still accepts connections (a connection it drops while it stops counts as yes)."""
+    try:
+        httpx.get(f"{url}/health")
+    except httpx.ConnectError:
+        return False
+    except httpx.TransportError:
+        return True
+    return True
+
+
+def queue_length(url: str) -> int:
+    length: int = httpx.post(f"{url}/api/worker_get_status").json()["queue_length"]
+    return length
 
 
 @pytest.mark.slow
@@ -52,24 +64,28 @@ def test_sigterm_turns_health_unhealthy_serves_in_flight_streams_to_the_end_and_
 ) -> None:
     process, url = worker
     chunks: list[dict[str, object]] = []
+    streaming = threading.Event()
 
     def read_stream() -> None:
-        with httpx.stream("POST", f"{url}/api/worker_generate_stream", json=CHAT, timeout=30) as response:
-            chunks.extend(json.loads(chunk) for chunk in response.read().split(b"\0") if chunk)
+        with httpx.stream("POST", f"{url}/api/worker_generate_stream", json=chat(), timeout=30) as response:
+            buffer = b""
+            for data in response.iter_bytes():
+                *complete, buffer = (buffer + data).split(DELIMITER)
+                chunks.extend(json.loads(chunk) for chunk in complete if chunk)
+                if chunks:
+                    streaming.set()
 
     reader = threading.Thread(target=read_stream)
     reader.start()
-    time.sleep(0.3)  # the stream has started: two seconds of it are left
+    assert streaming.wait(timeout=30), "the stream did not start"  # the first word is out: nine are left
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    health = httpx.get(f"{url}/health")
-    assert health.status_code == 503 and health.json()["status"] == "draining"
-    during_drain = httpx.post(f"{url}/api/worker_generate", json=CHAT, timeout=30)
+    wait_until(lambda: draining(url), SIGNAL_TIMEOUT, "/health to say the worker drains")
+    during_drain = httpx.post(f"{url}/api/worker_generate", json=chat(), timeout=30)
     assert during_drain.status_code == 200  # routed here before the front door noticed: still served
 
-    time.sleep(1.2)  # the drain time is over: the worker no longer listens
+    wait_until(lambda: not listening(url), 15, "the worker to stop listening once its drain time is over")
     with pytest.raises(httpx.ConnectError):
-        httpx.post(f"{url}/api/worker_generate", json=CHAT)
+        httpx.post(f"{url}/api/worker_generate", json=chat())
 
     reader.join(timeout=30)
     assert len(chunks) == 10 and chunks[-1]["finish_reason"] == "stop"
@@ -84,14 +100,14 @@ def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen
     finished: list[object] = []
 
     def read_whole() -> None:
-        finished.append(httpx.post(f"{url}/api/worker_generate", json=CHAT, timeout=30).json()["finish_reason"])
+        finished.append(httpx.post(f"{url}/api/worker_generate", json=chat(), timeout=30).json()["finish_reason"])
         reader_done.set()
 
     threading.Thread(target=read_whole).start()
-    time.sleep(0.3)
+    wait_until(lambda: queue_length(url) == 1, 30, "the request to be admitted")
     for _ in range(3):
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        time.sleep(0.1)  # deliberate: signals sent at once could merge into one; these come one by one, mid-drain
     assert reader_done.wait(timeout=30)
     assert finished == ["stop"]
     process.wait(timeout=15)
@@ -99,7 +115,7 @@ def test_more_sigterms_do_not_cut_the_drain_short(worker: tuple[subprocess.Popen
 
 def engine_client_log(draining: bool, error: Exception) -> logging.LogRecord:
     """What vLLM's AsyncLLM logs when its output handler ends with `error`, through the plugin's filter."""
-    worker = state()
+    worker = worker_state()
     worker.draining = draining
     try:
         raise error

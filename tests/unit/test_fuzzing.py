@@ -54,8 +54,7 @@ from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.framing import DELIMITER
 from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, GenerateRequest, WorkerStatus
 from llm_ops.worker.fastchat import GENERATE_BODY
-from tests.unit.fake_vllm import FakeVllm, fake_worker
-from tests.unit.test_openai_api import WORKER, Hosts
+from tests.unit.fake_vllm import WORKER, FakeVllm, Hosts, asgi_client, fake_worker
 
 pytestmark = pytest.mark.slow
 
@@ -239,8 +238,8 @@ def running(apps: Apps) -> Iterator[Harness]:
     async def clients() -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, httpx.AsyncClient, dict[str, Any]]]:
         async with (
             apps(vllm) as (app, worker, schema),
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app") as client,
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=worker), base_url="http://worker") as direct,
+            asgi_client(app, "http://app") as client,
+            asgi_client(worker) as direct,
         ):
             yield app, client, direct, schema
 

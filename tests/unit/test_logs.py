@@ -8,7 +8,7 @@ import io
 import json
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -22,23 +22,9 @@ from llm_ops.logs import configure_logging, default_log_format
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
 from llm_ops.serving import DrainingServer
-from tests.unit.fake_vllm import FakeVllm, fake_worker
-from tests.unit.test_openai_api import Hosts
-from tests.unit.test_worker_fastchat import chat
+from tests.unit.fake_vllm import FakeVllm, Hosts, asgi_client, chat, fake_worker, openai_chat
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-async def worker() -> AsyncIterator[httpx.AsyncClient]:
-    app = await fake_worker()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as client:
-        yield client
 
 
 @pytest.fixture
@@ -56,21 +42,21 @@ def logged(buffer: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in buffer.getvalue().splitlines()]
 
 
-async def test_a_server_answers_with_the_request_id_it_was_given(worker: httpx.AsyncClient) -> None:
-    response = await worker.post("/api/worker_generate", json=chat(), headers={"X-Request-Id": "trace-42"})
+async def test_a_server_answers_with_the_request_id_it_was_given(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/worker_generate", json=chat(), headers={"X-Request-Id": "trace-42"})
     assert response.headers["X-Request-Id"] == "trace-42"
 
 
-async def test_a_request_without_an_id_gets_a_new_one_in_the_answer(worker: httpx.AsyncClient) -> None:
-    first = (await worker.post("/api/worker_generate", json=chat())).headers["X-Request-Id"]
-    second = (await worker.post("/api/worker_get_status")).headers["X-Request-Id"]
+async def test_a_request_without_an_id_gets_a_new_one_in_the_answer(client: httpx.AsyncClient) -> None:
+    first = (await client.post("/api/worker_generate", json=chat())).headers["X-Request-Id"]
+    second = (await client.post("/api/worker_get_status")).headers["X-Request-Id"]
     assert len(first) == 32 and int(first, 16) >= 0 and first != second
 
 
 @pytest.mark.parametrize("unusable", ["has spaces", "x" * 129, "é"], ids=["spaces", "too long", "not ASCII"])
-async def test_an_unusable_request_id_is_replaced(worker: httpx.AsyncClient, unusable: str) -> None:
+async def test_an_unusable_request_id_is_replaced(client: httpx.AsyncClient, unusable: str) -> None:
     headers = {"X-Request-Id": unusable.encode()}
-    answered = (await worker.post("/api/worker_get_status", headers=headers)).headers["X-Request-Id"]
+    answered = (await client.post("/api/worker_get_status", headers=headers)).headers["X-Request-Id"]
     assert answered != unusable and len(answered) == 32
 
 
@@ -83,8 +69,8 @@ async def test_what_vllm_logs_while_serving_a_request_is_one_json_line_with_the_
             return await super().create_chat_completion(request, raw)
 
     app = await fake_worker(LoggingVllm())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as worker:
-        await worker.post("/api/worker_generate_stream", json=chat(), headers={"X-Request-Id": "trace-7"})
+    async with asgi_client(app) as client:
+        await client.post("/api/worker_generate_stream", json=chat(), headers={"X-Request-Id": "trace-7"})
     lines = [line for line in logged(json_logs) if line.get("request_id") == "trace-7"]
     line = next(line for line in lines if line["logger"] == "vllm.entrypoints.openai")
     assert line["logger"] == "vllm.entrypoints.openai" and line["level"] == "INFO" and line["time"]
@@ -134,13 +120,12 @@ async def test_the_openai_api_passes_its_request_id_on_to_the_controller_and_the
     controller = create_controller_app(registry, transport=Hosts({"worker-a": worker}))
     outgoing = Recording({"worker-a": worker, "controller": controller})
     api = create_openai_app("http://controller", transport=outgoing)
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
     async with (
         controller.router.lifespan_context(controller),
         api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+        asgi_client(api, "http://api") as client,
     ):
-        response = await client.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "trace-9"})
+        response = await client.post("/v1/chat/completions", json=openai_chat(), headers={"X-Request-Id": "trace-9"})
     assert response.status_code == 200 and response.headers["X-Request-Id"] == "trace-9"
     assert outgoing.ids == [("/get_worker_address", "trace-9"), ("/v1/chat/completions", "trace-9")]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -18,30 +17,9 @@ from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
-from tests.unit.fake_vllm import FakeVllm, fake_worker
+from tests.unit.fake_vllm import WORKER, FakeVllm, Hosts, asgi_client, fake_worker, openai_chat
 
 pytestmark = pytest.mark.anyio
-WORKER = "http://worker-a/api"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class Hosts(httpx.AsyncBaseTransport):
-    """Routes requests to in-process apps by host name; unknown hosts refuse connections, like dead workers."""
-
-    def __init__(self, apps: dict[str, Any]) -> None:
-        self.apps = apps
-        self.sent: list[tuple[str, str]] = []  # (host, path) of every request, in order
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append((request.url.host, request.url.path))
-        app = self.apps.get(request.url.host)
-        if app is None:
-            raise httpx.ConnectError(f"connection refused: {request.url.host}", request=request)
-        return await httpx.ASGITransport(app=app).handle_async_request(request)
 
 
 class Router:
@@ -52,11 +30,6 @@ class Router:
 
     def to(self, host: str) -> list[str]:
         return [path for to, path in self.hosts.sent if to == host]
-
-
-@pytest.fixture
-def vllm() -> FakeVllm:
-    return FakeVllm()
 
 
 @pytest.fixture
@@ -74,14 +47,9 @@ async def router(vllm: FakeVllm, registry: WorkerRegistry) -> AsyncIterator[Rout
     async with (
         hosts.apps["controller"].router.lifespan_context(hosts.apps["controller"]),
         api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+        asgi_client(api, "http://api") as client,
     ):
         yield Router(client, hosts, registry)
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    body = {"model": "fake-model", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
-    return body | fields
 
 
 async def test_a_request_reaches_the_worker_and_its_answer_comes_back_byte_for_byte(router: Router) -> None:
@@ -103,7 +71,7 @@ async def test_a_request_reaches_the_worker_and_its_answer_comes_back_byte_for_b
 
 
 async def test_a_chat_completion_is_answered_by_the_worker(router: Router) -> None:
-    response = await router.client.post("/v1/chat/completions", json=chat(temperature=0))
+    response = await router.client.post("/v1/chat/completions", json=openai_chat(temperature=0))
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "The capital is Paris."
     assert router.to("worker-a") == ["/v1/chat/completions"]
@@ -135,7 +103,7 @@ async def test_the_workers_refusal_comes_back_with_its_status_and_body(router: R
 
 
 async def test_an_unknown_model_gets_404_in_openais_shape(router: Router) -> None:
-    response = await router.client.post("/v1/chat/completions", json=chat(model="gpt-4"))
+    response = await router.client.post("/v1/chat/completions", json=openai_chat(model="gpt-4"))
     assert response.status_code == 404
     assert response.json() == {
         "error": {
@@ -179,7 +147,7 @@ async def test_tokenize_is_routed_by_its_model_too(router: Router) -> None:
 async def test_a_replica_that_refuses_the_connection_is_skipped_for_another(router: Router) -> None:
     router.registry.register("http://dead-worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     router.registry.workers[WORKER].queue_length = 5  # the dead one looks less busy: it is tried first
-    response = await router.client.post("/v1/chat/completions", json=chat())
+    response = await router.client.post("/v1/chat/completions", json=openai_chat())
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"]
     assert router.to("dead-worker")[0] == "/v1/chat/completions"
     assert list(router.registry.workers) == [WORKER]  # the controller checked its workers and dropped the dead one
@@ -192,7 +160,7 @@ async def test_a_replica_answering_503_is_skipped_for_another(router: Router) ->
     router.hosts.apps["draining-worker"] = draining
     router.registry.register("http://draining-worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     router.registry.workers[WORKER].queue_length = 5
-    response = await router.client.post("/v1/chat/completions", json=chat())
+    response = await router.client.post("/v1/chat/completions", json=openai_chat())
     assert response.status_code == 200
     assert router.to("draining-worker")[0] == "/v1/chat/completions"
     assert router.to("worker-a")[-1] == "/v1/chat/completions"
@@ -201,7 +169,7 @@ async def test_a_replica_answering_503_is_skipped_for_another(router: Router) ->
 async def test_when_no_replica_can_be_reached_the_router_answers_503(router: Router) -> None:
     router.registry.workers.clear()
     router.registry.register("http://dead-worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
-    response = await router.client.post("/v1/chat/completions", json=chat())
+    response = await router.client.post("/v1/chat/completions", json=openai_chat())
     assert response.status_code in (404, 503)  # dropped by the controller's refresh, or unreachable thrice
     assert response.json()["error"]["code"] == response.status_code
 
@@ -231,10 +199,10 @@ async def test_without_a_controller_the_router_answers_503() -> None:
     api = create_openai_app("http://controller", transport=Hosts({}))  # nothing answers
     async with (
         api.router.lifespan_context(api),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+        asgi_client(api, "http://api") as client,
     ):
         models = await client.get("/v1/models")
-        answer = await client.post("/v1/chat/completions", json=chat())
+        answer = await client.post("/v1/chat/completions", json=openai_chat())
     for response in (models, answer):
         assert response.status_code == 503
         assert "the controller cannot be reached" in response.json()["error"]["message"]

@@ -8,19 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llm_ops.protocol.worker import MAX_STOP_STRINGS, GenerateRequest
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model_identifier": "m",
-        "generation_mode": "chat",
-        "messages": [{"role": "user", "text": "Hello"}],
-    }
-    return body | fields
-
-
-def completion(**fields: Any) -> dict[str, Any]:
-    return {"model_identifier": "m", "generation_mode": "completion", "prompt": "Once"} | fields
+from tests.unit.fake_vllm import chat, completion
 
 
 def refusal(body: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from llm_ops import restart
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +28,17 @@ def python(code: str) -> list[str]:
 
 
 def start_wrapper(args: list[str], ready: Path) -> subprocess.Popen[bytes]:
-    """`python -m llm_ops.restart ARGS` in a process of its own, once its command has written `ready`."""
+    """`python -m llm_ops.restart ARGS` in a process of its own, once its command has written `ready` (which
+    a command writes once it has installed its signal handlers; the wrapper installs its own before it
+    starts the command)."""
     wrapper = subprocess.Popen([sys.executable, "-m", "llm_ops.restart", *args], cwd=Path(__file__).parents[2])
-    deadline = time.monotonic() + 10
-    while not ready.exists() or not ready.read_text():
-        assert time.monotonic() < deadline, "the command did not start"
-        time.sleep(0.05)
-    time.sleep(0.3)  # the command has installed its signal handlers
+    wait_until(lambda: ready.exists() and ready.read_text() != "", 10, "the command to start", interval=0.05)
     return wrapper
+
+
+def ready_then_wait(ready: Path) -> str:
+    """A command's last lines: it says it is ready (`start_wrapper` waits for that), then runs until stopped."""
+    return f"open({str(ready)!r}, 'w').write('ready')\ntime.sleep(60)"  # deliberate: a command that keeps running
 
 
 def counting_runs(runs: Path, then: str) -> list[str]:
@@ -64,14 +68,15 @@ def test_a_command_that_keeps_crashing_at_start_is_given_up_with_its_exit_code(t
 def test_stopping_the_wrapper_lets_the_command_finish_and_returns_its_code_without_a_restart(
     tmp_path: Path, signum: int
 ) -> None:
-    runs, stopped = tmp_path / "runs", tmp_path / "stopped"
+    runs, stopped, ready = tmp_path / "runs", tmp_path / "stopped", tmp_path / "ready"
     graceful = (
         f"import signal, sys, time; open({str(runs)!r}, 'a').write('x')\n"
+        # deliberate: the command takes its time to drain; the wrapper must wait for it
         f"def stop(*_): time.sleep(0.5); open({str(stopped)!r}, 'w').write('drained'); sys.exit(0)\n"
         f"signal.signal(signal.SIGTERM, stop); signal.signal(signal.SIGINT, stop)\n"
-        f"time.sleep(60)"
+        f"{ready_then_wait(ready)}"
     )
-    wrapper = start_wrapper(python(graceful), ready=runs)
+    wrapper = start_wrapper(python(graceful), ready=ready)
     wrapper.send_signal(signum)
     assert wrapper.wait(timeout=10) == 0
     assert stopped.read_text() == "drained" and runs.read_text() == "x"
@@ -90,9 +95,9 @@ def test_the_command_runs_in_a_process_group_of_its_own_so_only_the_wrapper_sign
 
 
 def test_a_wrapper_killed_outright_takes_its_command_with_it(tmp_path: Path) -> None:
-    child_pid = tmp_path / "pid"
-    sleeper = f"import os, time; open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    wrapper = start_wrapper(python(sleeper), ready=child_pid)
+    child_pid, ready = tmp_path / "pid", tmp_path / "ready"
+    sleeper = f"import os, time; open({str(child_pid)!r}, 'w').write(str(os.getpid()))\n{ready_then_wait(ready)}"
+    wrapper = start_wrapper(python(sleeper), ready=ready)
     wrapper.kill()
     wrapper.wait()
     psutil.Process(int(child_pid.read_text())).wait(timeout=5)  # TimeoutExpired if it outlived the wrapper
@@ -102,7 +107,7 @@ def spawning(pid_file: Path, then: str) -> list[str]:
     """A command that starts a long-lived process of its own (as a worker starts vLLM's), then runs `then`."""
     return python(
         f"import subprocess, sys, signal, time\n"
-        f"left = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"left = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"  # deliberate: lives on
         f"open({str(pid_file)!r}, 'w').write(str(left.pid))\n"
         f"{then}"
     )
@@ -115,9 +120,9 @@ def test_processes_a_command_leaves_behind_are_killed_when_it_ends(tmp_path: Pat
 
 
 def test_a_command_that_does_not_stop_in_time_is_killed_with_everything_it_started(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
-    stubborn = spawning(pid_file, "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)")
-    wrapper = start_wrapper(["--stop-timeout", "1", *stubborn], ready=pid_file)
+    pid_file, ready = tmp_path / "pid", tmp_path / "ready"
+    stubborn = spawning(pid_file, f"signal.signal(signal.SIGTERM, signal.SIG_IGN)\n{ready_then_wait(ready)}")
+    wrapper = start_wrapper(["--stop-timeout", "1", *stubborn], ready=ready)
     started = time.monotonic()
     wrapper.send_signal(signal.SIGTERM)
     assert wrapper.wait(timeout=10) == 128 + signal.SIGKILL

@@ -4,7 +4,6 @@ mapping to vLLM's requests, errors, and the helper routes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,47 +16,15 @@ from vllm.entrypoints.serve.engine.protocol import ErrorInfo, ErrorResponse
 from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.framing import iter_chunks
 from llm_ops.protocol.worker import GenerateRequest
-from llm_ops.settings import WorkerOptions
-from llm_ops.worker.admission import Admission
 from llm_ops.worker.fastchat import fastchat_error, openai_body
 from llm_ops.worker.state import WorkerState
-from tests.unit.fake_vllm import FakeVllm, context_overflow, fake_worker
+from tests.unit.fake_vllm import FakeVllm, asgi_client, chat, completion, context_overflow, fake_worker, worker_state
 
 pytestmark = pytest.mark.anyio
 CHATML_PROMPT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 )
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def vllm() -> FakeVllm:
-    return FakeVllm()
-
-
-@pytest.fixture
-async def client(vllm: FakeVllm) -> AsyncIterator[httpx.AsyncClient]:
-    app = await fake_worker(vllm)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
-        yield client
-
-
-def chat(**fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model_identifier": "fake-model",
-        "generation_mode": "chat",
-        "messages": [{"role": "user", "text": "What is the capital of France?"}],
-    }
-    return body | fields
-
-
-def completion(**fields: Any) -> dict[str, Any]:
-    return {"model_identifier": "fake-model", "generation_mode": "completion", "prompt": "Once upon"} | fields
 
 
 async def stream_chunks(client: httpx.AsyncClient, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -272,7 +239,7 @@ async def test_fastchat_can_rebuild_the_conversation_template_and_render_the_pro
 
 async def test_a_chat_template_that_no_conversation_renders_has_no_conv_template() -> None:
     app = await fake_worker(FakeVllm(chat_template="{% for m in messages %}{{ m['content'] }}|{% endfor %}"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    async with asgi_client(app) as client:
         response = await client.post("/api/worker_get_conv_template")
     assert response.json() == {"conv": None}
 
@@ -330,20 +297,8 @@ async def test_fastchat_bodies_are_checked_and_errors_name_the_field(client: htt
 # openai_body: what vLLM is asked for a FastChat request, one family of fields at a time.
 
 
-def state(stop: list[str] | None = None, stop_token_ids: list[int] | None = None) -> WorkerState:
-    return WorkerState(
-        options=WorkerOptions(),
-        model_names=["fake-model"],
-        admission=Admission(1, 0, 1),
-        chat_template=None,
-        conv=None,
-        stop=stop or [],
-        stop_token_ids=stop_token_ids or [],
-    )
-
-
 def mapped(body: dict[str, Any], worker: WorkerState | None = None, stream: bool = False) -> dict[str, Any]:
-    return openai_body(GenerateRequest.model_validate(body), worker or state(), stream)
+    return openai_body(GenerateRequest.model_validate(body), worker or worker_state(), stream)
 
 
 def test_openai_body_turns_a_chat_into_openai_messages_with_the_system_message_first() -> None:
@@ -379,7 +334,7 @@ def test_openai_body_passes_the_penalties_on_unchanged() -> None:
 
 
 def test_openai_body_adds_the_conversation_templates_stops_to_chats_only() -> None:
-    worker = state(stop=["<|im_end|>"], stop_token_ids=[2])
+    worker = worker_state(stop=["<|im_end|>"], stop_token_ids=[2])
     chat_body = mapped(chat(stop="END", stop_token_ids=[9]), worker)
     completion_body = mapped(completion(stop=["END", "\n"], stop_token_ids=[9]), worker)
     assert (chat_body["stop"], chat_body["stop_token_ids"]) == (["END", "<|im_end|>"], [9, 2])
@@ -403,7 +358,7 @@ async def test_the_sampling_fields_reach_vllms_chat_request(client: httpx.AsyncC
 
 async def test_a_conv_template_flag_adds_its_stop_strings_to_chats(vllm: FakeVllm) -> None:
     app = await fake_worker(vllm, flags=["--conv-template", "chatml"])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    async with asgi_client(app) as client:
         await client.post("/api/worker_generate", json=chat())
     (request,) = vllm.requests
     assert isinstance(request, ChatCompletionRequest) and request.stop == ["<|im_end|>"]
@@ -422,7 +377,7 @@ async def test_a_model_that_does_not_generate_text_refuses_fastchat_generation_w
 ) -> None:
     app = await fake_worker(vllm)
     del app.state.openai_serving_chat, app.state.openai_serving_completion  # vLLM sets none for an embedding model
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+    async with asgi_client(app) as client:
         for body in (chat(), completion()):
             response = await client.post("/api/worker_generate", json=body)
             assert response.status_code == 400 and response.json()["text"] == "this model does not generate text"

@@ -9,6 +9,7 @@ import time
 import psutil
 
 from llm_ops.bench import cpu
+from tests.conftest import wait_until
 
 
 def test_cpu_used_between_two_snapshots_is_added_up_by_kind_of_process() -> None:
@@ -21,13 +22,12 @@ def test_cpu_used_between_two_snapshots_is_added_up_by_kind_of_process() -> None
 
 
 def test_a_running_process_is_named_after_the_service_it_belongs_to() -> None:
-    # Named like the stack's worker by its arguments: `kind` reads command lines.
+    # Named like the stack's worker by its arguments: `kind` reads command lines. It sleeps on purpose: a
+    # process that runs while the test looks at it.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "llm-ops", "worker"])
     try:
-        deadline = time.monotonic() + 10
-        while "llm-ops worker" not in " ".join(psutil.Process(child.pid).cmdline()):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        process = psutil.Process(child.pid)
+        wait_until(lambda: "llm-ops worker" in " ".join(process.cmdline()), 10, "the child's exec", interval=0.05)
         assert cpu.kind(psutil.Process(child.pid)) == "worker http"
         assert cpu.kind(psutil.Process()) == "bench client"
     finally:

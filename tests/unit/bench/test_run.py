@@ -37,10 +37,10 @@ class FakeTarget:
         self.in_flight += 1
         if max_new_tokens > 1:
             self.measured_calls.append(self.in_flight)
-        await asyncio.sleep(self.ttft)
+        await asyncio.sleep(self.ttft)  # a scripted target's timing: deliberate, what the benchmark measures
         arrivals = [Arrival(loop.time(), 1)]
         for _ in range(max_new_tokens - 1):
-            await asyncio.sleep(self.gap)
+            await asyncio.sleep(self.gap)  # deliberate, as above
             arrivals.append(Arrival(loop.time(), 1))
         self.in_flight -= 1
         return RequestRecord(start, loop.time(), tuple(arrivals), max_new_tokens)

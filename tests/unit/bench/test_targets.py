@@ -61,7 +61,7 @@ class Script:
 
         async def stream() -> AsyncIterator[bytes]:
             for chunk in self.chunks:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(self.delay)  # the scripted server's pace: deliberate
                 yield chunk
 
         @app.post(path)

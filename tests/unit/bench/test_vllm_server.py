@@ -49,6 +49,8 @@ def test_worker_flags_given_to_up_reach_vllm_after_the_service_own(monkeypatch: 
     assert "--max-model-len=512" in flags and "--enforce-eager" in flags
 
 
+# A server that starts a process of its own (which lives until killed) and takes 0.3 s, on purpose, before it
+# answers /health: the launcher must wait for it.
 FAKE_SERVER = textwrap.dedent(
     """
     import http.server, subprocess, sys, time

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.openai_api.app import create_openai_app
+from llm_ops.openai_api.forward import ATTEMPTS
 from llm_ops.protocol.worker import WorkerStatus
 from tests.unit.fake_vllm import WORKER, FakeVllm, Hosts, asgi_client, fake_worker, openai_chat
 
@@ -166,12 +167,34 @@ async def test_a_replica_answering_503_is_skipped_for_another(router: Router) ->
     assert router.to("worker-a")[-1] == "/v1/chat/completions"
 
 
-async def test_when_no_replica_can_be_reached_the_router_answers_503(router: Router) -> None:
+async def test_a_model_whose_only_replica_is_dead_gets_404_once_the_controller_has_dropped_it(router: Router) -> None:
     router.registry.workers.clear()
     router.registry.register("http://dead-worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     response = await router.client.post("/v1/chat/completions", json=openai_chat())
-    assert response.status_code in (404, 503)  # dropped by the controller's refresh, or unreachable thrice
-    assert response.json()["error"]["code"] == response.status_code
+    # the refused connection has the controller check its workers: it drops the dead one, none is left
+    assert router.to("dead-worker") == ["/v1/chat/completions", "/api/worker_get_status"]
+    assert router.registry.workers == {}
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": "The model `fake-model` does not exist or has no worker",
+        "type": "BadRequestError",
+        "param": "model",
+        "code": 404,
+    }
+
+
+async def test_a_model_whose_replicas_refuse_every_attempt_gets_503(router: Router) -> None:
+    refusing = FastAPI()  # 503 to every request (its engine died, say), while its status still answers
+    refusing.add_api_route("/v1/chat/completions", lambda: Response(status_code=503), methods=["POST"])
+    status = WorkerStatus(model_names=["fake-model"], queue_length=0)
+    refusing.add_api_route("/api/worker_get_status", lambda: status, methods=["POST"])
+    router.hosts.apps["refusing-worker"] = refusing
+    router.registry.workers.clear()
+    router.registry.register("http://refusing-worker/api", status)
+    response = await router.client.post("/v1/chat/completions", json=openai_chat())
+    assert router.to("refusing-worker").count("/v1/chat/completions") == ATTEMPTS
+    assert response.status_code == 503 and response.json()["error"]["code"] == 503
+    assert response.json()["error"]["message"] == "no worker serving fake-model could be reached; try again"
 
 
 async def test_models_lists_the_workers_model_cards_with_root_set_to_the_id(router: Router) -> None:

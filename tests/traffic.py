@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.conftest import FrontDoor
+from tests.conftest import FrontDoor, wait_until
 from tests.integration.conftest import LONG_STORY, MODEL, chat
 
+REQUESTS_BEFORE_THE_BREAK = 2  # each flow sends these before the test breaks something: traffic flowed until then
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once a gap is over, to show it is over
 
 
@@ -101,11 +102,27 @@ class Traffic:
 def wait_until_each_sent(
     flows: Iterable[Traffic], after: float, count: int = REQUESTS_AFTER_THE_GAP, timeout: float = 120.0
 ) -> None:
-    """Until every flow has sent `count` requests after `after` (a time.monotonic()): whatever went wrong
-    before then is over if those succeed."""
-    while any(flow.sent(after=after) < count for flow in flows):
-        assert time.monotonic() - after < timeout, "too little traffic after the gap to show anything"
-        time.sleep(0.2)
+    """Until every flow has sent `count` requests after `after` (a time.monotonic()), for at most `timeout`
+    seconds after `after`: whatever went wrong before then is over if those succeed."""
+    flows = list(flows)
+    wait_until(
+        lambda: all(flow.sent(after=after) >= count for flow in flows),
+        after + timeout - time.monotonic(),
+        f"every flow to send {count} requests after that moment (too little traffic to show anything)",
+        interval=0.2,
+    )
+
+
+def start_traffic(flows: Iterable[Traffic], front_door: FrontDoor) -> list[threading.Thread]:
+    """Runs each flow on a thread of its own; returns the threads once every flow has sent (and heard back
+    about) REQUESTS_BEFORE_THE_BREAK requests."""
+    flows = list(flows)
+    threads = [threading.Thread(target=flow.run, args=(front_door,)) for flow in flows]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    wait_until_each_sent(flows, after=started, count=REQUESTS_BEFORE_THE_BREAK)
+    return threads
 
 
 def stop_all(flows: Iterable[Traffic], threads: Iterable[threading.Thread], timeout: float) -> None:

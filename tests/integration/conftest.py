@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,15 @@ import pytest
 
 from llm_ops.bench.vllm_server import reference_environment, server_command, service_argv
 from llm_ops.settings import DEFAULT_SERVICE
-from tests.conftest import FrontDoor, free_port, free_ports_in_a_row
+from tests.conftest import (
+    LOG_TAIL,
+    FrontDoor,
+    free_port,
+    free_ports_in_a_row,
+    still_running,
+    wait_until,
+    wait_until_serving,
+)
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -36,6 +43,7 @@ START_TIMEOUT = 900.0
 PORT_ATTEMPTS = 3  # a free port can be taken by another process between our check and the bind
 ADDRESS_IN_USE = "address already in use"
 STOP_TIMEOUT = 60.0  # the workers drain (5 s) and finish what is in flight (up to 30 s)
+RESTART_TIMEOUT = 600.0  # for a replica that was killed or stopped to be restarted (its engine starts again)
 REPLICAS = 2
 HEART_BEAT_INTERVAL, HEART_BEAT_EXPIRATION = 1, 5  # seconds; short, so that failover can be watched
 WORKER_CONCURRENCY, WORKER_QUEUE = 8, 8  # per replica: requests running, requests waiting
@@ -67,20 +75,18 @@ class Stack(FrontDoor):
         """Requests in flight on all replicas."""
         return sum(self.worker_queue_length(url) for url in self.worker_urls)
 
-    def wait_until_idle(self, timeout: float, failure: str) -> None:
-        """Until no replica counts a request in flight; fails with `failure` after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while self.queue_length() != 0:
-            assert time.monotonic() < deadline, failure
-            time.sleep(0.1)
+    def wait_until_idle(self, timeout: float, what: str) -> None:
+        """Until no replica counts a request in flight; after `timeout` seconds the test fails: "waited for `what`"."""
+        wait_until(lambda: self.queue_length() == 0, timeout, what)
 
     def seconds_until_engines_idle(self, timeout: float) -> float:
         """How long until no replica's engine holds a request; fails after `timeout` seconds."""
-        started = time.monotonic()
-        while sum(self.engine_requests(url) for url in self.worker_urls):
-            assert time.monotonic() - started < timeout, f"an engine still holds a request after {timeout} s"
-            time.sleep(0.02)
-        return time.monotonic() - started
+        return wait_until(
+            lambda: sum(self.engine_requests(url) for url in self.worker_urls) == 0,
+            timeout,
+            "every engine to let go of its requests",
+            interval=0.02,
+        )
 
     def server_status(self) -> dict[str, str]:
         """Traefik's view of the model's replicas: URL -> UP or DOWN."""
@@ -108,17 +114,24 @@ def completion(**fields: Any) -> dict[str, Any]:
     return body | {"temperature": 0, "max_new_tokens": 8} | fields
 
 
+def worker_processes(port: int) -> list[psutil.Process]:
+    """The worker listening on `port` and its engine processes; not the wrapper that restarts it."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "worker" in cmdline and f"{port}" in cmdline and "llm_ops.restart" not in cmdline and "bash" not in cmdline:
+            return [process, *process.children(recursive=True)]
+    raise LookupError(f"no worker process on port {port}")
+
+
 def wait_for_line(process: subprocess.Popen[bytes], log_file: Path, line: str, timeout: float = START_TIMEOUT) -> None:
-    """Returns once `line` is in the process's log; RuntimeError if the process exits first, TimeoutError after
-    `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the process exited with {process.returncode}:\n{log_file.read_text()[-5000:]}")
-        if line in log_file.read_text():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"no {line!r} after {timeout:g} s:\n{log_file.read_text()[-5000:]}")
+    """Returns once `line` is in the process's log; RuntimeError if the process exits first; the test fails
+    after `timeout` seconds."""
+    wait_until(
+        lambda: still_running(process, log_file) and line in log_file.read_text(),
+        timeout,
+        lambda: f"{line!r} in the log:\n{log_file.read_text()[-LOG_TAIL:]}",
+        interval=0.2,
+    )
 
 
 def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
@@ -202,11 +215,7 @@ def vllm_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _healthy(f"{url}/health"):
-            assert process.poll() is None, f"vLLM's server exited:\n{log_file.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vLLM's server did not start:\n{log_file.read_text()[-3000:]}"
-            time.sleep(1)
+        wait_until_serving(process, f"{url}/health", START_TIMEOUT, log_file, interval=1)
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -215,13 +224,6 @@ def vllm_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture

@@ -8,17 +8,25 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import HEART_BEAT_EXPIRATION, MODEL, Stack, completion
-from tests.traffic import LongAnswer, Traffic, stop_all, wait_until_each_sent
+from tests.conftest import wait_until
+from tests.integration.conftest import (
+    HEART_BEAT_EXPIRATION,
+    MODEL,
+    RESTART_TIMEOUT,
+    Stack,
+    completion,
+    worker_processes,
+)
+from tests.traffic import LongAnswer, Traffic, start_traffic, stop_all, wait_until_each_sent
 
 pytestmark = pytest.mark.integration
-RESTART_TIMEOUT = 600.0
 SETTLE_SECONDS = 5.0  # after the kill, a health-check interval (2 s) and a controller refresh, with margin
 STREAM_END_BOUND = 10.0  # seconds after the kill by which a stream on the dead replica has ended
 PROCESSES_GONE_BOUND = 60.0  # seconds; 2 s measured, 25 s when the kernel starved them (llm_ops.stack.StackProcess)
@@ -60,18 +68,25 @@ def start_long_answers(stack: Stack, victim: str) -> tuple[list[LongAnswer], lis
     pytest.fail(f"{MAX_LONG_ANSWERS} long answers, and {victim} did not stream one through each route at once")
 
 
-def worker_processes(port: int) -> list[psutil.Process]:
-    """The worker listening on `port` and its engine processes; not the wrapper that restarts it."""
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "worker" in cmdline and f"{port}" in cmdline and "llm_ops.restart" not in cmdline and "bash" not in cmdline:
-            return [process, *process.children(recursive=True)]
-    raise LookupError(f"no worker process on port {port}")
+@dataclass
+class Kill:
+    """A replica killed (SIGKILL) under steady traffic and with long answers streaming, and what followed."""
+
+    victim: str  # the killed replica's URL
+    killed: float  # time.monotonic() just before the first SIGKILL
+    dropped_after: float  # seconds until the controller no longer listed the dead worker
+    gap_over: float  # time.monotonic() after which no request may fail any more
+    gone: ProcessesGone
+    answers: list[LongAnswer]
+    streaming_at_kill: list[LongAnswer]
+    flows: dict[str, Traffic]
+    threads: list[threading.Thread]
 
 
-def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_serving(
-    stack: Stack, record_property: Callable[[str, object], None]
-) -> None:
+@pytest.fixture(scope="module")
+def killed_replica(stack: Stack) -> Iterator[Kill]:
+    """Kills the second replica under traffic once for this module's tests, and records what happened; at the
+    end, waits until the replica is back, registered, as the rest of the session expects the stack."""
     victim = stack.worker_urls[1]
     openai_body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
     flows = {
@@ -79,57 +94,61 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
         "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
     }
     answers, threads = start_long_answers(stack, victim)
-    flow_threads = [threading.Thread(target=flow.run, args=(stack,)) for flow in flows.values()]
-    threads += flow_threads
-    for thread in flow_threads:
-        thread.start()
     try:
-        time.sleep(2)
+        threads += start_traffic(flows.values(), stack)
         processes = worker_processes(int(victim.rsplit(":", 1)[1]))
         killed = time.monotonic()  # before the first signal: a request the first one fails may end before the last
         for process in processes:
             process.send_signal(signal.SIGKILL)
         streaming_at_kill = [answer for answer in answers if not answer.ended_at]
         gone = ProcessesGone(processes)
-        while f"{victim}/api" in stack.registered_workers():
-            assert time.monotonic() - killed < HEART_BEAT_EXPIRATION + 3, "the dead worker is still registered"
-            time.sleep(0.2)
+        wait_until(
+            lambda: f"{victim}/api" not in stack.registered_workers(),
+            killed + HEART_BEAT_EXPIRATION + 3 - time.monotonic(),
+            "the controller to drop the dead worker",
+            interval=0.2,
+        )
         dropped_after = time.monotonic() - killed
         gap_over = killed + SETTLE_SECONDS
         wait_until_each_sent(flows.values(), after=gap_over)
     finally:
         stop_all(flows.values(), threads, timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a request hung"
-    gone.join(timeout=PROCESSES_GONE_BOUND)
-    record_property("killed_processes_gone_after_s", round(gone.at - killed, 2))
-    assert not gone.alive, f"still there {PROCESSES_GONE_BOUND} s after SIGKILL: {gone.alive}"
-    record_property("controller_dropped_dead_worker_after_s", round(dropped_after, 2))
-    for number, answer in enumerate(answers):
-        where = "the killed replica" if answer.replica == victim else "the other replica"
-        ended = f"ended {answer.ended_at - killed:.2f} s after the kill"
+    yield Kill(victim, killed, dropped_after, gap_over, gone, answers, streaming_at_kill, flows, threads)
+    wait_until(lambda: f"{victim}/api" in stack.registered_workers(), RESTART_TIMEOUT, "the replica to come back", 1)
+
+
+def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_serving(
+    stack: Stack, killed_replica: Kill, record_property: Callable[[str, object], None]
+) -> None:
+    kill = killed_replica
+    assert not any(thread.is_alive() for thread in kill.threads), "a request hung"
+    kill.gone.join(timeout=PROCESSES_GONE_BOUND)
+    record_property("killed_processes_gone_after_s", round(kill.gone.at - kill.killed, 2))
+    assert not kill.gone.alive, f"still there {PROCESSES_GONE_BOUND} s after SIGKILL: {kill.gone.alive}"
+    record_property("controller_dropped_dead_worker_after_s", round(kill.dropped_after, 2))
+    for number, answer in enumerate(kill.answers):
+        where = "the killed replica" if answer.replica == kill.victim else "the other replica"
+        ended = f"ended {answer.ended_at - kill.killed:.2f} s after the kill"
         record_property(f"long_answer_{number}_{answer.route}", f"on {where}: {answer.outcome}, {ended}")
-        if answer.replica == victim and answer in streaming_at_kill:  # ends with an error or cut short, at once
+        if answer.replica == kill.victim and answer in kill.streaming_at_kill:  # ends with an error or cut, at once
             assert answer.outcome != "complete", f"{answer.route}: an answer from a killed replica"
-            assert answer.ended_at - killed < STREAM_END_BOUND, f"{answer.route}: {answer.outcome}, ended too late"
-        elif answer.replica != victim:
+            assert answer.ended_at - kill.killed < STREAM_END_BOUND, f"{answer.route}: {answer.outcome}, ended too late"
+        elif answer.replica != kill.victim:
             assert answer.outcome == "complete", f"{answer.route} on the surviving replica: {answer.outcome}"
-    cut = {answer.route for answer in streaming_at_kill if answer.replica == victim}
+    cut = {answer.route for answer in kill.streaming_at_kill if answer.replica == kill.victim}
     assert cut == {"/api", "/v1"}, f"only {cut} still streamed on the killed replica: nothing shown for the rest"
-    for name, flow in flows.items():
+    for name, flow in kill.flows.items():
         record_property(f"{name}_requests", len(flow.results))
         record_property(f"{name}_failures", flow.failures())  # in flight on the victim, or sent in the gap
-        assert flow.sent(before=killed) > 0, f"{name}: no traffic before the kill"
-        assert flow.failures(answered_before=killed) == [], f"{name} failed before the kill"
-        assert flow.failures(sent_after=gap_over) == [], f"{name} still failing after the gap"
+        assert flow.sent(before=kill.killed) > 0, f"{name}: no traffic before the kill"
+        assert flow.failures(answered_before=kill.killed) == [], f"{name} failed before the kill"
+        assert flow.failures(sent_after=kill.gap_over) == [], f"{name} still failing after the gap"
     assert httpx.get(f"{stack.worker_urls[0]}/health").status_code == 200
 
 
-def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack) -> None:
-    victim = stack.worker_urls[1]
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while f"{victim}/api" not in stack.registered_workers():
-        assert time.monotonic() < deadline, "the replica did not come back"
-        time.sleep(1)
+def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack, killed_replica: Kill) -> None:
+    victim = killed_replica.victim
+    wait_until(lambda: f"{victim}/api" in stack.registered_workers(), RESTART_TIMEOUT, "the replica to come back", 1)
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
     busy: set[str] = set()
     with stack.client(timeout=120) as client:
@@ -140,5 +159,5 @@ def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack)
             request.start()
         while any(request.is_alive() for request in requests):
             busy |= {url for url in stack.worker_urls if stack.worker_queue_length(url)}
-            time.sleep(0.05)
+            time.sleep(0.05)  # sampling the replicas' queues while the requests run, not a wait for an event
     assert victim in busy, "the controller did not send anything to the restarted replica"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -17,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until, wait_until_serving
 from tests.integration.conftest import HEART_BEAT_EXPIRATION, Stack
 
 pytestmark = pytest.mark.integration
@@ -28,20 +27,6 @@ START_TIMEOUT = 600.0
 FASTCHAT_WORKER = "http://127.0.0.1:1/fastchat-worker"
 # FastChat's OpenAI server runs from a venv of its own, with pydantic 1 (scripts/install.sh says why).
 FASTCHAT_PYTHON = Path(f"{sys.prefix}-fastchat") / "bin" / "python"
-
-
-def wait_until_answers(url: str, process: subprocess.Popen[bytes], log: Path, method: str = "GET") -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the process exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.request(method, url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer in {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -66,7 +51,7 @@ def fastchat_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment)
     try:
-        wait_until_answers(f"http://127.0.0.1:{port}/health", process, log)
+        wait_until_serving(process, f"http://127.0.0.1:{port}/health", START_TIMEOUT, log, interval=1)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
@@ -86,7 +71,9 @@ def fastchat_api(stack: Stack, fastchat_worker: str, tmp_path_factory: pytest.Te
         env = os.environ | {"LOGDIR": str(directory)}  # FastChat writes its log files there
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory)
     try:
-        wait_until_answers(f"http://127.0.0.1:{port}/v1/models", process, directory / "server.log")
+        wait_until_serving(
+            process, f"http://127.0.0.1:{port}/v1/models", START_TIMEOUT, directory / "server.log", interval=1
+        )
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         stop(process)
@@ -158,19 +145,19 @@ def test_fastchats_server_lists_what_our_controller_knows(fastchat_api: str) -> 
 
 FASTCHAT_WORKER_SCRIPT = textwrap.dedent(
     """
-    import json, sys, time
+    import sys
     from fastchat.serve.base_model_worker import BaseModelWorker
 
     def step(name):  # FastChat's logger has taken over sys.stdout
         sys.__stdout__.write(f"STEP {name}\\n")
         sys.__stdout__.flush()
 
-    controller, worker_address, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    controller, worker_address = sys.argv[1], sys.argv[2]
     worker = BaseModelWorker(controller, worker_address, "test", "fastchat-model", ["fastchat-model"], 5, "vicuna_v1.1")
     worker.register_to_controller()
     worker.send_heart_beat()
     step("registered")
-    time.sleep(wait)  # long enough for the controller to expire it
+    sys.stdin.readline()  # silent until the test has seen the controller expire it
     worker.send_heart_beat()  # told it is unknown, FastChat's worker registers again
     step("registered again")
     """
@@ -188,23 +175,35 @@ def next_step(output: IO[bytes]) -> str:
 
 
 def test_a_fastchat_worker_registers_is_expired_and_registers_again(stack: Stack, tmp_path: Path) -> None:
-    wait = HEART_BEAT_EXPIRATION + 3
-    command = [sys.executable, "-c", FASTCHAT_WORKER_SCRIPT, stack.controller_url, FASTCHAT_WORKER, str(wait)]
+    command = [sys.executable, "-c", FASTCHAT_WORKER_SCRIPT, stack.controller_url, FASTCHAT_WORKER]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ | {"LOGDIR": str(tmp_path)}
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=os.environ | {"LOGDIR": str(tmp_path)},
     )
     try:
-        assert process.stdout is not None
+        assert process.stdin is not None and process.stdout is not None
         assert next_step(process.stdout) == "registered"
         assert FASTCHAT_WORKER in stack.registered_workers()
-        deadline = time.monotonic() + wait
-        while FASTCHAT_WORKER in stack.registered_workers():
-            assert time.monotonic() < deadline, "the controller kept a worker whose heartbeats stopped"
-            time.sleep(0.2)
+        wait_until(
+            lambda: FASTCHAT_WORKER not in stack.registered_workers(),
+            HEART_BEAT_EXPIRATION + 3,
+            "the controller to drop a worker whose heartbeats stopped",
+            interval=0.2,
+        )
+        process.stdin.write(b"heartbeat\n")
+        process.stdin.flush()
         assert next_step(process.stdout) == "registered again"
         assert FASTCHAT_WORKER in stack.registered_workers()
     finally:
+        if process.stdin is not None:
+            process.stdin.close()  # the script, still waiting if the test failed, goes on and ends
         process.wait(timeout=30)
-    deadline = time.monotonic() + HEART_BEAT_EXPIRATION + 5  # leave the controller as we found it
-    while FASTCHAT_WORKER in stack.registered_workers() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(  # leave the controller as we found it
+        lambda: FASTCHAT_WORKER not in stack.registered_workers(),
+        HEART_BEAT_EXPIRATION + 5,
+        "the controller to drop the FastChat worker again",
+        interval=0.5,
+    )

@@ -147,7 +147,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_engine_request_within_a_secon
         # leaving the `with` closes the connection mid-stream
     freed_after = stack.seconds_until_engines_idle(timeout=1.0)
     record_property("engine_request_freed_after_s", round(freed_after, 3))
-    stack.wait_until_idle(5, "the worker still counts the abandoned request")
+    stack.wait_until_idle(5, "the worker to stop counting the abandoned request")
     with stack.client() as client:
         answer = client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=32)).json()
     assert "Paris" in answer["text"]
@@ -163,4 +163,4 @@ def test_a_client_that_leaves_a_non_streaming_request_frees_its_engine_request_w
         client.post(f"{base}/worker_generate", json=body)
     freed_after = stack.seconds_until_engines_idle(timeout=1.0)
     record_property("engine_request_freed_after_s", round(freed_after, 3))
-    stack.wait_until_idle(5, "the worker still counts the abandoned request")
+    stack.wait_until_idle(5, "the worker to stop counting the abandoned request")

@@ -38,7 +38,7 @@ def logged_with_id(stack: Stack, request_id: str) -> tuple[list[dict[str, Any]],
         servers = [e for e in json_lines(stack.log_file.read_text()) if e.get("request_id") == request_id]
         if (access and servers) or time.monotonic() > deadline:
             return access, servers
-        time.sleep(0.2)
+        time.sleep(0.2)  # polling, until the deadline
 
 
 def test_traefik_gives_a_request_an_id_that_its_access_log_and_the_worker_log_and_answer_with(stack: Stack) -> None:

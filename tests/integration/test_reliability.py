@@ -8,23 +8,26 @@ import random
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.conftest import answers, draining, wait_until
 from tests.integration.conftest import (
     API_KEYS,
     CAPITAL_QUESTION,
     LONG_STORY,
     MODEL,
+    RESTART_TIMEOUT,
     WORKER_CONCURRENCY,
     WORKER_QUEUE,
     Stack,
     chat,
+    worker_processes,
 )
-from tests.integration.test_failover import RESTART_TIMEOUT, worker_processes
 
 pytestmark = pytest.mark.integration
 WRONG_KEY = "sk-llm-ops-wrong-5555555555"
@@ -45,11 +48,19 @@ def test_the_front_door_refuses_requests_without_a_valid_key(stack: Stack, heade
 
 
 def test_no_api_key_appears_in_any_log(stack: Stack) -> None:
-    with stack.client(headers={"Authorization": f"Bearer {WRONG_KEY}"}) as client:
+    refused, answered = (f"key-not-logged-{outcome}-{uuid.uuid4().hex}" for outcome in ("refused", "answered"))
+    wrong_key = {"Authorization": f"Bearer {WRONG_KEY}", "X-Request-Id": refused}
+    with stack.client(headers=wrong_key) as client:
         assert client.post(f"/api/{MODEL}/worker_generate", json=chat()).status_code == 401
-    with stack.client() as client:
+    with stack.client(headers=stack.headers | {"X-Request-Id": answered}) as client:
         assert client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=2)).status_code == 200
-    time.sleep(1)  # Traefik writes its access log asynchronously
+    # Traefik writes its access log asynchronously, and the servers' lines reach the stack's log through a pipe.
+    wait_until(
+        lambda: all(request_id in stack.access_log.read_text() for request_id in (refused, answered)),
+        10,
+        "both requests in Traefik's access log",
+    )
+    wait_until(lambda: answered in stack.log_file.read_text(), 10, "the answered request in the stack's log")
     logs = stack.log_file.read_text() + stack.access_log.read_text()
     assert f"/api/{MODEL}/worker_generate" in logs  # the requests were logged ...
     for key in (*API_KEYS, WRONG_KEY):
@@ -132,7 +143,7 @@ def test_a_storm_of_requests_ending_every_way_leaves_no_slot_or_engine_request_b
         with httpx.Client(base_url=stack.worker_url, headers=stack.headers, timeout=120) as client:
             for kind in kinds:
                 outcomes.append(_end_one_way(client, kind))
-                if outcomes[-1] == "429":  # refusals are instant: without a pause they crowd out the rest
+                if outcomes[-1] == "429":  # load pacing: refusals are instant; without a pause they crowd out the rest
                     time.sleep(0.2)
 
     threads = [threading.Thread(target=run, args=(plan[n::at_once],)) for n in range(at_once)]
@@ -145,7 +156,7 @@ def test_a_storm_of_requests_ending_every_way_leaves_no_slot_or_engine_request_b
     assert len(outcomes) == len(plan)
     assert {"200", "400", "429", "abandoned", "timed out"} <= set(counted), counted
     assert "200 cut" not in counted and not any(o.startswith("5") for o in counted), counted
-    stack.wait_until_idle(10, "slots still held after the storm")
+    stack.wait_until_idle(10, "every slot to be freed after the storm")
     assert stack.engine_requests(stack.worker_url) == 0
     with httpx.Client(headers=stack.headers, timeout=120) as client:
         answer = client.post(f"{stack.worker_url}/api/worker_generate", json=chat(max_new_tokens=32)).json()
@@ -172,10 +183,12 @@ def test_overload_is_answered_at_once_with_429_42903_and_retry_after(stack: Stac
     for holder in holders:
         holder.start()
     try:
-        deadline = time.monotonic() + 60
-        while (held := stack.worker_queue_length(stack.worker_url)) < WORKER_CONCURRENCY + WORKER_QUEUE:
-            assert time.monotonic() < deadline, f"the slots did not fill: {held} held; holders: {holders_ended}"
-            time.sleep(0.05)
+        wait_until(
+            lambda: stack.worker_queue_length(stack.worker_url) >= WORKER_CONCURRENCY + WORKER_QUEUE,
+            60,
+            lambda: f"the slots to fill: {stack.worker_queue_length(stack.worker_url)} held; holders: {holders_ended}",
+            interval=0.05,
+        )
         started = time.monotonic()
         refused = httpx.post(f"{stack.worker_url}/api/worker_generate", json=chat(), headers=stack.headers)
         took = time.monotonic() - started
@@ -185,15 +198,7 @@ def test_overload_is_answered_at_once_with_429_42903_and_retry_after(stack: Stac
             holder.join(timeout=300)
     assert refused.status_code == 429 and refused.json()["error_code"] == 42903
     assert int(refused.headers["Retry-After"]) >= 1 and took < 1.0
-    stack.wait_until_idle(30, "slots still held")
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not after {timeout} s"
-        time.sleep(0.1)
-    return time.monotonic() - started
+    stack.wait_until_idle(30, "every slot to be freed")
 
 
 def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_comes_back(
@@ -210,15 +215,16 @@ def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_c
 
     reader = threading.Thread(target=read_answer)
     reader.start()
-    _wait_for(lambda: stack.worker_queue_length(victim) == 1, 30, "the stream did not start")
+    wait_until(lambda: stack.worker_queue_length(victim) == 1, 30, "the stream to start")
     worker = worker_processes(int(victim.rsplit(":", 1)[1]))[0]
     log_before = stack.log_file.read_text()
     worker.send_signal(signal.SIGTERM)
     stopped = time.monotonic()
 
-    health = httpx.get(f"{victim}/health")
-    assert health.status_code == 503 and health.json()["status"] == "draining"
-    out_of_rotation = _wait_for(lambda: stack.server_status().get(victim) == "DOWN", 5, "Traefik kept routing to it")
+    wait_until(lambda: draining(victim), 5, "the replica's /health to say it drains (it drains for 5 s)")
+    out_of_rotation = wait_until(
+        lambda: stack.server_status().get(victim) == "DOWN", 5, "Traefik to take the replica out of rotation"
+    )
     record_property("traefik_stopped_routing_after_s", round(out_of_rotation, 2))
     with stack.client() as client:  # meanwhile the front door serves from the other replica
         for _ in range(3):
@@ -227,15 +233,9 @@ def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_c
     reader.join(timeout=120)
     assert chunks and chunks[-1]["finish_reason"] in ("stop", "length"), chunks[-1:]
     record_property("stream_finished_after_sigterm_s", round(time.monotonic() - stopped, 2))
-    _wait_for(lambda: "exited with 0; restarting" in stack.log_file.read_text()[len(log_before) :], 60, "no exit 0")
+    exited_0 = "exited with 0; restarting"
+    wait_until(lambda: exited_0 in stack.log_file.read_text()[len(log_before) :], 60, f"{exited_0!r} in the log")
     record_property("worker_exited_0_after_s", round(time.monotonic() - stopped, 2))
-    _wait_for(lambda: _healthy(victim), RESTART_TIMEOUT, "the replica did not come back")
-    _wait_for(lambda: f"{victim}/api" in stack.registered_workers(), 30, "the replica did not register again")
-    _wait_for(lambda: stack.server_status().get(victim) == "UP", 30, "Traefik did not take the replica back")
-
-
-def _healthy(worker_url: str) -> bool:
-    try:
-        return httpx.get(f"{worker_url}/health").status_code == 200
-    except httpx.TransportError:
-        return False
+    wait_until(lambda: answers(f"{victim}/health"), RESTART_TIMEOUT, "the replica to come back")
+    wait_until(lambda: f"{victim}/api" in stack.registered_workers(), 30, "the replica to register again")
+    wait_until(lambda: stack.server_status().get(victim) == "UP", 30, "Traefik to take the replica back")

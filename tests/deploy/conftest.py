@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.traefik import certificate_config, write_yaml_atomically
 from llm_ops.worker.launch import CONTAINER_PORT
-from tests.conftest import FrontDoor, free_port
+from tests.conftest import FrontDoor, free_port, still_running, wait_until
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILES = [ROOT / "docker-compose.yml", Path(__file__).with_name("docker-compose.cpu-test.yml")]
@@ -63,11 +62,7 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
     with log.open("wb") as output:
         dockerd = subprocess.Popen(["dockerd"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + ENGINE_START_TIMEOUT
-    while not engine_answers():
-        assert dockerd.poll() is None, f"dockerd exited with {dockerd.returncode}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"dockerd did not answer in {ENGINE_START_TIMEOUT} s"
-        time.sleep(0.5)
+    wait_until(lambda: still_running(dockerd, log) and engine_answers(), ENGINE_START_TIMEOUT, "dockerd to answer", 0.5)
     try:
         yield
     finally:

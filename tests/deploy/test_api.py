@@ -8,14 +8,14 @@ import json
 import re
 import shlex
 import subprocess
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
-from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, DOTTED_SERVICE, MODEL_SERVICE, ROOT, Deployment
+from tests.conftest import wait_until
+from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, DOTTED_SERVICE, MODEL_SERVICE, PROJECT, ROOT, Deployment
 from tests.integration.conftest import CAPITAL_QUESTION, MODEL, chat, completion
 
 pytestmark = pytest.mark.deploy
@@ -138,21 +138,37 @@ def test_traefiks_dashboard_api_and_ping_are_absent_from_the_public_entrypoint(d
     assert httpx.get(f"{deployed.admin_url}{path}", timeout=5).status_code == 200
 
 
-def test_traefik_reads_the_labels_of_this_projects_containers_only(deployed: Deployment) -> None:
-    decoy = "llm-ops-test-decoy"
+def routed_container(name: str, project: str, *docker_args: str) -> list[str]:
+    """`docker run` of a container `name` that sleeps (on purpose: it only has to exist), in compose project
+    `project`, with labels that give Traefik a router of that name."""
     labels = {
-        "com.docker.compose.project": "another-project",
+        "com.docker.compose.project": project,
         "traefik.enable": "true",
-        "traefik.http.routers.decoy.rule": "PathPrefix(`/`)",
-        "traefik.http.services.decoy.loadbalancer.server.port": "80",
+        f"traefik.http.routers.{name}.rule": f"Path(`/{name}`)",
+        f"traefik.http.routers.{name}.entrypoints": "websecure",
+        f"traefik.http.services.{name}.loadbalancer.server.port": "80",
     }
     label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-    run = ["docker", "run", "--detach", "--rm", "--name", decoy, *label_args, DEBIAN_IMAGE, "sleep", "600"]
-    subprocess.run(run, check=True, capture_output=True)
+    run = ["docker", "run", "--detach", "--rm", "--name", name]
+    return [*run, *label_args, *docker_args, DEBIAN_IMAGE, "sleep", "600"]
+
+
+def docker_routers(deployed: Deployment) -> set[str]:
+    routers = httpx.get(f"{deployed.admin_url}/api/http/routers", timeout=5).json()
+    return {router["name"] for router in routers if router["provider"] == "docker"}
+
+
+def test_traefik_reads_the_labels_of_this_projects_containers_only(deployed: Deployment) -> None:
+    """A decoy of another project starts, then a marker of this one: once Traefik routes to the marker, it has
+    read the containers as they were after the decoy started (it reads them all at each event)."""
+    decoy, marker = "llm-ops-test-decoy", "llm-ops-test-marker"
+    subprocess.run(routed_container(decoy, "another-project"), check=True, capture_output=True)
     try:
-        time.sleep(2)  # Traefik applies a container's labels within a fraction of a second
-        routers = httpx.get(f"{deployed.admin_url}/api/http/routers", timeout=5).json()
+        network = f"{PROJECT}-models"  # the one Traefik reaches this project's containers on
+        subprocess.run(routed_container(marker, PROJECT, "--network", network), check=True, capture_output=True)
+        wait_until(lambda: f"{marker}@docker" in docker_routers(deployed), 30, "Traefik to read the marker's labels")
+        routers = docker_routers(deployed)
     finally:
-        subprocess.run(["docker", "rm", "--force", decoy], check=True, capture_output=True)
+        subprocess.run(["docker", "rm", "--force", decoy, marker], capture_output=True)
     ours = {f"{name}@docker" for service in (MODEL_SERVICE, DOTTED_SERVICE) for name in (service, f"{service}-v1")}
-    assert {router["name"] for router in routers if router["provider"] == "docker"} == ours | {"openai-api@docker"}
+    assert routers == ours | {"openai-api@docker", f"{marker}@docker"}

@@ -5,7 +5,6 @@ fail; how many did, and how long until none did, go into the report (docs/deploy
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 
@@ -14,9 +13,10 @@ import pytest
 
 from llm_ops.cli import ControllerCommand
 from llm_ops.frontdoor.compose import load_compose
+from tests.conftest import wait_until
 from tests.deploy.conftest import COMPOSE_FILES, MODEL_SERVICE, REPLICAS, Deployment
 from tests.integration.conftest import MODEL, completion
-from tests.traffic import Traffic, stop_all, wait_until_each_sent
+from tests.traffic import Traffic, start_traffic, stop_all, wait_until_each_sent
 
 pytestmark = pytest.mark.deploy
 
@@ -42,19 +42,19 @@ def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
         "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
         "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
     }
-    threads = [threading.Thread(target=flow.run, args=(deployed,)) for flow in flows.values()]
-    for thread in threads:
-        thread.start()
+    threads = start_traffic(flows.values(), deployed)
     try:
-        time.sleep(3)
         killed = time.monotonic()
         kill = subprocess.run(["docker", "kill", victim], capture_output=True, text=True)
         # Docker 20.10 answers an error when the container has not exited 10 s after SIGKILL ("is zombie"):
         # the kernel was still tearing the engine down. What counts is that it goes, and when.
         record_property("docker_kill_said", kill.stderr.strip()[-200:] or "nothing")
-        while deployed.inspect(victim)["State"]["Running"]:
-            assert time.monotonic() - killed < CONTAINER_GONE_BOUND, f"still running: {kill.stderr}"
-            time.sleep(0.2)
+        wait_until(
+            lambda: not deployed.inspect(victim)["State"]["Running"],
+            CONTAINER_GONE_BOUND,
+            f"the killed container to stop running (docker kill said: {kill.stderr.strip()[-200:]})",
+            interval=0.2,
+        )
         record_property("container_gone_after_s", round(time.monotonic() - killed, 2))
         gap_over = killed + CLEAN_BOUND
         wait_until_each_sent(flows.values(), after=gap_over)

@@ -308,7 +308,8 @@ def run_stack(settings: StackSettings) -> int:
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
     manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
-    for replica, (worker, worker_env) in enumerate(zip(workers, worker_environments(settings, env)), start=1):
+    environments = worker_environments(settings, env)
+    for replica, (worker, worker_env) in enumerate(zip(workers, environments, strict=True), start=1):
         name = f"worker-{replica}" if len(workers) > 1 else "worker"
         manager.add_process(name, shell_command(worker), env=worker_env)
 

@@ -77,7 +77,8 @@ def test_one_replica_keeps_vllms_own_core_binding_and_a_users_choice_always_wins
     assert worker_environments(StackSettings(replicas=1), {"A": "1"}) == [{"A": "1"}]
     chosen = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert worker_environments(StackSettings(replicas=2), chosen) == [chosen, chosen]
-    cores = {environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in worker_environments(StackSettings(replicas=2), {})}
+    two = worker_environments(StackSettings(replicas=2), {})
+    cores = {environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in two}
     assert len(cores) == min(2, len(os.sched_getaffinity(0)))
 
 

@@ -62,7 +62,8 @@ class BenchCommand(BenchSettings):
         try:
             from llm_ops.bench.run import run_bench
         except ModuleNotFoundError as missing:  # `make up` installs what the stack needs, not the load generator
-            raise ConfigurationError(f"llm-ops bench needs the bench extra ({missing.name} is missing): make install")
+            message = f"llm-ops bench needs the bench extra ({missing.name} is missing): make install"
+            raise ConfigurationError(message) from None
         sys.exit(run_bench(self))
 
 

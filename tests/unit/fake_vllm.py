@@ -2,10 +2,11 @@
 
 `fake_worker` builds a FastAPI app that looks to `LLMOpsPlugin` like the one vLLM builds: the parsed
 `args`, serving handlers (`openai_serving_chat`, `openai_serving_completion`, `serving_tokenization`),
-an `engine_client`, `vllm_config.model_config.max_model_len`, and a few of vLLM's own routes (the
-OpenAI ones, `/metrics`, and admin ones LLM Ops must hide). Then, as vLLM's `build_and_serve` does,
-the plugin's `attach_router` runs on the app, then vLLM's exception handlers are added, and the
-plugin's `init_state` runs before anything is served.
+and a few of vLLM's own routes (the OpenAI ones, `/metrics`, and admin ones LLM Ops must hide). Then,
+as vLLM's `build_and_serve` does, the plugin's `attach_router` runs on the app, then vLLM's exception
+handlers are added, and the plugin's `init_state` runs, with the engine client, before anything is
+served. (vLLM's app state also holds the engine client and `vllm_config`: LLM Ops does not read them
+there, so the stand-in leaves them out.)
 
 `FakeVllm` answers every prompt with `words`, one token per word, `delay` seconds apart, as vLLM's
 handlers answer: an async generator of SSE events (`"data: {json}\\n\\n"`, ending with
@@ -118,6 +119,10 @@ class FakeVllm:
         self.renderer = SimpleNamespace(get_tokenizer=lambda: self.tokenizer)
 
     # The engine client.
+    @property
+    def model_config(self) -> SimpleNamespace:
+        return SimpleNamespace(max_model_len=self.max_model_len)
+
     async def check_health(self) -> None:
         if not self.healthy:
             raise RuntimeError("the engine core died")
@@ -285,11 +290,9 @@ def vllm_app(vllm: FakeVllm, args: Namespace) -> FastAPI:
     """vLLM's app before the plugin: its state and some of its routes."""
     app = FastAPI()
     app.state.args = args
-    app.state.engine_client = vllm
     app.state.openai_serving_chat = vllm
     app.state.openai_serving_completion = vllm
     app.state.serving_tokenization = vllm
-    app.state.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=vllm.max_model_len))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(raw: Request) -> Response:

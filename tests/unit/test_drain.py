@@ -18,7 +18,8 @@ import httpx
 import pytest
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from llm_ops.worker.plugin import ENGINE_CLIENT_LOGGER, EngineStoppedAsAsked
+from llm_ops.worker.plugin import EngineStoppedAsAsked
+from llm_ops.worker.vllm_api import ENGINE_CLIENT_LOGGER
 from tests.conftest import free_port
 from tests.unit.test_worker_fastchat import state
 

@@ -21,6 +21,7 @@ from llm_ops.settings import WorkerOptions
 from llm_ops.worker.admission import Admission
 from llm_ops.worker.fastchat import fastchat_error, openai_body
 from llm_ops.worker.state import WorkerState
+from llm_ops.worker.vllm_api import Engine
 from tests.unit.fake_vllm import FakeVllm, context_overflow, fake_worker
 
 pytestmark = pytest.mark.anyio
@@ -333,6 +334,7 @@ async def test_fastchat_bodies_are_checked_and_errors_name_the_field(client: htt
 def state(stop: list[str] | None = None, stop_token_ids: list[int] | None = None) -> WorkerState:
     return WorkerState(
         options=WorkerOptions(),
+        engine=Engine(FakeVllm()),
         model_names=["fake-model"],
         admission=Admission(1, 0, 1),
         chat_template=None,

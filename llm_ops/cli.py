@@ -59,8 +59,11 @@ class BenchCommand(BenchSettings):
     """Load the stack (FastChat a, /v1 d, /api/<model>/v1 e), the worker (b) and vLLM's own server (c) in turn."""
 
     def cli_cmd(self) -> None:
-        from llm_ops.bench.run import run_bench
-
+        try:
+            from llm_ops.bench.run import run_bench
+        except ModuleNotFoundError as missing:  # `make up` installs what the stack needs, not the load generator
+            message = f"llm-ops bench needs the bench extra ({missing.name} is missing): make install"
+            raise ConfigurationError(message) from None
         sys.exit(run_bench(self))
 
 

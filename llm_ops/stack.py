@@ -44,6 +44,7 @@ from llm_ops.frontdoor.compose import (
 from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, traefik_environment, write_local_front_door
 from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
+from llm_ops.worker.vllm_api import CPU_CORES_VARIABLE
 
 LOOPBACK = "127.0.0.1"
 PROGRESS_SECONDS = 15.0  # how often a start that takes long says it is still going
@@ -145,10 +146,10 @@ def _cpu_list(cpus: list[int]) -> str:
 
 def worker_environments(settings: StackSettings, env: dict[str, str]) -> list[dict[str, str]]:
     """Each replica's environment: `env`, with the cores its engine runs on unless `env` already chooses."""
-    if "VLLM_CPU_OMP_THREADS_BIND" in env:
+    if CPU_CORES_VARIABLE in env:
         return [env] * settings.replicas
     core_sets = engine_core_sets(settings.replicas, sorted(os.sched_getaffinity(0)))
-    return [env if cores is None else env | {"VLLM_CPU_OMP_THREADS_BIND": cores} for cores in core_sets]
+    return [env if cores is None else env | {CPU_CORES_VARIABLE: cores} for cores in core_sets]
 
 
 def stop_timeout(settings: StackSettings) -> int:
@@ -308,7 +309,8 @@ def run_stack(settings: StackSettings) -> int:
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
     manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
-    for replica, (worker, worker_env) in enumerate(zip(workers, worker_environments(settings, env)), start=1):
+    environments = worker_environments(settings, env)
+    for replica, (worker, worker_env) in enumerate(zip(workers, environments, strict=True), start=1):
         name = f"worker-{replica}" if len(workers) > 1 else "worker"
         manager.add_process(name, shell_command(worker), env=worker_env)
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import psutil
 
-VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+from llm_ops.worker.vllm_api import ENGINE_PROCESS_PREFIX, REFERENCE_SERVER_MODULE
+
 Snapshot = dict[int, tuple[str, float]]
 
 
@@ -23,10 +24,10 @@ def kind(process: psutil.Process) -> str:
     """What a process belongs to, from its own command line and its ancestors'."""
     if process.pid == os.getpid():
         return "bench client"
-    is_engine = process.name().startswith("VLLM")
+    is_engine = process.name().startswith(ENGINE_PROCESS_PREFIX)
     for member in [process, *process.parents()]:
         command = " ".join(member.cmdline())
-        if VLLM_SERVER in command:
+        if REFERENCE_SERVER_MODULE in command:
             return "vllm server engine" if is_engine else "vllm server http"
         if "llm-ops worker" in command or "llm_ops worker" in command:
             return "worker engine" if is_engine else "worker http"

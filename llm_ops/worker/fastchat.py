@@ -44,6 +44,7 @@ from llm_ops.protocol.worker import (
     WorkerStatus,
     as_generate_request,
 )
+from llm_ops.worker import vllm_api
 from llm_ops.worker.state import WorkerState, worker_state
 
 logger = logging.getLogger(__name__)
@@ -88,34 +89,24 @@ def openai_body(request: GenerateRequest, state: WorkerState, stream: bool) -> d
 
 async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> Any:
     """vLLM's answer: an async generator of SSE events, or a whole response; refusals raise `RequestError`."""
-    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
-    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
-    from vllm.exceptions import VLLMError
-
     body = openai_body(request, worker_state(raw), stream)
     chat = request.generation_mode == "chat"
-    handler = getattr(raw.app.state, "openai_serving_chat" if chat else "openai_serving_completion", None)
-    if handler is None:  # e.g. an embedding model: vLLM serves no generation for it
+    handler = vllm_api.generation_handler(raw.app, chat)
+    if handler is None:
         raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, "this model does not generate text", 400)
     try:
-        if chat:
-            answer = await handler.create_chat_completion(ChatCompletionRequest.model_validate(body), raw)
-        else:
-            answer = await handler.create_completion(CompletionRequest.model_validate(body), raw)
+        answer = await vllm_api.openai_answer(handler, body, raw, chat)
     except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
         raise RequestError(ErrorCode.PARAM_OUT_OF_RANGE, describe_validation_errors(error.errors()).message()) from None
-    except (VLLMError, ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer
-        answer = create_error_response(error)
-    if isinstance(answer, ErrorResponse):
-        raise fastchat_error(answer.error.code, answer.error.message)
+    refused = vllm_api.error_of(answer)
+    if refused is not None:
+        raise fastchat_error(*refused)
     return answer
 
 
 def fastchat_error(status: int, message: str) -> RequestError:
     """vLLM's refusal, with the FastChat error code that means the same."""
-    if "maximum context length" in message:
+    if vllm_api.is_context_overflow(message):
         code = ErrorCode.CONTEXT_OVERFLOW
     elif status == 404:
         code = ErrorCode.INVALID_MODEL
@@ -205,8 +196,8 @@ async def echoed_prompt(request: GenerateRequest, raw: Request) -> str:
     """What `echo` puts before a chat answer: the prompt vLLM renders for it (completions echo in vLLM)."""
     if not (request.echo and request.generation_mode == "chat"):
         return ""
-    tokenizer = raw.app.state.engine_client.renderer.get_tokenizer()
-    return await asyncio.to_thread(render_chat, tokenizer, worker_state(raw).chat_template, request.chat_messages())
+    state = worker_state(raw)
+    return await asyncio.to_thread(render_chat, state.engine.tokenizer(), state.chat_template, request.chat_messages())
 
 
 @router.post("/worker_generate_stream", response_class=StreamingResponse)
@@ -223,15 +214,13 @@ async def worker_generate_stream(raw: Request) -> Response:
 
 @router.post("/worker_generate", response_model=GenerateChunk)
 async def worker_generate(raw: Request) -> Response:
-    from vllm.entrypoints.serve.utils.api_utils import with_cancellation
-
     try:
         request = await generate_request(raw)
     except RequestError as error:
         return refusal(raw.scope, error)
     # Cancelled, and the engine request aborted, when the client leaves (then nobody reads the answer).
-    answer = await with_cancellation(_whole_answer)(request, raw)  # type: ignore[no-untyped-call]
-    return cast(Response, answer) if answer is not None else Response(status_code=499)
+    answer = await vllm_api.with_cancellation(_whole_answer)(request, raw)
+    return answer if answer is not None else Response(status_code=499)
 
 
 async def _whole_answer(request: GenerateRequest, raw: Request) -> Response:
@@ -252,17 +241,13 @@ async def worker_get_status(raw: Request) -> WorkerStatus:
 
 @router.post("/count_token")
 async def count_token(raw: Request) -> Response:
-    from vllm.entrypoints.serve.tokenize.protocol import TokenizeCompletionRequest
-
     try:
         body = CountTokenRequest.model_validate_json(await raw.body())
     except ValidationError as error:
         message = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS).message()
         return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message))
-    answer = await raw.app.state.serving_tokenization.create_tokenize(
-        TokenizeCompletionRequest(prompt=body.prompt), raw
-    )
-    return JSONResponse(CountTokenResponse(count=answer.count).model_dump())
+    count = await vllm_api.count_tokens(raw, body.prompt)
+    return JSONResponse(CountTokenResponse(count=count).model_dump())
 
 
 @router.post("/worker_get_conv_template")
@@ -272,4 +257,4 @@ async def worker_get_conv_template(raw: Request) -> ConvTemplateResponse:
 
 @router.post("/model_details")
 async def model_details(raw: Request) -> ModelDetails:
-    return ModelDetails(context_length=raw.app.state.vllm_config.model_config.max_model_len)
+    return ModelDetails(context_length=worker_state(raw).engine.max_model_len())

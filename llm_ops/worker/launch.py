@@ -29,6 +29,7 @@ from huggingface_hub import try_to_load_from_cache
 
 from llm_ops.logs import POLLED_PATHS
 from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
+from llm_ops.worker import vllm_api
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +43,8 @@ SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
 
 def worker_parser() -> Any:
     """vLLM's server parser with LLM Ops' flags in a group of their own."""
-    from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = make_arg_parser(
-        FlexibleArgumentParser(prog="llm-ops worker", description="vLLM's OpenAI-compatible server with LLM Ops.")  # type: ignore[no-untyped-call]
-    )
-    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")  # type: ignore[no-untyped-call]
+    parser = vllm_api.server_parser("llm-ops worker", "vLLM's OpenAI-compatible server with LLM Ops.")
+    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")
     for name, field in WorkerOptions.model_fields.items():
         kind = _argument_type(field.annotation)
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
@@ -161,12 +157,13 @@ def tokenizer_adds_bos(tokenizer_source: str, args: Namespace) -> bool:
 
 def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[str, str]:
     """The environment vLLM's server runs in: the plugin enabled, keep-alive and KV cache set."""
-    plugins = [name for name in environ.get("VLLM_PLUGINS", "").split(",") if name]
+    plugins = [name for name in environ.get(vllm_api.PLUGINS_VARIABLE, "").split(",") if name]
+    keep_alive, kv_cache_space = vllm_api.KEEP_ALIVE_VARIABLE, vllm_api.KV_CACHE_SPACE_VARIABLE
     return environ | {
-        "VLLM_PLUGINS": ",".join(dict.fromkeys([*plugins, PLUGIN_NAME])),
-        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", KEEP_ALIVE_SECONDS),
+        vllm_api.PLUGINS_VARIABLE: ",".join(dict.fromkeys([*plugins, PLUGIN_NAME])),
+        keep_alive: environ.get(keep_alive, KEEP_ALIVE_SECONDS),
         # Without this the CPU build reserves most of the machine's memory for its KV cache.
-        "VLLM_CPU_KVCACHE_SPACE": environ.get("VLLM_CPU_KVCACHE_SPACE", str(options.kv_cache_space_gib)),
+        kv_cache_space: environ.get(kv_cache_space, str(options.kv_cache_space_gib)),
         # vLLM's SageMaker routes import a package that sets the root logger and its handlers to this level
         # (ERROR unless set): LLM Ops' own INFO lines (one per FastChat request, registration) would vanish.
         "SAGEMAKER_CONTAINER_LOG_LEVEL": environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "INFO"),
@@ -194,34 +191,28 @@ def vllm_argv(argv: list[str]) -> list[str]:
 
 
 def run_worker(argv: list[str]) -> None:
+    """vLLM's server entry point, with LLM Ops' flags, defaults and checks; a vLLM that lacks a name LLM Ops
+    uses is refused first."""
     import uvloop
-    from vllm.entrypoints.launchers.cli_args import validate_parsed_serve_args
-    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
-    from vllm.logger import configure_logging_from_args
 
-    cli_env_setup()  # type: ignore[no-untyped-call]
+    vllm_api.check_vllm_surface()
+    vllm_api.prepare_process()
     args = parse_worker_args(argv)
     options = worker_options(args)
     check_before_start(args, options)
     resolve_defaults(args, options)
     os.environ.update(server_environment(options, dict(os.environ)))
-    configure_logging_from_args(args)
-    validate_parsed_serve_args(args)
+    vllm_api.configure_logging(args)
+    vllm_api.validate_serve_args(args)
     uvloop.run(serve(args))
 
 
 async def serve(args: Namespace) -> None:
     """vLLM's `run_server`, but a stop signal before the server serves stops the worker (`_stop_while_starting`).
     Once it serves, vLLM's own handlers and the plugin's drain take over both signals."""
-    from vllm.entrypoints.launchers.api_server.entry import run_server_worker
-    from vllm.entrypoints.launchers.launcher import setup_server
-    from vllm.utils.system_utils import decorate_logs
-
-    decorate_logs("APIServer", skip_if_decorated=True)
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _stop_while_starting)
-    listen_address, sock = setup_server(args, reuse_port=False)
-    await run_server_worker(listen_address, sock, args)
+    await vllm_api.run_server(args)
 
 
 def _stop_while_starting(signum: int, _: object) -> None:

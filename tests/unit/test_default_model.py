@@ -4,10 +4,13 @@ vLLM loads, and reused from then on."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from llm_ops.models import default
 from llm_ops.models.default import (
     FOLDER_NAME,
     _drop_quantization_config,
@@ -38,6 +41,27 @@ def test_a_converted_folder_is_reused_as_it_is(tmp_path: Path) -> None:
     assert [path.name for path in tmp_path.iterdir()] == [FOLDER_NAME]
 
 
+def test_replicas_that_start_together_convert_the_model_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conversions: list[Path] = []
+    converting = threading.Event()
+
+    def convert(_: Path, out: Path) -> None:
+        conversions.append(out)
+        converting.set()
+        time.sleep(0.3)  # a conversion takes a while: the other replicas look for the folder meanwhile
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(default, "_convert", convert)
+    replicas = [threading.Thread(target=ensure_default_model, args=(tmp_path,)) for _ in range(4)]
+    for replica in replicas:
+        replica.start()
+    for replica in replicas:
+        replica.join(timeout=30)
+    assert converting.is_set() and len(conversions) == 1
+    assert (tmp_path / FOLDER_NAME / "config.json").is_file()
+
+
 def test_a_leftover_gguf_quantization_config_is_dropped(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(
@@ -54,4 +78,4 @@ def test_the_gguf_is_converted_once_into_a_plain_float32_model_folder(tmp_path: 
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
-    assert sorted(path.name for path in tmp_path.iterdir()) == [FOLDER_NAME]  # no .partial left behind
+    assert sorted(path.name for path in tmp_path.iterdir()) == [FOLDER_NAME, f"{FOLDER_NAME}.lock"]  # no .partial

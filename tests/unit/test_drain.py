@@ -19,7 +19,8 @@ import pytest
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from llm_ops.protocol.framing import DELIMITER
-from llm_ops.worker.plugin import ENGINE_CLIENT_LOGGER, EngineStoppedAsAsked
+from llm_ops.worker.plugin import EngineStoppedAsAsked
+from llm_ops.worker.vllm_api import ENGINE_CLIENT_LOGGER
 from tests.conftest import draining, free_port, wait_until, wait_until_serving
 from tests.unit.fake_vllm import chat, worker_state
 

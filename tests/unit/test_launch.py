@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 
 from llm_ops.settings import ConfigurationError, WorkerOptions
+from llm_ops.worker import vllm_api
 from llm_ops.worker.launch import (
     check_before_start,
     parse_worker_args,
     resolve_defaults,
+    run_worker,
     served_names,
     server_environment,
     tokenizer_adds_bos,
@@ -178,3 +180,13 @@ def test_under_vllms_own_command_line_the_plugin_takes_llm_ops_defaults() -> Non
     from argparse import Namespace
 
     assert worker_options(Namespace(model="m", port=8000)) == WorkerOptions()
+
+
+def test_a_worker_on_a_vllm_that_lacks_a_name_stops_before_it_reads_its_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lacking() -> None:
+        raise vllm_api.UnsupportedVllmError("that vLLM lacks: vllm.exceptions.VLLMError")
+
+    monkeypatch.setattr(vllm_api, "check_vllm_surface", lacking)
+    monkeypatch.setattr(vllm_api, "prepare_process", lambda: pytest.fail("the worker went on"))
+    with pytest.raises(ConfigurationError, match="VLLMError"):  # `llm-ops worker` prints it and exits 1
+        run_worker(["--model", "/no/such/model"])

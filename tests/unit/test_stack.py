@@ -78,7 +78,8 @@ def test_one_replica_keeps_vllms_own_core_binding_and_a_users_choice_always_wins
     chosen = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     assert worker_environments(StackSettings(replicas=2), chosen) == [chosen, chosen]
     two = worker_environments(StackSettings(replicas=2), {})
-    assert len({environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in two}) == min(2, len(os.sched_getaffinity(0)))
+    cores = {environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in two}
+    assert len(cores) == min(2, len(os.sched_getaffinity(0)))
 
 
 def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> None:

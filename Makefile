@@ -28,8 +28,8 @@ deploy-test: install
 	$(VENV)/bin/python -m pytest -m deploy
 
 lint: install
-	$(VENV)/bin/ruff check llm_ops tests benchmarks
-	$(VENV)/bin/ruff format --check llm_ops tests benchmarks
+	$(VENV)/bin/ruff check llm_ops tests benchmarks scripts
+	$(VENV)/bin/ruff format --check llm_ops tests benchmarks scripts
 	$(VENV)/bin/mypy llm_ops
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile docker/*.Dockerfile

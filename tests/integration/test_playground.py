@@ -3,59 +3,29 @@ against the real stack, over TLS that the browser verifies against the stack's C
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
+from tests.browser import ask, enter_key, playground, trusting_home
 from tests.conftest import wait_until
 from tests.integration.conftest import MODEL, Stack
 
 pytestmark = pytest.mark.integration
-SCREENSHOT = Path(__file__).parents[2] / "docs" / "playground.png"
 ANSWER_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
 def browser_home(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home folder whose NSS database trusts the stack's CA, as a user's does once they imported it."""
-    home = tmp_path_factory.mktemp("browser-home")
-    database = home / ".pki" / "nssdb"
-    database.mkdir(parents=True)
-    certutil = shutil.which("certutil")
-    assert certutil, "certutil is missing: `make install` installs libnss3-tools"
-    subprocess.run([certutil, "-N", "-d", f"sql:{database}", "--empty-password"], check=True)
-    trust = [certutil, "-A", "-d", f"sql:{database}", "-n", "LLM Ops test CA", "-t", "C,,", "-i", str(stack.ca_file)]
-    subprocess.run(trust, check=True)
-    return home
+    return trusting_home(tmp_path_factory.mktemp("browser-home"), stack.ca_file)
 
 
 @pytest.fixture
 def page(stack: Stack, browser_home: Path) -> Iterator[Page]:
-    chromium = shutil.which("chromium")
-    assert chromium, "Chromium is missing: `make install` installs Debian's chromium package"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, env=os.environ | {"HOME": str(browser_home)})
-        page = browser.new_page(viewport={"width": 1100, "height": 760})
-        page.goto(f"{stack.base_url}/")
+    with playground(stack.base_url, browser_home) as page:
         yield page
-        browser.close()
-
-
-def enter_key(page: Page, key: str) -> None:
-    page.fill("#api-key", key)
-    page.press("#api-key", "Tab")  # the key is taken when the field is left
-
-
-def ask(page: Page, prompt: str, max_tokens: int, temperature: float = 0) -> None:
-    page.fill("#temperature", str(temperature))
-    page.fill("#max-tokens", str(max_tokens))
-    page.fill("#prompt", prompt)
-    page.click("#send")
 
 
 def test_it_lists_the_model_and_streams_an_answer_with_its_numbers(page: Page, stack: Stack) -> None:
@@ -69,7 +39,6 @@ def test_it_lists_the_model_and_streams_an_answer_with_its_numbers(page: Page, s
     for shown in ("time to first token", "tokens/s", "request "):
         assert shown in stats, stats
     assert "finish: stop" in stats or "finish: length" in stats, stats
-    page.screenshot(path=str(SCREENSHOT))
 
 
 def test_stop_aborts_a_long_answer_and_the_worker_is_idle_within_a_second(page: Page, stack: Stack) -> None:

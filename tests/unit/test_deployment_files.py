@@ -208,6 +208,10 @@ def test_traefik_uses_its_standard_proxy_and_has_a_shorter_idle_timeout_than_the
     assert traefik_flag("serverstransport.forwardingtimeouts.idleconntimeout") == "60s"
 
 
+def test_traefik_gives_up_dialling_a_vanished_replica_in_seconds_so_the_retry_goes_elsewhere() -> None:
+    assert traefik_flag("serverstransport.forwardingtimeouts.dialtimeout") == "2s"  # 30 s by default
+
+
 @pytest.mark.parametrize("service", ["traefik", OPENAI_API_SERVICE, *COMPOSE.models])
 def test_services_that_relay_answers_get_time_to_drain_and_finish_them_before_docker_kills_them(service: str) -> None:
     lifecycle = LifecycleSettings()

@@ -19,7 +19,7 @@ up: install-run
 	$(VENV)/bin/llm-ops up
 
 test: install lint
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=30
 
 unit: install
 	$(VENV)/bin/python -m pytest -m "not integration and not slow and not deploy"

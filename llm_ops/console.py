@@ -18,6 +18,7 @@ NAME = "llm-ops"
 # Text in the worker's lines (the default model's preparation, then vLLM's) that starts each phase, in order.
 PHASES = (
     ("Preparing the default model", "preparing the default model (once)"),
+    ("Default model ready", "starting the engine"),
     ("Starting to load model", "loading the model"),
     ("Warming up model for the compilation", "compiling the model; the first start takes a minute more"),
     ("init engine (profile, create kv cache, warmup model) took", "the engine is ready; its API server starts"),

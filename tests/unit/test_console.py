@@ -35,6 +35,8 @@ def test_each_phase_of_the_engines_start_is_said_once_with_the_time_it_took_so_f
     output = io.StringIO()
     printer = StackPrinter(output, width=7)
     for text in (
+        "Preparing the default model SmolLM2-135M-Instruct from /x.gguf (once, about 20 s)...",
+        "Default model ready in /models/SmolLM2-135M-Instruct (19 s)",
         "(Worker pid=1) INFO [cpu_model_runner.py:68] Starting to load model /models/SmolLM2...",
         "(Worker pid=1) INFO [cpu_model_runner.py:68] Starting to load model /models/SmolLM2...",
         "(Worker pid=1) INFO [cpu_model_runner.py:87] Warming up model for the compilation...",
@@ -43,6 +45,8 @@ def test_each_phase_of_the_engines_start_is_said_once_with_the_time_it_took_so_f
         printer.write(line("worker", text))
     ours = [text.split(" | ")[1] for text in printed(output) if " llm-ops | " in text]
     assert [text.split(" (")[0] for text in ours] == [
+        "preparing the default model",
+        "starting the engine",
         "loading the model",
         "compiling the model; the first start takes a minute more",
         "the engine is ready; its API server starts",

@@ -16,8 +16,10 @@ import httpx
 import openai
 import pytest
 
+from llm_ops.bench.vllm_server import service_argv
+from llm_ops.settings import DEFAULT_SERVICE
 from tests.conftest import free_port, wait_until, wait_until_serving
-from tests.integration.conftest import HEART_BEAT_EXPIRATION, Stack
+from tests.integration.conftest import COMPOSE_FILE, HEART_BEAT_EXPIRATION, Stack
 
 pytestmark = pytest.mark.integration
 # A worker configured as the default model service is (the tokenizer's chat template, no --conv-template),
@@ -39,12 +41,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="module")
 def fastchat_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One more worker of the packaged model, as the default service starts it, registered with the stack's
-    controller. FastChat's server renders prompts itself with the `Conversation` the worker names."""
+    """One more worker of the packaged model, with the default service's flags, registered with the stack's
+    controller: an engine of its own, because FastChat's components send no API key and the stack's workers
+    require one. FastChat's server renders prompts itself with the `Conversation` the worker names."""
     log = tmp_path_factory.mktemp("fastchat-worker") / "worker.log"
     port = free_port()
+    service = service_argv(COMPOSE_FILE, DEFAULT_SERVICE)  # the flags after it win
     command = [
-        sys.executable, "-m", "llm_ops", "worker", "--port", str(port), "--served-model-name", FASTCHAT_MODEL,
+        sys.executable, "-m", "llm_ops", "worker", *service, "--port", str(port), "--served-model-name", FASTCHAT_MODEL,
         "--controller-address", stack.controller_url, "--heart-beat-interval", "1",
     ]  # fmt: skip
     environment = {name: value for name, value in os.environ.items() if name != "LLM_OPS_API_KEYS"}

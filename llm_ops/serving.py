@@ -1,4 +1,5 @@
-"""How LLM Ops' own HTTP servers (controller, OpenAI router) run and stop: uvicorn with a drain.
+"""How LLM Ops' own HTTP servers (controller, OpenAI router) run and stop: uvicorn with a drain, during which
+their /health says 503.
 
 Workers are vLLM's server, which has its own (`llm_ops.worker.plugin`)."""
 
@@ -14,6 +15,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from llm_ops.settings import LifecycleSettings
 
@@ -24,7 +27,7 @@ logger = logging.getLogger(__name__)
 class DrainingServer(uvicorn.Server):
     """uvicorn with a graceful stop a load balancer can follow.
 
-    On SIGTERM (or a first Ctrl-C): `on_drain` runs (a worker's health turns 503) and requests are
+    On SIGTERM (or a first Ctrl-C): `on_drain` runs (the server's /health turns 503) and requests are
     still served for `drain_seconds`, so the front door's health check takes the server out of its
     rotation before it stops listening; nothing routed to it in that window is lost. Then uvicorn's
     own shutdown: no new connections, requests in flight get `graceful_timeout` seconds, the app's
@@ -66,16 +69,16 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(
-    app: Any,
-    host: str,
-    port: int,
-    log_level: str,
-    lifecycle: LifecycleSettings,
-    on_drain: Callable[[], None],
-    **config: Any,
-) -> None:
-    """Run `app` with uvicorn until SIGTERM/Ctrl-C, then stop gracefully (`DrainingServer`)."""
+async def health(request: Request) -> JSONResponse:
+    """The route /health of a server `serve` runs: 200 while it serves, 503 once it drains."""
+    if getattr(request.app.state, "draining", False):
+        return JSONResponse({"status": "draining"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str, lifecycle: LifecycleSettings, **config: Any) -> None:
+    """Run `app` with uvicorn until SIGTERM/Ctrl-C, then stop gracefully (`DrainingServer`); its `health`
+    route says 503 from the drain's start."""
     uvicorn_config = uvicorn.Config(
         app,
         host=host,
@@ -90,4 +93,4 @@ def serve(
         http="httptools",
         **config,
     )
-    DrainingServer(uvicorn_config, lifecycle.drain_seconds, on_drain).run()
+    DrainingServer(uvicorn_config, lifecycle.drain_seconds, lambda: setattr(app.state, "draining", True)).run()

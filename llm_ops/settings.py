@@ -51,8 +51,11 @@ class LimitSettings(BaseModel):
 class AdmissionSettings(BaseModel):
     """How many requests a worker takes at once (see `llm_ops.worker.admission`)."""
 
-    limit_worker_concurrency: int = Field(
-        64, ge=1, description="requests generating at once (FastChat's flag of the same name)"
+    limit_worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="requests generating at once (FastChat's flag of the same name); unset: vLLM's --max-num-seqs, "
+        "what its engine runs at once",
     )
     max_queued_requests: int = Field(
         128, ge=0, description="requests waiting for a running slot; beyond them: 429 at once"

@@ -124,10 +124,11 @@ def answers(url: str, method: str = "GET") -> bool:
         return False
 
 
-def draining(worker_url: str) -> bool:
-    """Whether a worker's /health says it drains (after SIGTERM: 503, status "draining")."""
+def draining(server_url: str) -> bool:
+    """Whether a server's /health (a worker's, the controller's, the router's) says it drains (after SIGTERM:
+    503, status "draining")."""
     try:
-        health = httpx.get(f"{worker_url}/health", timeout=5)
+        health = httpx.get(f"{server_url}/health", timeout=5)
     except httpx.TransportError:
         return False
     return health.status_code == 503 and health.json()["status"] == "draining"

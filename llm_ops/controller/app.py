@@ -30,6 +30,7 @@ from llm_ops.protocol.controller import (
     WorkerList,
 )
 from llm_ops.protocol.worker import WorkerStatus
+from llm_ops.serving import health
 
 logger = logging.getLogger(__name__)
 STATUS_TIMEOUT = 5.0
@@ -123,10 +124,6 @@ async def list_workers(request: Request) -> WorkerList:
 
 async def test_connection() -> str:
     return "success"
-
-
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 async def expire_workers(known: WorkerRegistry, every: float) -> None:

@@ -12,4 +12,4 @@ from llm_ops.settings import ControllerSettings
 def run_controller(settings: ControllerSettings) -> None:
     registry = WorkerRegistry(settings.dispatch_method, settings.heart_beat_expiration)
     app = create_controller_app(registry, worker_headers=authorization_headers(api_keys_from_environment()))
-    serve(app, settings.host, settings.port, settings.log_level, settings, on_drain=lambda: None)
+    serve(app, settings.host, settings.port, settings.log_level, settings)

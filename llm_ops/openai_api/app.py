@@ -27,6 +27,7 @@ from llm_ops.openai_api.forward import forward
 from llm_ops.openai_api.policy import POLICIES, worker_base_url
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
+from llm_ops.serving import health
 from llm_ops.settings import MAX_BODY_BYTES
 
 WORKER_TIMEOUT = httpx.Timeout(connect=5.0, read=None, write=30.0, pool=None)  # answers can take minutes
@@ -61,10 +62,6 @@ async def _model_cards(http: httpx.AsyncClient, worker: str) -> list[dict[str, A
         return cards
     except (httpx.HTTPError, ValueError, KeyError):
         return []  # gone since the controller last heard from it: the next call will know
-
-
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 async def playground_page() -> FileResponse:

@@ -15,4 +15,4 @@ def run_openai_api(settings: OpenAIApiSettings) -> None:
         max_body_bytes=settings.max_body_bytes,
         policy=settings.routing_policy,
     )
-    serve(app, settings.host, settings.port, settings.log_level, settings, on_drain=lambda: None)
+    serve(app, settings.host, settings.port, settings.log_level, settings)

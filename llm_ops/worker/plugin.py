@@ -87,7 +87,11 @@ class LLMOpsPlugin:
             options=options,
             engine=engine,
             model_names=list(args.served_model_name),
-            admission=Admission(options.limit_worker_concurrency, options.max_queued_requests, options.max_queue_wait),
+            admission=Admission(
+                options.limit_worker_concurrency or engine.max_num_seqs(),
+                options.max_queued_requests,
+                options.max_queue_wait,
+            ),
             chat_template=chat_template,
             conv=jsonable_encoder(conv) if conv else None,
             stop=_stop_strings(explicit.stop_str) if explicit else [],

@@ -18,7 +18,7 @@ async def keep_registered(
     controller: ControllerClient, worker_address: str, status: Callable[[], WorkerStatus], interval: float
 ) -> None:
     """Runs for the worker's lifetime. A controller that restarted or expired us says so in its
-    heartbeat answer; an unreachable one is tried again every `interval`."""
+    heartbeat answer; an unreachable one, or any failure, is logged and tried again every `interval`."""
     registered = False
     while True:
         try:
@@ -31,4 +31,9 @@ async def keep_registered(
         except httpx.HTTPError as error:
             registered = False
             logger.warning("controller %s: %r; trying again in %.0f s", controller.address, error, interval)
+        except Exception:  # anything else (a malformed answer, a bug): said, and the heartbeats go on
+            registered = False
+            logger.exception(
+                "registering with the controller %s failed; trying again in %.0f s", controller.address, interval
+            )
         await asyncio.sleep(interval)

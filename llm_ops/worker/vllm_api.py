@@ -117,9 +117,14 @@ NAMES = (
         "EndpointPlugin",
         ("name", "required_tasks", "attach_router", "init_state"),
     ),
-    Name("vllm.engine.protocol", "EngineClient", ("renderer", "model_config", "get_supported_tasks", "check_health")),
+    Name(
+        "vllm.engine.protocol",
+        "EngineClient",
+        ("renderer", "model_config", "vllm_config", "get_supported_tasks", "check_health"),
+    ),
     Name("vllm.renderers.base", "BaseRenderer", ("get_tokenizer",)),
     Name("vllm.config", "ModelConfig", ("max_model_len",)),
+    Name("vllm.config", "SchedulerConfig", ("max_num_seqs",)),
     # Internal, for this check: the environment variables vLLM reads (ENVIRONMENT_VARIABLES must be among them).
     Name("vllm.envs", "environment_variables"),
     # Internal: /health shows the engine's requests in flight; AsyncLLM counts them, EngineClient does not say.
@@ -315,6 +320,11 @@ class Engine:
     def max_model_len(self) -> int:
         length: int = self.client.model_config.max_model_len
         return length
+
+    def max_num_seqs(self) -> int:
+        """Requests the engine runs at once: `--max-num-seqs`, or vLLM's default for the platform."""
+        count: int = self.client.vllm_config.scheduler_config.max_num_seqs
+        return count
 
     def unfinished_requests(self) -> int:
         count: int = self.client.get_num_unfinished_requests()  # internal: AsyncLLM's (see NAMES)

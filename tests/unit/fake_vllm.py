@@ -114,6 +114,7 @@ class FakeVllm:
     words: list[str] = field(default_factory=lambda: ["The", " capital", " is", " Paris", "."])
     delay: float = 0.0
     max_model_len: int = 512
+    max_num_seqs: int = 128  # what vLLM's server runs at once on a CPU by default
     chat_template: str | None = CHATML  # the tokenizer's own
     error: ErrorResponse | None = None  # returned instead of any answer
     fail_after: int | None = None  # the engine fails after this many words (a stream: an error event)
@@ -132,6 +133,10 @@ class FakeVllm:
     @property
     def model_config(self) -> SimpleNamespace:
         return SimpleNamespace(max_model_len=self.max_model_len)
+
+    @property
+    def vllm_config(self) -> SimpleNamespace:
+        return SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=self.max_num_seqs))
 
     async def check_health(self) -> None:
         if not self.healthy:

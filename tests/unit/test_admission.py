@@ -242,3 +242,10 @@ async def test_no_way_a_request_ends_keeps_its_slot(worker_url: str, vllm: FakeV
         await wait_until_async(slots_free, 5, lambda: f"every slot to be freed: {statuses[-1]}", interval=0.05)
         assert vllm.get_num_unfinished_requests() == 0
         assert (await client.post("/api/worker_generate", json=chat())).status_code == 200
+
+
+async def test_without_a_limit_a_worker_runs_as_many_requests_at_once_as_vllms_engine() -> None:
+    app = await fake_worker(FakeVllm(max_num_seqs=48))
+    assert app.state.llm_ops.admission.max_running == 48  # --max-num-seqs; FastChat's fixed default was 64
+    limited = await fake_worker(FakeVllm(max_num_seqs=48), flags=["--limit-worker-concurrency", "3"])
+    assert limited.state.llm_ops.admission.max_running == 3

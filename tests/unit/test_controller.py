@@ -151,3 +151,22 @@ async def test_a_worker_registers_sends_its_queue_and_registers_again_when_forgo
         await wait_until_async(lambda: A in registry.workers, 5, "the worker to register again")
     finally:
         task.cancel()
+
+
+async def test_registration_goes_on_after_a_failure_that_is_not_an_http_error(
+    client: httpx.AsyncClient, registry: WorkerRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    statuses = iter([ValueError("a status that cannot be read")])
+
+    def worker_status() -> WorkerStatus:
+        failure = next(statuses, None)
+        if failure is not None:
+            raise failure
+        return status("m")
+
+    task = asyncio.create_task(keep_registered(ControllerClient(client, "http://c"), A, worker_status, 0.01))
+    try:
+        await wait_until_async(lambda: A in registry.workers, 5, "the worker to register after the failure")
+    finally:
+        task.cancel()
+    assert "a status that cannot be read" in caplog.text

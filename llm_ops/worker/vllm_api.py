@@ -158,6 +158,10 @@ NAMES = (
     Name("vllm.entrypoints.serve.exception_handling.error_response", "create_error_response"),
     Name("vllm.exceptions", "VLLMError"),
     Name("vllm.entrypoints.serve.utils.api_utils", "with_cancellation"),
+)
+# What `llm-ops bench` uses besides: checked when it starts, not at every worker's start (the benchmark client's
+# module takes over half a second to import, for a worker that never uses it).
+BENCH_NAMES = (
     Name(REFERENCE_SERVER_MODULE),
     Name(BENCH_CLIENT_MODULE, "add_cli_args"),
     Name(BENCH_CLIENT_MODULE, "main"),
@@ -185,10 +189,10 @@ class UnsupportedVllmError(ConfigurationError):
     """The installed vLLM lacks names LLM Ops relies on."""
 
 
-def check_vllm_surface() -> None:
-    """Raise `UnsupportedVllmError`, naming every missing one, unless the installed vLLM has all the names, texts,
-    environment variables and flags LLM Ops relies on."""
-    missing = _missing_names() + _missing_texts()
+def check_vllm_surface(also: tuple[Name, ...] = ()) -> None:
+    """Raise `UnsupportedVllmError`, naming every missing one, unless the installed vLLM has all the names (and
+    those `also` names), texts, environment variables and flags LLM Ops relies on."""
+    missing = _missing_names((*NAMES, *also)) + _missing_texts()
     if not missing:  # the checks below use vLLM's names
         missing = _missing_variables() + _missing_serve_args()
     found = installed_version()
@@ -208,8 +212,8 @@ def installed_version() -> str | None:
     return None
 
 
-def _missing_names() -> list[str]:
-    return [missing for name in NAMES for missing in _missing(name)]
+def _missing_names(names: tuple[Name, ...]) -> list[str]:
+    return [missing for name in names for missing in _missing(name)]
 
 
 def _missing(name: Name) -> list[str]:

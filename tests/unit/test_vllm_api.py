@@ -14,7 +14,14 @@ from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
 from vllm.entrypoints.serve.utils import api_utils
 
 from llm_ops.worker import vllm_api
-from llm_ops.worker.vllm_api import BUILT_FOR, NAMES, UnsupportedVllmError, check_vllm_surface, installed_version
+from llm_ops.worker.vllm_api import (
+    BENCH_NAMES,
+    BUILT_FOR,
+    NAMES,
+    UnsupportedVllmError,
+    check_vllm_surface,
+    installed_version,
+)
 
 PACKAGE = Path(vllm_api.__file__).parents[1]
 ROOT = PACKAGE.parent
@@ -33,16 +40,16 @@ def vllm_imports(tree: ast.AST) -> list[tuple[str, str | None]]:
     return found
 
 
-def refusal(missing: str) -> str:
+def refusal(missing: str, also: tuple[vllm_api.Name, ...] = ()) -> str:
     with pytest.raises(UnsupportedVllmError) as refused:
-        check_vllm_surface()
+        check_vllm_surface(also)
     message = str(refused.value)
     assert missing in message
     return message
 
 
 def test_the_installed_vllm_has_every_name_llm_ops_relies_on() -> None:
-    check_vllm_surface()
+    check_vllm_surface(also=BENCH_NAMES)
 
 
 def test_the_version_llm_ops_is_built_for_is_the_one_the_package_and_the_images_pin() -> None:
@@ -65,8 +72,14 @@ def test_a_vllm_whose_handler_lacks_a_method_llm_ops_calls_is_refused(monkeypatc
 def test_a_vllm_without_a_module_llm_ops_imports_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm.renderers.chat_utils", None)  # what an import finds for a module gone
     monkeypatch.setitem(sys.modules, vllm_api.REFERENCE_SERVER_MODULE, None)
-    message = refusal("vllm.renderers.chat_utils.load_chat_template")
+    message = refusal("vllm.renderers.chat_utils.load_chat_template", also=BENCH_NAMES)  # as `llm-ops bench` checks
     assert f"module {vllm_api.REFERENCE_SERVER_MODULE}" in message
+
+
+def test_a_workers_check_leaves_out_what_only_llm_ops_bench_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, vllm_api.BENCH_CLIENT_MODULE, None)  # not importable: not imported either
+    check_vllm_surface()
+    refusal(f"{vllm_api.BENCH_CLIENT_MODULE}.main", also=BENCH_NAMES)
 
 
 def test_a_vllm_without_an_environment_variable_llm_ops_sets_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,7 +100,7 @@ def test_a_vllm_serve_flag_llm_ops_reads_must_be_one_of_vllms(monkeypatch: pytes
 
 def test_every_vllm_name_the_module_imports_is_checked_and_imported_only_when_used() -> None:
     tree = ast.parse(Path(vllm_api.__file__).read_text())
-    checked = {(name.module, name.attribute) for name in NAMES}
+    checked = {(name.module, name.attribute) for name in (*NAMES, *BENCH_NAMES)}
     unchecked = [(module, name) for module, name in vllm_imports(tree) if (module, name) not in checked]
     assert unchecked == []
     at_import = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom) and vllm_imports(node)]

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from llm_ops.settings import DEFAULT_MODEL_NAME
-from tests.conftest import free_port
+from tests.conftest import answers, free_port
 
 START_TIMEOUT = 900.0
 
@@ -39,19 +39,12 @@ def start_worker(level: int, cache_root: Path, log_file: Path) -> tuple[subproce
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    while not _healthy(url):
+    while not answers(f"{url}/health"):
         if process.poll() is not None or time.monotonic() - started > START_TIMEOUT:
             stop(process)
             raise RuntimeError(f"-O{level}: the worker did not start:\n{log_file.read_text()[-3000:]}")
         time.sleep(0.5)  # polling /health
     return process, url, time.monotonic() - started
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=5).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -20,7 +20,7 @@ import os
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_ops.protocol.errors import ErrorCode, RequestError
+from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
 
 API_KEYS_VARIABLE = "LLM_OPS_API_KEYS"
 PROBES = frozenset({"/health", "/metrics"})  # open to the front door's health checks and Prometheus
@@ -46,10 +46,12 @@ GENERATION_ROUTES = frozenset(
 
 
 def refusal(scope: Scope, error: RequestError) -> JSONResponse:
-    """`error` in the format of the path it refuses: FastChat's under /api/, vLLM's OpenAI shape elsewhere."""
+    """`error` in the format of the path it refuses: FastChat's under /api/, vLLM's OpenAI shape elsewhere;
+    with a Retry-After when it is `Overloaded`."""
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Overloaded) else None
     if scope["path"].startswith(FASTCHAT_PREFIX) or scope["path"] == FASTCHAT_PREFIX.rstrip("/"):
-        return JSONResponse(error.to_response().model_dump(), status_code=error.status_code)
-    return JSONResponse(error.to_openai().model_dump(), status_code=error.status_code)
+        return JSONResponse(error.to_response().model_dump(), status_code=error.status_code, headers=headers)
+    return JSONResponse(error.to_openai().model_dump(), status_code=error.status_code, headers=headers)
 
 
 def api_keys_from_environment() -> frozenset[str]:

@@ -21,7 +21,7 @@ from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
     ConfigurationError,
     ControllerSettings,
-    OpenAIApiSettings,
+    RouterSettings,
     StackSettings,
 )
 
@@ -37,13 +37,13 @@ class ControllerCommand(ControllerSettings):
         run_controller(self)
 
 
-class OpenAIApiCommand(OpenAIApiSettings):
-    """Run the OpenAI-compatible API (/v1/...) in front of the controller's workers."""
+class RouterCommand(RouterSettings):
+    """Run the router: every request to a model (/api/<model>/..., /v1/...), to a replica it picks."""
 
     def cli_cmd(self) -> None:
-        from llm_ops.openai_api.run import run_openai_api
+        from llm_ops.router.run import run_router
 
-        run_openai_api(self)
+        run_router(self)
 
 
 class UpCommand(StackSettings):
@@ -104,7 +104,7 @@ class LLMOps(BaseSettings):
 
     up: CliSubCommand[UpCommand]
     controller: CliSubCommand[ControllerCommand]
-    openai_api: CliSubCommand[OpenAIApiCommand]
+    router: CliSubCommand[RouterCommand]
     prepare_model: CliSubCommand[PrepareModelCommand]
     health: CliSubCommand[HealthCommand]
     bench: CliSubCommand[BenchCommand]

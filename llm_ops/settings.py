@@ -117,14 +117,19 @@ class ControllerSettings(LifecycleSettings):
     log_level: str = Field("info", description="uvicorn log level")
 
 
-class OpenAIApiSettings(LifecycleSettings, LimitSettings):
-    """The OpenAI-compatible API server: picks workers through the controller."""
+class RouterSettings(LifecycleSettings, LimitSettings):
+    """The router: every request to a model, to a replica it picks (`llm_ops.router`)."""
 
-    host: str = Field("127.0.0.1", description="address the API server listens on")
-    port: int = Field(8000, ge=0, le=65535, description="port the API server listens on")
+    host: str = Field("127.0.0.1", description="address the router listens on")
+    port: int = Field(8000, ge=0, le=65535, description="port the router listens on")
     controller_address: str = Field("http://127.0.0.1:21001", description="the controller that knows the workers")
-    routing_policy: Literal["least-loaded"] = Field(
-        "least-loaded", description="which replica gets a request: least-loaded asks the controller (shortest queue)"
+    routing_policy: Literal["least-loaded", "round-robin"] = Field(
+        "least-loaded",
+        description="which replica gets a request: least-loaded (the smallest share of its running slots in use) "
+        "or round-robin",
+    )
+    probe_interval: float = Field(
+        0.5, gt=0, description="seconds between reads of the controller's workers and each replica's health and load"
     )
     log_level: str = Field("info", description="uvicorn log level")
 
@@ -147,7 +152,7 @@ class StackSettings(AdmissionSettings):
     service: str = Field(DEFAULT_SERVICE, description="the model service of the compose file to run")
     replicas: int = Field(1, ge=1, le=16, description="workers of the model, on --port, --port + 1, ...")
     controller_port: int = Field(21001, ge=0, le=65535, description="the controller, on loopback")
-    openai_api_port: int = Field(8000, ge=0, le=65535, description="the OpenAI-compatible API, on loopback")
+    router_port: int = Field(8000, ge=0, le=65535, description="the router, on loopback")
     heart_beat_interval: float | None = Field(None, gt=0, description="workers' heartbeat interval; unset: theirs")
     heart_beat_expiration: float | None = Field(
         None, gt=0, description="seconds the controller waits for a heartbeat; unset: the compose file's"

@@ -1,11 +1,11 @@
 """`llm-ops up`: a model service of docker-compose.yml, run natively with Traefik in front.
 
 Reads the compose file, writes the TLS files and Traefik's configuration (its compose flags and the
-service's labels, see `llm_ops.frontdoor.traefik`), then runs Traefik and the service's start script
-under honcho, which starts each in its own process group (all in this command's session, see
-`StackProcess`) and, when one stops or on Ctrl-C/SIGTERM, stops them all: SIGTERM, on which each
-drains (`llm_ops.serving.serve`, Traefik's grace time), then SIGKILL for whatever is still running
-once the drain and grace times are over. A probe thread waits until a request through Traefik, over
+router's labels, see `llm_ops.frontdoor.traefik`), then runs Traefik, the controller, the router and the
+service's start script (once per replica) under honcho, which starts each in its own process group (all
+in this command's session, see `StackProcess`) and, when one stops or on Ctrl-C/SIGTERM, stops them all:
+SIGTERM, on which each drains (`llm_ops.serving.serve`, Traefik's grace time), then SIGKILL for whatever
+is still running once the drain and grace times are over. A probe thread waits until a request through Traefik, over
 verified TLS, reaches the worker under every name it serves, then prints how to use it.
 """
 
@@ -35,13 +35,13 @@ from llm_ops.console import StackPrinter
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.compose import (
     CONTROLLER_SERVICE,
-    OPENAI_API_SERVICE,
+    ROUTER_SERVICE,
     ComposeError,
     ComposeFile,
     ModelService,
     load_compose,
 )
-from llm_ops.frontdoor.traefik import LocalAddresses, route_problems, traefik_environment, write_local_front_door
+from llm_ops.frontdoor.traefik import LocalAddresses, traefik_environment, write_local_front_door
 from llm_ops.models.default import PREPARED, PREPARING
 from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
@@ -89,10 +89,7 @@ def write_front_door(settings: StackSettings, compose: ComposeFile, tls: TLSFile
         admin_host=LOOPBACK,
         admin_port=settings.admin_port,
     )
-    backends = {
-        settings.service: [worker_url(settings, replica) for replica in range(settings.replicas)],
-        OPENAI_API_SERVICE: [f"http://{LOOPBACK}:{settings.openai_api_port}"],
-    }
+    backends = {ROUTER_SERVICE: [f"http://{LOOPBACK}:{settings.router_port}"]}
     directory = traefik_dir(settings)
     flags = write_local_front_door(compose, backends, tls, addresses, directory, settings.traefik_log_level)
     return [traefik_binary(), *flags]
@@ -118,9 +115,11 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
     """
     in_container = service.worker_args(start_script_args=["--port", str(CONTAINER_PORT)])
     names = served_names(in_container)
-    problems = route_problems(service, names, in_container.port)
-    if problems:
-        raise ComposeError("; ".join(problems))
+    if service.labels.get("traefik.enable") == "true":
+        raise ComposeError(
+            f"service {service.name} asks Traefik to route to it: model services are reached through the router "
+            f"(its labels route every /api/<model>/ path); remove the service's traefik labels"
+        )
     passed_on = set(AdmissionSettings.model_fields) | {"heart_beat_interval", "drain_seconds"}
     overrides = to_cli_args(settings, passed_on & set(WorkerOptions.model_fields)) + settings.worker_args
     commands = []
@@ -181,13 +180,13 @@ def controller_command(settings: StackSettings, compose: ComposeFile) -> list[st
     return [*service.entrypoint, *service.command, *local]
 
 
-def openai_api_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
-    service = compose.service(OPENAI_API_SERVICE)
+def router_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
+    service = compose.service(ROUTER_SERVICE)
     local = [
         "--host",
         LOOPBACK,
         "--port",
-        str(settings.openai_api_port),
+        str(settings.router_port),
         "--controller-address",
         controller_url(settings),
     ]
@@ -319,7 +318,7 @@ def run_stack(settings: StackSettings) -> int:
     traefik_env = traefik_environment(traefik_dir(settings), os.environ)
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
-    manager.add_process(OPENAI_API_SERVICE, shell_command(openai_api_command(settings, compose)), env=env)
+    manager.add_process(ROUTER_SERVICE, shell_command(router_command(settings, compose)), env=env)
     environments = worker_environments(settings, env)
     for replica, (worker, worker_env) in enumerate(zip(workers, environments, strict=True), start=1):
         name = f"worker-{replica}" if len(workers) > 1 else "worker"

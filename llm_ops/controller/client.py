@@ -1,4 +1,4 @@
-"""Talking to a controller, as workers and the OpenAI-compatible server do."""
+"""Talking to a controller, as workers do: register, send heartbeats."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import httpx
 from llm_ops.protocol.controller import (
     HeartbeatRequest,
     HeartbeatResponse,
-    ModelList,
-    ModelQuery,
     RegisterWorkerRequest,
-    WorkerAddress,
 )
 from llm_ops.protocol.worker import WorkerStatus
 
@@ -30,17 +27,3 @@ class ControllerClient:
         response = await self.http.post(f"{self.address}/receive_heart_beat", json=body.model_dump())
         response.raise_for_status()
         return HeartbeatResponse.model_validate(response.json()).exist
-
-    async def worker_address(self, model: str) -> str | None:
-        response = await self.http.post(f"{self.address}/get_worker_address", json=ModelQuery(model=model).model_dump())
-        response.raise_for_status()
-        return WorkerAddress.model_validate(response.json()).address or None
-
-    async def refresh_all_workers(self) -> None:
-        """Make the controller ask every worker for its status and drop those that do not answer."""
-        (await self.http.post(f"{self.address}/refresh_all_workers")).raise_for_status()
-
-    async def models(self) -> list[str]:
-        response = await self.http.post(f"{self.address}/list_models")
-        response.raise_for_status()
-        return ModelList.model_validate(response.json()).models

@@ -1,9 +1,9 @@
 """What the native stack and the tests read from docker-compose.yml: Traefik's flags and the model services.
 
 docker-compose.yml is the one description of the deployment. Each model service names a start script
-(its entrypoint), the worker flags (its command) and its Traefik routing (its labels); the native stack
-runs one such service outside Docker, and `llm_ops.frontdoor.traefik` turns its labels into the file
-provider configuration that Traefik's Docker provider would have built from them.
+(its entrypoint) and the worker flags (its command); the native stack runs one such service outside
+Docker, with the controller and router services' commands, and `llm_ops.frontdoor.traefik` turns the
+router's labels into the file provider configuration that Traefik's Docker provider would have built.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from llm_ops.settings import ConfigurationError
 
 TRAEFIK_SERVICE = "traefik"
 CONTROLLER_SERVICE = "controller"
-OPENAI_API_SERVICE = "openai-api"
+ROUTER_SERVICE = "router"
 START_SCRIPTS = ("start_chat.sh", "start_completion.sh")  # a service that runs one is a model service
 # Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}.
 _VARIABLE = re.compile(
@@ -69,9 +69,6 @@ class ComposeFile:
     traefik_volumes: list[str]
     models: dict[str, ModelService]
     services: dict[str, ComposeService]
-
-    def labels_of(self, name: str) -> dict[str, str]:
-        return self.model(name).labels if name in self.models else self.service(name).labels
 
     def service(self, name: str) -> ComposeService:
         if name not in self.services:

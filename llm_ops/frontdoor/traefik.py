@@ -1,17 +1,11 @@
 """Traefik outside Docker, configured from docker-compose.yml.
 
 Traefik's static configuration is the compose file's `traefik` command with what only Docker has taken
-out (the Docker provider, Let's Encrypt) and local addresses put in. The routes are the model services'
-labels, turned into the file-provider configuration the Docker provider would have built from them,
-with loopback servers in place of containers. The shared middlewares and TLS options are the same
-files (traefik/dynamic/), and a self-signed certificate stands in for Let's Encrypt's.
-
-A model M has two routers. FastChat's: ``Path(`/api/M`) || PathPrefix(`/api/M/`)``, so that names
-with dots work and `/api/M-v2/...` never reaches M, then `llm-ops-strip-model` (``^/api/[^/]+``) and
-`llm-ops-add-api` turn `/api/M/worker_generate` into the worker's `/api/worker_generate`. vLLM's
-OpenAI API: ``PathPrefix(`/api/M/v1/`) || Path(`/api/M/tokenize`) || Path(`/api/M/detokenize`)``
-(a longer rule, so Traefik tries it first), stripped to the worker's `/v1/...`, `/tokenize`, ...;
-the worker itself answers only the OpenAI routes LLM Ops documents (`llm_ops.access.PublicRoutes`).
+out (the Docker provider, Let's Encrypt) and local addresses put in. The routes are the router service's
+labels (every model's path goes to the router, which picks the replica: `llm_ops.router`), turned into
+the file-provider configuration the Docker provider would have built from them, with loopback servers
+in place of containers. The shared middlewares and TLS options are the same files (traefik/dynamic/),
+and a self-signed certificate stands in for Let's Encrypt's.
 """
 
 from __future__ import annotations
@@ -27,33 +21,17 @@ from typing import Any
 import yaml
 
 from llm_ops.frontdoor.certs import TLSFiles
-from llm_ops.frontdoor.compose import ComposeError, ComposeFile, ModelService, interpolate
+from llm_ops.frontdoor.compose import ComposeError, ComposeFile, interpolate
 from llm_ops.settings import ConfigurationError
 
 ENTRYPOINT_HTTPS = "websecure"
 ENTRYPOINT_HTTP = "web"
 ENTRYPOINT_ADMIN = "traefik"  # API, dashboard, ping, metrics: never published
-# traefik/dynamic/llm-ops.yml: a request id, request body read before proxying, per-client rate
-# limit, retry on refused connections, /api/<model>/x -> /api/x.
-OPENAI_MODEL_MIDDLEWARES = [
-    "llm-ops-request-id@file",
-    "llm-ops-request-body@file",
-    "llm-ops-rate-limit@file",
-    "llm-ops-retry@file",
-    "llm-ops-strip-model@file",
-]
-MODEL_MIDDLEWARES = [*OPENAI_MODEL_MIDDLEWARES, "llm-ops-add-api@file"]
 FILE_PROVIDER_DIRECTORY = "providers.file.directory"
 PLUGINS_DIRECTORY = "/plugins-local"  # in Traefik's container; Traefik reads ./plugins-local
 # Flags that only make sense inside Docker: the Docker provider, and Let's Encrypt (it needs a public name).
 DOCKER_ONLY_FLAGS = ("providers.docker", "certificatesresolvers", f"entrypoints.{ENTRYPOINT_HTTPS}.http.tls")
 _LIST_FIELDS = {"entrypoints", "middlewares"}
-# traefik.http.<kind>.<id>.<field>...: a dot in an id shifts the field, which is how it shows.
-_FIELDS = {
-    "routers": {"rule", "rulesyntax", "entrypoints", "middlewares", "service", "tls", "priority", "observability"},
-    "services": {"loadbalancer"},
-}
-LABEL_FIELD_HINT = "unknown field (router and service ids may not contain dots)"
 # Traefik takes its static configuration from the first traefik.{toml,yaml,yml} it finds in
 # /etc/traefik, $XDG_CONFIG_HOME, $HOME/.config or its working directory, and then ignores every
 # flag. The native stack runs it with flags, so none of these may exist (see `traefik_environment`).
@@ -70,17 +48,6 @@ class LocalAddresses:
     http_port: int
     admin_host: str
     admin_port: int
-
-
-def route_rule(model_name: str) -> str:
-    """FastChat's routes of a model."""
-    return f"Path(`/api/{model_name}`) || PathPrefix(`/api/{model_name}/`)"
-
-
-def openai_route_rule(model_name: str) -> str:
-    """vLLM's OpenAI routes of a model."""
-    prefix = f"/api/{model_name}"
-    return f"PathPrefix(`{prefix}/v1/`) || Path(`{prefix}/tokenize`) || Path(`{prefix}/detokenize`)"
 
 
 def labels_to_dynamic_config(labels: Mapping[str, str], server_urls: Sequence[str]) -> dict[str, Any]:
@@ -111,62 +78,6 @@ def _decode_labels(labels: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[field] = value.split(",") if field in _LIST_FIELDS else value
     return config
-
-
-def route_problems(service: ModelService, served_names: Sequence[str], worker_port: int) -> list[str]:
-    """What is wrong with a model service's routing labels; empty when every served name is routed safely."""
-    config = _decode_labels(service.labels).get("http", {})
-    routers: dict[str, Any] = config.get("routers", {})
-    services: dict[str, Any] = config.get("services", {})
-    if len(services) != 1:
-        return [f"service {service.name}: its labels must define exactly one Traefik service, not {len(services)}"]
-    service_id, definition = next(iter(services.items()))
-    problems = [f"label {key}: {LABEL_FIELD_HINT}" for key in service.labels if not _known_label(key)]
-    problems += _balancer_problems(definition.get("loadbalancer", {}), worker_port)
-    wanted = {route_rule(name): (name, MODEL_MIDDLEWARES) for name in served_names}
-    wanted |= {openai_route_rule(name): (name, OPENAI_MODEL_MIDDLEWARES) for name in served_names}
-    for router_id, router in routers.items():
-        problems += [f"router {router_id} {problem}" for problem in _router_problems(router, wanted, service_id)]
-    routed = {router.get("rule") for router in routers.values()}
-    problems += [
-        f"served name {name} has no router with rule {rule}" for rule, (name, _) in wanted.items() if rule not in routed
-    ]
-    return [f"service {service.name}: {problem}" for problem in problems]
-
-
-def _balancer_problems(balancer: dict[str, Any], worker_port: int) -> list[str]:
-    problems = []
-    port = balancer.get("server", {}).get("port")
-    if port != str(worker_port):
-        problems.append(f"loadbalancer.server.port is {port}, the worker listens on {worker_port}")
-    if balancer.get("healthcheck", {}).get("path") != "/health":
-        problems.append("the Traefik service needs loadbalancer.healthcheck.path=/health")
-    return problems
-
-
-def _router_problems(
-    router: dict[str, Any], wanted_rules: Mapping[str, tuple[str, list[str]]], service_id: str
-) -> list[str]:
-    problems = []
-    rule = str(router.get("rule"))
-    if rule not in wanted_rules:
-        expected = f"{route_rule('NAME')} or {openai_route_rule('NAME')}"
-        return [f"rule {rule!r} is not {expected} for a served name"]
-    if router.get("entrypoints") != [ENTRYPOINT_HTTPS]:
-        problems.append(f"must use only the {ENTRYPOINT_HTTPS} entrypoint")
-    middlewares = wanted_rules[rule][1]
-    if router.get("middlewares") != middlewares:
-        problems.append(f"middlewares must be {','.join(middlewares)}")
-    if router.get("service") != service_id:
-        problems.append(f"must name its service, {service_id}")
-    return problems
-
-
-def _known_label(key: str) -> bool:
-    parts = key.lower().split(".")
-    if parts[:2] != ["traefik", "http"] or len(parts) < 5 or parts[2] not in _FIELDS:
-        return True
-    return parts[4] in _FIELDS[parts[2]]
 
 
 def local_traefik_args(
@@ -207,7 +118,7 @@ def write_local_front_door(
     directory: Path,
     log_level: str = "INFO",
 ) -> list[str]:
-    """Write the dynamic configuration for `backends` (compose service -> its servers' URLs) and the
+    """Write the dynamic configuration for `backends` (compose service with Traefik labels -> its servers' URLs) and the
     plugins into `directory`; return Traefik's flags. Run Traefik in `directory`: it loads local
     plugins from ./plugins-local."""
     for static_file in STATIC_FILE_NAMES:  # e.g. left there by an older version of the native stack
@@ -223,7 +134,7 @@ def write_local_front_door(
     for shared in sorted(shared_dir.glob("*.yml")):
         shutil.copyfile(shared, dynamic_dir / f"shared-{shared.name}")
     for service_name, urls in backends.items():
-        routes = labels_to_dynamic_config(compose.labels_of(service_name), urls)
+        routes = labels_to_dynamic_config(compose.service(service_name).labels, urls)
         write_yaml_atomically(dynamic_dir / f"routes-{service_name}.yml", routes)
     write_yaml_atomically(dynamic_dir / "certificates.yml", certificate_config(tls))
     return local_traefik_args(compose.traefik_command, addresses, dynamic_dir, directory / "access.log", log_level)

@@ -17,6 +17,7 @@ __all__ = [
     "ErrorResponse",
     "OpenAIError",
     "OpenAIErrorResponse",
+    "Overloaded",
     "RequestError",
     "HTTP_STATUS",
     "http_status",
@@ -81,3 +82,12 @@ class RequestError(Exception):
         return OpenAIErrorResponse(
             error=OpenAIError(message=self.message, type=kind, param=self.param, code=self.status_code)
         )
+
+
+class Overloaded(RequestError):
+    """Refused for lack of room (a worker's admission, or the router when every replica is full);
+    `retry_after` (seconds) becomes the Retry-After header."""
+
+    def __init__(self, message: str, retry_after: int, status: int = 429) -> None:
+        super().__init__(ErrorCode.ENGINE_OVERLOADED, message, status)
+        self.retry_after = retry_after

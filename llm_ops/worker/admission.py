@@ -23,20 +23,14 @@ from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llm_ops.access import refusal, replay
-from llm_ops.protocol.errors import ErrorCode, RequestError
+from llm_ops.protocol.errors import Overloaded
 
 # In vLLM's registry (the default one), so they show on the worker's /metrics beside vllm:*.
 REFUSED = Counter("llm_ops_requests_refused", "Generation requests refused by admission", ["reason"])
 RUNNING = Gauge("llm_ops_requests_running", "Generation requests holding a running slot")
 WAITING = Gauge("llm_ops_requests_waiting", "Generation requests waiting for a running slot")
-
-
-class Overloaded(RequestError):
-    """Refused for lack of room; `retry_after` (seconds) becomes the Retry-After header."""
-
-    def __init__(self, message: str, retry_after: int, status: int = 429) -> None:
-        super().__init__(ErrorCode.ENGINE_OVERLOADED, message, status)
-        self.retry_after = retry_after
+# The router reads these three to know how much more a worker takes (`llm_ops.router.replicas`).
+CAPACITY = Gauge("llm_ops_requests_capacity", "Generation requests this worker runs at once")
 
 
 @dataclass
@@ -59,6 +53,7 @@ class Admission:
         self.waiting = 0
         self.closed = False  # shutting down: nothing new is admitted
         self._free = asyncio.Semaphore(max_running)
+        CAPACITY.set(max_running)
 
     async def acquire(self) -> Slot:
         """A running slot, after waiting if need be; `Overloaded` when the queue is full or the wait
@@ -123,9 +118,7 @@ class AdmitGeneration:
         try:
             slot = await _unless_client_leaves(self.admission_of(scope).acquire(), receive)
         except Overloaded as refused:
-            response = refusal(scope, refused)
-            response.headers["Retry-After"] = str(refused.retry_after)
-            await response(scope, receive, send)
+            await refusal(scope, refused)(scope, receive, send)
             return
         if slot is None:
             return

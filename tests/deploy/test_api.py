@@ -171,4 +171,4 @@ def test_traefik_reads_the_labels_of_this_projects_containers_only(deployed: Dep
     finally:
         subprocess.run(["docker", "rm", "--force", decoy, marker], capture_output=True)
     ours = {f"{name}@docker" for service in (MODEL_SERVICE, DOTTED_SERVICE) for name in (service, f"{service}-v1")}
-    assert routers == ours | {"openai-api@docker", f"{marker}@docker"}
+    assert routers == ours | {"router@docker", f"{marker}@docker"}

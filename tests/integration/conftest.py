@@ -158,7 +158,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--port", str(worker_port),
             "--replicas", str(REPLICAS),
             "--controller-port", str(controller_port),
-            "--openai-api-port", str(api_port),
+            "--router-port", str(api_port),
             "--heart-beat-interval", str(HEART_BEAT_INTERVAL),
             "--heart-beat-expiration", str(HEART_BEAT_EXPIRATION),
             "--limit-worker-concurrency", str(WORKER_CONCURRENCY),

@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 
 from llm_ops.frontdoor.certs import ensure_certificates
-from llm_ops.frontdoor.compose import OPENAI_API_SERVICE, load_compose
+from llm_ops.frontdoor.compose import ROUTER_SERVICE, load_compose
 from llm_ops.frontdoor.traefik import (
     LocalAddresses,
     labels_to_dynamic_config,
@@ -142,7 +142,7 @@ def router_ids() -> set[str]:
 def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EchoFrontDoor]:
     state = tmp_path_factory.mktemp("compose-front-door")
     backends = {name: [EchoBackend(f"{name}/{i}") for i in range(REPLICAS)] for name in COMPOSE.models}
-    backends[OPENAI_API_SERVICE] = [EchoBackend(f"{OPENAI_API_SERVICE}/0")]
+    backends[ROUTER_SERVICE] = [EchoBackend(f"{ROUTER_SERVICE}/0")]
     for replica in (replica for replicas in backends.values() for replica in replicas):
         replica.start()
     traefik, door = _start_traefik(state, backends)
@@ -249,7 +249,7 @@ def test_the_openai_router_gets_v1_tokenize_and_detokenize(front_door: EchoFront
         for path in ("/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize"):
             response = client.post(f"{front_door.base_url}{path}", json={"model": name})
             assert response.status_code == 200, path
-            assert response.json()["backend"].startswith("openai-api/") and response.json()["path"] == path
+            assert response.json()["backend"].startswith("router/") and response.json()["path"] == path
 
 
 @pytest.mark.parametrize(("service", "name"), ROUTES)

@@ -60,7 +60,7 @@ def test_a_request_id_sent_by_the_client_is_kept_through_the_openai_api_to_the_w
     assert response.status_code == 200 and response.headers["X-Request-Id"] == "client-trace-0042"
     access, servers = logged_with_id(stack, "client-trace-0042")
     assert [entry["RequestPath"] for entry in access] == ["/v1/chat/completions"]
-    assert {line["logger"] for line in servers} >= {"llm_ops.openai_api.forward", "uvicorn.access"}, servers
+    assert {line["logger"] for line in servers} >= {"llm_ops.router.forward", "uvicorn.access"}, servers
 
 
 def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

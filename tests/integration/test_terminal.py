@@ -74,7 +74,7 @@ def terminal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminal]:
     command = [
         sys.executable, "-m", "llm_ops", "up", "--state-dir", str(state_dir), "--compose-file", str(COMPOSE_FILE),
         "--https-port", str(https_port), "--http-port", str(free_port()), "--admin-port", str(free_port()),
-        "--port", str(free_port()), "--controller-port", str(free_port()), "--openai-api-port", str(free_port()),
+        "--port", str(free_port()), "--controller-port", str(free_port()), "--router-port", str(free_port()),
         "--heart-beat-interval", "1",
     ]  # fmt: skip
     environment = {name: value for name, value in os.environ.items() if not name.startswith("LLM_OPS_")}

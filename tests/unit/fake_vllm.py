@@ -415,8 +415,21 @@ def asgi_client(app: Any, base_url: str = "http://worker") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
 
+async def admitted(router: httpx.AsyncClient, *hosts: str, headers: dict[str, str] | None = None) -> None:
+    """Wait until the router `router` calls has admitted exactly the replicas at `hosts` (host names)."""
+    from tests.conftest import wait_until_async
+
+    async def seen() -> bool:
+        listed = (await router.get("/replicas", headers=headers)).json()["replicas"]
+        return {replica["url"].removeprefix("http://") for replica in listed if replica["admitted"]} == set(hosts)
+
+    await wait_until_async(seen, 5, f"the router admits exactly {hosts}")
+
+
 class Hosts(httpx.AsyncBaseTransport):
-    """Routes requests to in-process apps by host name; unknown hosts refuse connections, like dead workers."""
+    """Routes requests to in-process apps by host name; unknown hosts refuse connections, like dead workers.
+    An app may be a transport (`ServedAt`): httpx's in-process transport returns an answer only once it has
+    ended, a served app streams it."""
 
     def __init__(self, apps: dict[str, Any]) -> None:
         self.apps = apps
@@ -427,4 +440,18 @@ class Hosts(httpx.AsyncBaseTransport):
         app = self.apps.get(request.url.host)
         if app is None:
             raise httpx.ConnectError(f"connection refused: {request.url.host}", request=request)
+        if isinstance(app, httpx.AsyncBaseTransport):
+            return await app.handle_async_request(request)
         return await httpx.ASGITransport(app=app).handle_async_request(request)
+
+
+class ServedAt(httpx.AsyncBaseTransport):
+    """Sends every request to a server at `base_url`, whatever host it names."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = httpx.URL(base_url)
+        self.transport = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(host=self.base.host, port=self.base.port)
+        return await self.transport.handle_async_request(request)

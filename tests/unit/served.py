@@ -17,10 +17,12 @@ from tests.conftest import free_port, wait_until
 
 
 @contextlib.contextmanager
-def served(app: FastAPI) -> Iterator[str]:
-    """The app's base URL while it is served."""
+def served(app: FastAPI, lifespan: bool = False) -> Iterator[str]:
+    """The app's base URL while it is served; its lifespan runs in the server's thread if `lifespan`."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", http="httptools", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", http="httptools", lifespan="on" if lifespan else "off"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

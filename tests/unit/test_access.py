@@ -11,9 +11,9 @@ import pytest
 from llm_ops.access import api_keys_from_environment
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
-from llm_ops.openai_api.app import create_openai_app
 from llm_ops.protocol.worker import WorkerStatus
-from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, Hosts, asgi_client, chat, fake_worker, openai_chat
+from llm_ops.router.app import create_router_app
+from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, Hosts, admitted, asgi_client, chat, fake_worker, openai_chat
 
 pytestmark = pytest.mark.anyio
 KEYS = "sk-first-key, sk-second-key"
@@ -98,11 +98,12 @@ async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_work
     registry.register("http://worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     hosts = Hosts({"worker": await fake_worker()})
     hosts.apps["controller"] = create_controller_app(registry, transport=hosts, worker_headers=bearer(min(keys)))
-    api = create_openai_app("http://controller", transport=hosts, api_keys=keys)
+    api = create_router_app("http://controller", transport=hosts, api_keys=keys, probe_interval=0.01)
     async with (
         api.router.lifespan_context(api),
         asgi_client(api, "http://api") as client,
     ):
+        await admitted(client, "worker", headers=bearer(min(keys)))
         refused = [
             await client.get("/v1/models"),
             await client.post("/v1/chat/completions", json=openai_chat(), headers=bearer("sk-wrong-key")),
@@ -126,7 +127,7 @@ async def _chunked(data: bytes) -> AsyncIterator[bytes]:
 async def test_a_body_over_the_limit_gets_413_from_the_worker_and_the_router(chunked: bool) -> None:
     raw = json.dumps(chat() | {"messages": [{"role": "user", "text": "x" * 5000}]}).encode()
     vllm = FakeVllm()
-    api = create_openai_app("http://controller", transport=Hosts({}), max_body_bytes=4096)
+    api = create_router_app("http://controller", transport=Hosts({}), max_body_bytes=4096)
     async with (
         asgi_client(await fake_worker(vllm, flags=["--max-body-bytes", "4096"])) as worker,
         api.router.lifespan_context(api),
@@ -189,7 +190,7 @@ async def test_a_chat_model_without_any_chat_template_does_not_start() -> None:
 
 
 async def test_with_keys_the_playground_page_and_its_files_are_open_and_its_calls_need_a_key() -> None:
-    api = create_openai_app("http://controller", transport=Hosts({}), api_keys=frozenset({"sk-first-key"}))
+    api = create_router_app("http://controller", transport=Hosts({}), api_keys=frozenset({"sk-first-key"}))
     async with asgi_client(api, "http://api") as client:
         page = await client.get("/")
         assert page.status_code == 200 and "LLM Ops playground" in page.text

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from llm_ops.worker.admission import Admission, Overloaded
+from llm_ops.protocol.errors import Overloaded
+from llm_ops.worker.admission import Admission
 from tests.conftest import wait_until, wait_until_async
 from tests.unit.fake_vllm import FakeVllm, asgi_client, chat, fake_worker, openai_chat
 from tests.unit.served import served

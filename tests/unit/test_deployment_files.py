@@ -18,11 +18,11 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from llm_ops.frontdoor.compose import OPENAI_API_SERVICE, ModelService, interpolate, load_compose
-from llm_ops.frontdoor.traefik import labels_to_dynamic_config, route_problems
+from llm_ops.frontdoor.compose import ROUTER_SERVICE, ModelService, interpolate, load_compose
+from llm_ops.frontdoor.traefik import labels_to_dynamic_config
 from llm_ops.prompts.conversation import conv_template_names
 from llm_ops.settings import DEFAULT_SERVICE, LifecycleSettings
-from llm_ops.worker.launch import CONTAINER_PORT, served_names, worker_options
+from llm_ops.worker.launch import CONTAINER_PORT, worker_options
 
 ROOT = Path(__file__).parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -86,9 +86,8 @@ def test_every_model_service_command_is_valid_worker_flags_with_a_registered_tem
 
 
 @pytest.mark.parametrize("service", MODELS, ids=lambda s: s.name)
-def test_every_model_service_routes_each_served_name_safely(service: ModelService) -> None:
-    worker = service.worker_args(["--port", str(CONTAINER_PORT)])
-    assert route_problems(service, served_names(worker), worker.port) == []
+def test_no_model_service_is_routed_by_traefik_past_the_router(service: ModelService) -> None:
+    assert not any(label.startswith("traefik.") for label in service.labels)
 
 
 @pytest.mark.parametrize("service", MODELS, ids=lambda s: s.name)
@@ -164,12 +163,12 @@ def test_the_image_is_official_vllm_runs_as_non_root_checks_health_and_holds_no_
     assert ".venv" in ignored and ".llm-ops" in ignored
 
 
-def test_the_openai_api_and_the_playground_are_routed_over_https_with_a_health_check() -> None:
-    routes = labels_to_dynamic_config(COMPOSE.service("openai-api").labels, ["http://api"])["http"]
+def test_every_models_path_the_openai_api_and_the_playground_go_to_the_router_over_https() -> None:
+    routes = labels_to_dynamic_config(COMPOSE.service("router").labels, ["http://api"])["http"]
     assert routes["routers"] == {
-        "openai-api": {
+        "router": {
             "rule": (
-                "PathPrefix(`/v1/`) || Path(`/tokenize`) || Path(`/detokenize`)"
+                "PathPrefix(`/api/`) || PathPrefix(`/v1/`) || Path(`/tokenize`) || Path(`/detokenize`)"
                 " || Path(`/`) || PathPrefix(`/playground/`)"
             ),
             "entrypoints": ["websecure"],
@@ -179,10 +178,14 @@ def test_the_openai_api_and_the_playground_are_routed_over_https_with_a_health_c
                 "llm-ops-rate-limit@file",
                 "llm-ops-retry@file",
             ],
-            "service": "openai-api",
+            "service": "router",
         }
     }
-    assert routes["services"]["openai-api"]["loadbalancer"]["healthcheck"]["path"] == "/health"
+    assert routes["services"]["router"]["loadbalancer"]["healthcheck"]["path"] == "/health"
+
+
+def test_two_routers_run_so_that_neither_is_a_single_point_of_failure() -> None:
+    assert RAW["services"]["router"]["deploy"]["replicas"] == 2
 
 
 def test_the_controller_is_internal_and_workers_register_with_it() -> None:
@@ -190,7 +193,7 @@ def test_the_controller_is_internal_and_workers_register_with_it() -> None:
     for script in ("start_chat.sh", "start_completion.sh"):
         text = (ROOT / script).read_text()
         assert "--controller-address=" in text and "http://controller:21001" in text
-    api = RAW["services"]["openai-api"]["command"]
+    api = RAW["services"]["router"]["command"]
     assert "--controller-address=http://controller:21001" in api
 
 
@@ -212,14 +215,14 @@ def test_traefik_gives_up_dialling_a_vanished_replica_in_seconds_so_the_retry_go
     assert traefik_flag("serverstransport.forwardingtimeouts.dialtimeout") == "2s"  # 30 s by default
 
 
-@pytest.mark.parametrize("service", ["traefik", OPENAI_API_SERVICE, *COMPOSE.models])
+@pytest.mark.parametrize("service", ["traefik", ROUTER_SERVICE, *COMPOSE.models])
 def test_services_that_relay_answers_get_time_to_drain_and_finish_them_before_docker_kills_them(service: str) -> None:
     lifecycle = LifecycleSettings()
     grace = RAW["services"][service]["stop_grace_period"]  # Docker's default, 10 s, would cut answers short
     assert grace.endswith("s") and int(grace[:-1]) > lifecycle.drain_seconds + lifecycle.graceful_timeout
 
 
-@pytest.mark.parametrize("service", ["controller", OPENAI_API_SERVICE, *COMPOSE.models])
+@pytest.mark.parametrize("service", ["controller", ROUTER_SERVICE, *COMPOSE.models])
 def test_every_llm_ops_service_gets_the_api_keys(service: str) -> None:
     # Without them the controller's status checks and the router's calls get 401 from keyed workers.
     assert RAW["services"][service]["environment"]["LLM_OPS_API_KEYS"] == "${LLM_OPS_API_KEYS:-}"

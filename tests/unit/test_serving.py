@@ -15,7 +15,7 @@ START_TIMEOUT = 60.0
 DRAIN_SECONDS = 3.0
 SERVERS = {
     "controller": ["controller"],
-    "openai-api": ["openai-api", "--controller-address", "http://127.0.0.1:9"],  # /health asks no controller
+    "router": ["router", "--controller-address", "http://127.0.0.1:9"],  # /health asks no controller
 }
 
 

@@ -14,7 +14,7 @@ from llm_ops.stack import (
     StackProcess,
     controller_command,
     engine_core_sets,
-    openai_api_command,
+    router_command,
     shell_command,
     usage_banner,
     worker_commands,
@@ -83,13 +83,13 @@ def test_one_replica_keeps_vllms_own_core_binding_and_a_users_choice_always_wins
 
 
 def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> None:
-    settings = StackSettings(controller_port=2000, openai_api_port=3000, heart_beat_expiration=6)
+    settings = StackSettings(controller_port=2000, router_port=3000, heart_beat_expiration=6)
     assert controller_command(settings, COMPOSE) == [
         "llm-ops", "controller", "--host=0.0.0.0", "--heart-beat-expiration=30",
         "--host", "127.0.0.1", "--port", "2000", "--heart-beat-expiration", "6.0",
     ]  # fmt: skip
-    assert openai_api_command(settings, COMPOSE) == [
-        "llm-ops", "openai-api", "--host=0.0.0.0", "--controller-address=http://controller:21001",
+    assert router_command(settings, COMPOSE) == [
+        "llm-ops", "router", "--host=0.0.0.0", "--controller-address=http://controller:21001",
         "--host", "127.0.0.1", "--port", "3000", "--controller-address", "http://127.0.0.1:2000",
     ]  # fmt: skip
 
@@ -98,11 +98,11 @@ def test_which_model_to_serve_is_the_compose_files_decision_not_a_flag_of_up() -
     assert not {"model", "served_model_name", "conv_template", "kind"} & set(StackSettings.model_fields)
 
 
-def test_a_service_whose_labels_do_not_route_its_names_is_refused_before_anything_starts() -> None:
+def test_a_model_service_that_traefik_would_route_to_past_the_router_is_refused_before_anything_starts() -> None:
     service = COMPOSE.model(DEFAULT_SERVICE)
-    renamed = ModelService(service.name, service.start_script, ["--served-model-name=Other"], service.labels)
-    with pytest.raises(ComposeError, match="served name Other has no router"):
-        worker_commands(StackSettings(), renamed)
+    routed = ModelService(service.name, service.start_script, service.command, {"traefik.enable": "true"})
+    with pytest.raises(ComposeError, match="model services are reached through the router"):
+        worker_commands(StackSettings(), routed)
 
 
 def test_a_service_with_bad_worker_flags_is_refused_with_its_name() -> None:

@@ -1,8 +1,7 @@
-"""Traefik outside Docker: labels become file-provider routes, compose flags become local flags."""
+"""Traefik outside Docker: the router's labels become file-provider routes, compose flags become local flags."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -10,17 +9,11 @@ import yaml
 
 from llm_ops.frontdoor import traefik
 from llm_ops.frontdoor.certs import TLSFiles
-from llm_ops.frontdoor.compose import ModelService
 from llm_ops.frontdoor.traefik import (
-    MODEL_MIDDLEWARES,
-    OPENAI_MODEL_MIDDLEWARES,
     LocalAddresses,
     certificate_config,
     labels_to_dynamic_config,
     local_traefik_args,
-    openai_route_rule,
-    route_problems,
-    route_rule,
     traefik_environment,
     write_yaml_atomically,
 )
@@ -30,65 +23,31 @@ SHARED = Path(__file__).parents[2] / "traefik" / "dynamic" / "llm-ops.yml"
 ADDRESSES = LocalAddresses("127.0.0.1", 1443, 1080, "127.0.0.1", 1090)
 
 
-def model_labels(router: str, name: str, **overrides: str) -> dict[str, str]:
-    """The labels of a model service as docker-compose.yml writes them (a router for FastChat's routes, one
-    for vLLM's OpenAI routes); `overrides` by label suffix, of the first label that has it."""
-    labels = {
-        "traefik.enable": "true",
-        f"traefik.http.routers.{router}.rule": route_rule(name),
-        f"traefik.http.routers.{router}.entrypoints": "websecure",
-        f"traefik.http.routers.{router}.middlewares": ",".join(MODEL_MIDDLEWARES),
-        f"traefik.http.routers.{router}.service": router,
-        f"traefik.http.routers.{router}-v1.rule": openai_route_rule(name),
-        f"traefik.http.routers.{router}-v1.entrypoints": "websecure",
-        f"traefik.http.routers.{router}-v1.middlewares": ",".join(OPENAI_MODEL_MIDDLEWARES),
-        f"traefik.http.routers.{router}-v1.service": router,
-        f"traefik.http.services.{router}.loadbalancer.server.port": "21002",
-        f"traefik.http.services.{router}.loadbalancer.healthcheck.path": "/health",
-    }
-    for suffix, value in overrides.items():
-        key = next(k for k in labels if k.endswith(suffix))
-        labels[key] = value
-    return labels
-
-
-def service(labels: dict[str, str]) -> ModelService:
-    return ModelService("m", Path("start_chat.sh"), [], labels)
-
-
-def test_the_rule_keeps_the_real_name_and_matches_only_that_model() -> None:
-    assert route_rule("Qwen2.5-0.5B") == "Path(`/api/Qwen2.5-0.5B`) || PathPrefix(`/api/Qwen2.5-0.5B/`)"
-
-
-def test_the_openai_rule_matches_only_vllms_openai_routes_of_that_model() -> None:
-    assert openai_route_rule("Qwen2.5-0.5B") == (
-        "PathPrefix(`/api/Qwen2.5-0.5B/v1/`) || Path(`/api/Qwen2.5-0.5B/tokenize`) "
-        "|| Path(`/api/Qwen2.5-0.5B/detokenize`)"
-    )
+ROUTER_LABELS = {
+    "traefik.enable": "true",
+    "traefik.http.routers.router.rule": "PathPrefix(`/api/`) || PathPrefix(`/v1/`)",
+    "traefik.http.routers.router.entrypoints": "websecure",
+    "traefik.http.routers.router.middlewares": "llm-ops-request-id@file,llm-ops-retry@file",
+    "traefik.http.routers.router.service": "router",
+    "traefik.http.services.router.loadbalancer.server.port": "8000",
+    "traefik.http.services.router.loadbalancer.healthcheck.path": "/health",
+}
 
 
 def test_labels_become_the_routes_the_docker_provider_would_build_with_our_servers() -> None:
-    config = labels_to_dynamic_config(
-        model_labels("qwen2-5", "Qwen2.5-0.5B"), ["http://127.0.0.1:1", "http://127.0.0.1:2"]
-    )
+    config = labels_to_dynamic_config(ROUTER_LABELS, ["http://127.0.0.1:1", "http://127.0.0.1:2"])
     assert config == {
         "http": {
             "routers": {
-                "qwen2-5": {
-                    "rule": route_rule("Qwen2.5-0.5B"),
+                "router": {
+                    "rule": "PathPrefix(`/api/`) || PathPrefix(`/v1/`)",
                     "entrypoints": ["websecure"],
-                    "middlewares": MODEL_MIDDLEWARES,
-                    "service": "qwen2-5",
-                },
-                "qwen2-5-v1": {
-                    "rule": openai_route_rule("Qwen2.5-0.5B"),
-                    "entrypoints": ["websecure"],
-                    "middlewares": OPENAI_MODEL_MIDDLEWARES,
-                    "service": "qwen2-5",
+                    "middlewares": ["llm-ops-request-id@file", "llm-ops-retry@file"],
+                    "service": "router",
                 },
             },
             "services": {
-                "qwen2-5": {
+                "router": {
                     "loadbalancer": {
                         "healthcheck": {"path": "/health"},
                         "servers": [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2"}],
@@ -102,34 +61,6 @@ def test_labels_become_the_routes_the_docker_provider_would_build_with_our_serve
 def test_label_keys_are_read_case_insensitively_but_ids_keep_their_case() -> None:
     config = labels_to_dynamic_config({"traefik.http.Routers.MyModel.Rule": "Path(`/x`)"}, [])
     assert config == {"http": {"routers": {"MyModel": {"rule": "Path(`/x`)"}}}}
-
-
-def test_the_compose_labels_route_safely() -> None:
-    assert route_problems(service(model_labels("qwen2-5", "Qwen2.5-0.5B")), ["Qwen2.5-0.5B"], 21002) == []
-
-
-@pytest.mark.parametrize(
-    ("labels", "problem"),
-    [
-        (model_labels("m", "M", rule="PathPrefix(`/api/M`)"), "is not Path"),  # /api/M-v2 would reach M
-        (model_labels("m.v1", "M"), "ids may not contain dots"),  # refused in Docker labels
-        (model_labels("m", "M", middlewares="llm-ops-strip-model@file"), "middlewares must be"),
-        (model_labels("m", "M", middlewares="buffer@file," + ",".join(MODEL_MIDDLEWARES)), "middle"),
-        (model_labels("m", "M", entrypoints="web,websecure"), "only the websecure entrypoint"),
-        (model_labels("m", "M", **{"healthcheck.path": "/"}), "healthcheck.path=/health"),
-        (model_labels("m", "M", **{"server.port": "8000"}), "the worker listens on 21002"),
-        (model_labels("m", "Other"), "served name M has no router"),
-    ],
-)
-def test_unsafe_or_incomplete_routing_labels_are_reported(labels: dict[str, str], problem: str) -> None:
-    problems = route_problems(service(labels), ["M"], 21002)
-    assert any(problem in p for p in problems), problems
-
-
-def test_a_service_must_define_exactly_one_traefik_service() -> None:
-    assert route_problems(service({"traefik.enable": "true"}), ["M"], 21002) == [
-        "service m: its labels must define exactly one Traefik service, not 0"
-    ]
 
 
 COMPOSE_FLAGS = [
@@ -171,15 +102,6 @@ def test_ipv6_addresses_are_bracketed() -> None:
     addresses = LocalAddresses("::1", 1, 2, "::1", 3)
     args = local_traefik_args([], addresses, Path("/d"), Path("/a.log"), "INFO")
     assert "--entrypoints.websecure.address=[::1]:1" in args
-
-
-def test_the_shared_middlewares_turn_a_model_path_into_the_worker_path_whatever_the_name() -> None:
-    middlewares = yaml.safe_load(SHARED.read_text())["http"]["middlewares"]
-    strip = re.compile(middlewares["llm-ops-strip-model"]["stripPrefixRegex"]["regex"][0])
-    for name in ["Qwen2.5-0.5B", "llama-2-7b-chat", "a_b"]:
-        path = f"/api/{name}/worker_generate"
-        rest = path[strip.match(path).end() :]  # type: ignore[union-attr]
-        assert middlewares["llm-ops-add-api"]["addPrefix"]["prefix"] + rest == "/api/worker_generate"
 
 
 def test_tls_needs_1_2_and_the_native_certificate_is_the_default() -> None:

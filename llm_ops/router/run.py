@@ -1,18 +1,19 @@
-"""Starting the OpenAI-compatible API server."""
+"""Starting the router."""
 
 from __future__ import annotations
 
 from llm_ops.access import api_keys_from_environment
-from llm_ops.openai_api.app import create_openai_app
+from llm_ops.router.app import create_router_app
 from llm_ops.serving import serve
-from llm_ops.settings import OpenAIApiSettings
+from llm_ops.settings import RouterSettings
 
 
-def run_openai_api(settings: OpenAIApiSettings) -> None:
-    app = create_openai_app(
+def run_router(settings: RouterSettings) -> None:
+    app = create_router_app(
         settings.controller_address,
         api_keys=api_keys_from_environment(),
         max_body_bytes=settings.max_body_bytes,
         policy=settings.routing_policy,
+        probe_interval=settings.probe_interval,
     )
     serve(app, settings.host, settings.port, settings.log_level, settings)

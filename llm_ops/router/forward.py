@@ -1,0 +1,149 @@
+"""A request, bytes in and bytes out, to a replica the policy picks.
+
+The answer comes back as the worker sends it, streamed events as they arrive, with the worker's status
+and error body. A replica that refuses the connection, or answers 503 (it is shutting down, or its
+engine died), is set aside and another one is tried: nothing has reached the client yet; no replica is
+tried twice for one request. Once the answer has started it is never retried; if the worker breaks
+mid-answer, the stream ends with an error event in the route's format and the replica is set aside.
+
+Generation requests count against a replica's running slots: when every replica of the model is full,
+the router answers 429 with Retry-After at once (nothing waits here). A client that leaves closes the
+connection to the worker, which aborts the generation there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from llm_ops.access import GENERATION_ROUTES
+from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
+from llm_ops.protocol.framing import encode_chunk
+from llm_ops.router.policy import Policy, RoutedRequest
+from llm_ops.router.replicas import Replica, Replicas
+
+logger = logging.getLogger(__name__)
+
+PASSED_ON = ("content-type", "accept")  # request headers the worker sees; the key is the router's own
+ANSWERED_WITH = ("content-type", "retry-after")  # the worker's response headers the client sees
+RETRY_AFTER = 1  # seconds, when every replica is full: slots free up as answers end
+
+
+@dataclass
+class Router:
+    http: httpx.AsyncClient
+    replicas: Replicas
+    policy: Policy
+
+    async def forward(self, request: RoutedRequest, method: str, headers: dict[str, str]) -> StreamingResponse:
+        """The answer of a replica of `request.model`."""
+        sent_headers = {name: value for name, value in headers.items() if name in PASSED_ON}
+        counted = request.path in GENERATION_ROUTES
+        tried: list[Replica] = []
+        while True:
+            replica = self.choose(request, tried, counted)
+            tried.append(replica)
+            ended = self._start(request, replica) if counted else _nothing
+            try:
+                outgoing = self.http.build_request(
+                    method, f"{replica.url}{request.path}", content=request.body, headers=sent_headers
+                )
+                answer = await self.http.send(outgoing, stream=True)
+            except httpx.TransportError as error:
+                ended()
+                replica.set_aside(f"{error!r}")
+                continue
+            except BaseException:
+                ended()
+                raise
+            if answer.status_code == 503:
+                await answer.aclose()
+                ended()
+                replica.set_aside("it answered 503")
+                continue
+            logger.info("%s for %s: %s answered %d", request.path, request.model, replica.url, answer.status_code)
+            return RelayedAnswer(answer, replica, request.path, ended)
+
+    def choose(self, request: RoutedRequest, tried: list[Replica], counted: bool) -> Replica:
+        replicas = self.replicas.of_model(request.model)
+        if not replicas and not self.replicas.listed:
+            message = "the router has not heard from the controller yet: try again in a moment"
+            raise RequestError(ErrorCode.CONTROLLER_NO_WORKER, message)
+        if not replicas:
+            message = f"The model `{request.model}` does not exist or has no worker"
+            raise RequestError(ErrorCode.INVALID_MODEL, message, param="model")
+        healthy = [replica for replica in replicas if replica.admitted and replica not in tried]
+        candidates = [replica for replica in healthy if replica.has_room or not counted]
+        if candidates:
+            return self.policy.choose(request, candidates, tried)
+        if healthy:
+            running = sum(replica.busy for replica in healthy)
+            message = (
+                f"every replica of {request.model} is at capacity ({running} requests running): retry after a moment"
+            )
+            raise Overloaded(message, RETRY_AFTER)
+        if tried:
+            message = f"no replica of {request.model} could be reached ({len(tried)} tried); try again"
+        else:
+            message = f"no replica of {request.model} is healthy at the moment; try again"
+        raise RequestError(ErrorCode.CONTROLLER_NO_WORKER, message)
+
+    def _start(self, request: RoutedRequest, replica: Replica) -> Callable[[], None]:
+        """Count the request on `replica`; returns what ends it (once, however often it is called)."""
+        replica.in_flight += 1
+        self.policy.started(request, replica)
+        done = False
+
+        def end() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                replica.in_flight -= 1
+                self.policy.ended(request, replica)
+
+        return end
+
+
+def _nothing() -> None:
+    pass
+
+
+class RelayedAnswer(StreamingResponse):
+    """The worker's answer, relayed; however the relay ends (done, broken, the client gone), the
+    connection to the worker is closed and the request stops counting on the replica."""
+
+    def __init__(self, answer: httpx.Response, replica: Replica, path: str, ended: Callable[[], None]) -> None:
+        kept = {name: answer.headers[name] for name in ANSWERED_WITH if name in answer.headers}
+        super().__init__(self._relay(), status_code=answer.status_code, headers=kept)
+        self.answer, self.replica, self.path, self.ended = answer, replica, path, ended
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.answer.aclose()
+            self.ended()
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.answer.aiter_raw():
+                yield data
+        except httpx.HTTPError as error:  # the worker died mid-answer
+            self.replica.set_aside(f"its answer broke: {error!r}")
+            yield self._error_tail(f"the worker serving this request stopped answering: {error!r}")
+
+    def _error_tail(self, message: str) -> bytes:
+        """The end of a broken answer, as the route ends one with an error."""
+        failure = RequestError(ErrorCode.INTERNAL_ERROR, message, 502)
+        if self.path == "/api/worker_generate_stream":
+            return encode_chunk(failure.to_response())
+        if self.answer.headers.get("content-type", "").startswith("text/event-stream"):
+            return b"data: " + failure.to_openai().model_dump_json().encode() + b"\n\n"
+        return b""

@@ -1,0 +1,87 @@
+"""Which replica of a model gets a request: one decision per request, whichever API it came through.
+
+A policy sees the request (its model, the worker's path, its body), the candidates (the model's
+admitted replicas with room that this request has not tried yet, never empty) with their loads, and
+the replicas already tried; it hears when a request starts on a replica and when it ends. One policy
+serves a deployment (`llm-ops router --routing-policy`). A prefix-cache-aware policy is one more
+class in `POLICIES`: `RoutedRequest.document` has the prompt or messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+from llm_ops.router.replicas import Replica
+
+
+@dataclass
+class RoutedRequest:
+    model: str
+    path: str  # the worker's: /v1/chat/completions, /api/worker_generate_stream, ...
+    body: bytes
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The JSON body (parsed on first use: routing by load never needs it)."""
+        try:
+            parsed = json.loads(self.body)
+        except ValueError:
+            return {}
+        return parsed if isinstance(parsed, dict) else {}
+
+
+class Policy(Protocol):
+    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica: ...
+
+    def started(self, request: RoutedRequest, replica: Replica) -> None: ...
+
+    def ended(self, request: RoutedRequest, replica: Replica) -> None: ...
+
+
+@dataclass
+class RoundRobin:
+    """Each model's replicas in turn."""
+
+    turns: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+        turn = self.turns[request.model]
+        self.turns[request.model] = turn + 1
+        return sorted(candidates, key=lambda replica: replica.url)[turn % len(candidates)]
+
+    def started(self, request: RoutedRequest, replica: Replica) -> None:
+        pass
+
+    def ended(self, request: RoutedRequest, replica: Replica) -> None:
+        pass
+
+
+@dataclass
+class LeastLoaded:
+    """The replica with the smallest share of its running slots in use (this router's requests, exact, and
+    the others' as last read), then the emptiest KV cache; ties in turn."""
+
+    ties: RoundRobin = field(default_factory=RoundRobin)
+
+    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+        loads = {replica: (_share(replica), replica.load.kv_cache_usage) for replica in candidates}
+        least = min(loads.values())
+        return self.ties.choose(request, [replica for replica, load in loads.items() if load == least], tried)
+
+    def started(self, request: RoutedRequest, replica: Replica) -> None:
+        pass
+
+    def ended(self, request: RoutedRequest, replica: Replica) -> None:
+        pass
+
+
+def _share(replica: Replica) -> float:
+    return replica.busy / replica.load.capacity if replica.load.capacity else float(replica.busy)
+
+
+POLICIES: dict[str, type[Policy]] = {"least-loaded": LeastLoaded, "round-robin": RoundRobin}

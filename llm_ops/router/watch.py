@@ -1,0 +1,101 @@
+"""The router's background task: which replicas there are (the controller's list), whether each is
+healthy (its /health), and how loaded (its /metrics). Never on a request's path.
+
+Every `interval`: the controller's `GET /list_workers`, then every replica at once: `GET /health`; if
+it answers 200, `GET /metrics` (and, for a replica not admitted yet, its `/v1/models`). A replica that
+fails either is set aside; one that passes both is admitted. A controller that cannot be reached
+changes nothing: the replicas known so far keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from llm_ops.protocol.controller import WorkerList
+from llm_ops.router.replicas import Load, Replica, Replicas
+
+logger = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 1.0
+# The worker's admission (llm_ops.worker.admission) and vLLM's KV cache, as its /metrics names them.
+RUNNING, WAITING, CAPACITY = "llm_ops_requests_running", "llm_ops_requests_waiting", "llm_ops_requests_capacity"
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+READ = (RUNNING, WAITING, CAPACITY, KV_CACHE_USAGE)
+
+
+def replica_url(worker_name: str) -> str:
+    """Workers register FastChat's address, http://host:port/api; their OpenAI routes are at http://host:port."""
+    return worker_name.rstrip("/").removesuffix("/api")
+
+
+async def watch_replicas(replicas: Replicas, http: httpx.AsyncClient, controller: str, interval: float) -> None:
+    controller_down = False
+    while True:
+        try:
+            replicas.update(await listed_workers(http, controller))
+            if controller_down:
+                logger.info("the controller at %s answers again", controller)
+            controller_down = False
+        except (httpx.HTTPError, ValueError) as error:
+            if not controller_down:
+                logger.warning(
+                    "the controller at %s cannot be reached (%r): routing to the replicas known", controller, error
+                )
+            controller_down = True
+        await asyncio.gather(*(probe(http, replica) for replica in replicas))
+        await asyncio.sleep(interval)
+
+
+async def listed_workers(http: httpx.AsyncClient, controller: str) -> dict[str, list[str]]:
+    response = await http.get(f"{controller}/list_workers", timeout=PROBE_TIMEOUT)
+    response.raise_for_status()
+    workers = WorkerList.model_validate(response.json()).workers
+    return {replica_url(worker.name): worker.model_names for worker in workers}
+
+
+async def probe(http: httpx.AsyncClient, replica: Replica) -> None:
+    """Health, then load; sets the replica aside, or admits it."""
+    in_flight = replica.in_flight
+    try:
+        health = await http.get(f"{replica.url}/health", timeout=PROBE_TIMEOUT)
+        if health.status_code != 200:
+            replica.set_aside(f"its /health answered {health.status_code}")
+            return
+        metrics = await http.get(f"{replica.url}/metrics", timeout=PROBE_TIMEOUT)
+        metrics.raise_for_status()
+        replica.load = read_load(metrics.text, in_flight)
+        if not replica.admitted:
+            replica.admit(await model_cards(http, replica))
+    except (httpx.HTTPError, ValueError, KeyError) as error:
+        replica.set_aside(f"its health check failed: {error!r}")
+
+
+def read_load(metrics: str, in_flight: int) -> Load:
+    """The load in a worker's Prometheus text; only the lines read are parsed (vLLM's are many)."""
+    lines = "\n".join(line for line in metrics.splitlines() if line.startswith(READ))
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(lines):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value  # summed over vLLM's engines
+    capacity = values.get(CAPACITY)
+    return Load(
+        running=int(values.get(RUNNING, 0)),
+        waiting=int(values.get(WAITING, 0)),
+        capacity=int(capacity) if capacity else None,
+        kv_cache_usage=values.get(KV_CACHE_USAGE, 0.0),
+        in_flight_when_read=in_flight,
+    )
+
+
+async def model_cards(http: httpx.AsyncClient, replica: Replica) -> list[dict[str, Any]]:
+    """vLLM's model cards of the replica's models, `root` set to the served name (its model folder means
+    nothing on this side of the front door)."""
+    response = await http.get(f"{replica.url}/v1/models", timeout=PROBE_TIMEOUT)
+    response.raise_for_status()
+    cards: list[dict[str, Any]] = response.json()["data"]
+    return [card | {"root": card["id"]} for card in cards if card["id"] in replica.models]

@@ -523,12 +523,14 @@ def verdicts(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
                 f"{row['streams']:>4} streams: the router relays {ratio:.2f}x Traefik-direct's events per CPU-second "
                 f"({'meets' if ratio >= 0.5 else 'misses'} >= 0.5x)"
             )
-    if router and any(r["events_per_relay_cpu_s"] for r in router):
-        per_cpu = max(r["events_per_relay_cpu_s"] or 0 for r in router)
-        tokens = args.replica_tokens_per_second
+    measured = [r for r in router if r["events_per_relay_cpu_s"]]
+    if measured:
+        worst = min(measured, key=lambda r: r["events_per_relay_cpu_s"])  # the level that costs it most per event
+        per_cpu, tokens = worst["events_per_relay_cpu_s"], args.replica_tokens_per_second
         lines.append(
-            f"one router process (one event loop: one core at most) relays ~{per_cpu:,.0f} events/s: "
-            f"~{per_cpu / tokens:.1f} GPU replicas at {tokens:,} tokens/s each (one event per token)"
+            f"one router process (one event loop: one core at most) relays ~{per_cpu:,.0f} events/s at "
+            f"{worst['streams']} streams, its costliest level: ~{per_cpu / tokens:.1f} GPU replicas at {tokens:,} "
+            "tokens/s each (one event per token)"
         )
     return lines
 

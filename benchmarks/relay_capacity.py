@@ -150,7 +150,9 @@ def llm_ops_command(root: Path) -> tuple[list[str], dict[str, str], str]:
     where the router still has its former name."""
     env = os.environ | {"PYTHONPATH": str(root)}
     command = [sys.executable, "-m", "llm_ops"]
-    has_router = subprocess.run([*command, "router", "--help"], env=env, capture_output=True).returncode == 0
+    # In `root`: `-m` puts the working directory first on the path, and another checkout's llm_ops may be there.
+    asked = subprocess.run([*command, "router", "--help"], env=env, cwd=root, capture_output=True)
+    has_router = asked.returncode == 0
     return command, env, "router" if has_router else "openai-api"
 
 

@@ -1,11 +1,13 @@
-"""Who may call the public servers (workers, the OpenAI router) and what they may send.
+"""Who may call LLM Ops' servers (workers, the router, the controller) and what they may send.
 
 Each check is an ASGI middleware that answers before the app sees the request, in the error format
 of the request's path (`refusal`: FastChat's for `/api/...`, vLLM's OpenAI shape for the rest):
 
-- `RequireApiKey`: with keys configured (the `LLM_OPS_API_KEYS` environment variable, never a flag,
-  so keys stay out of `ps` and logs), every path but the health and metrics probes needs
-  `Authorization: Bearer <key>`; else 401 with FastChat's INVALID_AUTH_KEY (40101).
+- `RequireApiKey`: with client keys configured (the `LLM_OPS_API_KEYS` environment variable, never a
+  flag, so keys stay out of `ps` and logs), every path but the health and metrics probes needs
+  `Authorization: Bearer <key>`; else 401 with FastChat's INVALID_AUTH_KEY (40101). With a service key
+  (`LLM_OPS_SERVICE_KEY`: what LLM Ops' own services show each other), the paths meant for services
+  only (registration with the controller, a worker's status) need that one, and a client key is refused.
 - `LimitBody`: a body over `max_bytes` gets 413 without being read any further.
 - `PublicRoutes`: a worker answers only the routes LLM Ops documents; vLLM's development and admin
   endpoints (`/sleep`, `/pause`, `/collective_rpc`, runtime LoRA loading, ...) get 404.
@@ -13,16 +15,22 @@ of the request's path (`refusal`: FastChat's for `/api/...`, vLLM's OpenAI shape
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
+import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
 
+T = TypeVar("T")
 API_KEYS_VARIABLE = "LLM_OPS_API_KEYS"
+SERVICE_KEY_VARIABLE = "LLM_OPS_SERVICE_KEY"
 PROBES = frozenset({"/health", "/metrics"})  # open to the front door's health checks and Prometheus
 FASTCHAT_PREFIX = "/api/"
 FASTCHAT_ROUTES = frozenset(
@@ -40,6 +48,9 @@ FASTCHAT_ROUTES = frozenset(
 OPENAI_ROUTES = frozenset(
     {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
 )
+# A worker's routes for services only (with a service key): what the controller asks it.
+WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
+_MODEL_OPENAI = re.compile(r"/api/[^/]+/(v1/|tokenize$|detokenize$)")  # /api/<model>/v1/..., .../tokenize
 GENERATION_ROUTES = frozenset(
     {"/api/worker_generate", "/api/worker_generate_stream", "/v1/chat/completions", "/v1/completions"}
 )
@@ -49,9 +60,14 @@ def refusal(scope: Scope, error: RequestError) -> JSONResponse:
     """`error` in the format of the path it refuses: FastChat's under /api/, vLLM's OpenAI shape elsewhere;
     with a Retry-After when it is `Overloaded`."""
     headers = {"Retry-After": str(error.retry_after)} if isinstance(error, Overloaded) else None
-    if scope["path"].startswith(FASTCHAT_PREFIX) or scope["path"] == FASTCHAT_PREFIX.rstrip("/"):
+    if is_fastchat_path(scope["path"]):
         return JSONResponse(error.to_response().model_dump(), status_code=error.status_code, headers=headers)
     return JSONResponse(error.to_openai().model_dump(), status_code=error.status_code, headers=headers)
+
+
+def is_fastchat_path(path: str) -> bool:
+    """FastChat's routes: a worker's /api/..., the front door's /api/<model>/... but a model's OpenAI routes."""
+    return (path.startswith(FASTCHAT_PREFIX) or path == FASTCHAT_PREFIX.rstrip("/")) and not _MODEL_OPENAI.match(path)
 
 
 def api_keys_from_environment() -> frozenset[str]:
@@ -60,13 +76,25 @@ def api_keys_from_environment() -> frozenset[str]:
     return frozenset(key for key in raw.replace(",", " ").split() if key)
 
 
+def service_key_from_environment() -> str | None:
+    return os.environ.get(SERVICE_KEY_VARIABLE, "").strip() or None
+
+
 def authorization_headers(keys: frozenset[str]) -> dict[str, str]:
-    """What our own components send to a server guarded by `keys` (any one key is as good)."""
+    """What a client of a server guarded by `keys` sends (any one key is as good)."""
     return {"Authorization": f"Bearer {min(keys)}"} if keys else {}
 
 
+def service_headers() -> dict[str, str]:
+    """What LLM Ops' own services send each other: the service key; without one, a client key, which is
+    all a server then asks for."""
+    service_key = service_key_from_environment()
+    return authorization_headers(frozenset({service_key}) if service_key else api_keys_from_environment())
+
+
 class RequireApiKey:
-    """With `keys`, every request needs one, but for `open_paths` and paths under `open_prefixes`."""
+    """With client `keys`, every request needs one of them or the service key, but for `open_paths` and
+    paths under `open_prefixes`; with a `service_key`, `service_paths` need that one."""
 
     def __init__(
         self,
@@ -74,16 +102,20 @@ class RequireApiKey:
         keys: frozenset[str],
         open_paths: frozenset[str] = PROBES,
         open_prefixes: tuple[str, ...] = (),
+        service_key: str | None = None,
+        service_paths: frozenset[str] = frozenset(),
     ):
         self.app = app
-        self.open_paths, self.open_prefixes = open_paths, open_prefixes
+        self.open_paths, self.open_prefixes, self.service_paths = open_paths, open_prefixes, service_paths
         # Compared as digests, in constant time, so the time to refuse does not leak a key's prefix.
-        self._digests = [hashlib.sha256(key.encode()).digest() for key in keys]
+        self._service = [_digest(service_key)] if service_key else []
+        self._clients = [_digest(key) for key in keys] + self._service if keys else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if self._digests and scope["type"] == "http" and not self._open(path):
-            problem = self._problem(scope)
+        accepted = self._service if self._service and path in self.service_paths else self._clients
+        if accepted and scope["type"] == "http" and not self._open(path):
+            problem = self._problem(scope, accepted)
             if problem is not None:
                 response = refusal(scope, RequestError(ErrorCode.INVALID_AUTH_KEY, problem))
                 response.headers["WWW-Authenticate"] = "Bearer"
@@ -94,15 +126,21 @@ class RequireApiKey:
     def _open(self, path: str) -> bool:
         return path in self.open_paths or path.startswith(self.open_prefixes)
 
-    def _problem(self, scope: Scope) -> str | None:
+    def _problem(self, scope: Scope, accepted: list[bytes]) -> str | None:
         header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return "this server needs an API key: send the header 'Authorization: Bearer <your key>'"
-        digest = hashlib.sha256(key.strip().encode("latin-1")).digest()
-        if not any(hmac.compare_digest(digest, known) for known in self._digests):
+        digest = _digest(key.strip(), "latin-1")
+        if not any(hmac.compare_digest(digest, known) for known in accepted):
+            if accepted is self._service:
+                return "this route is for LLM Ops' own services: it needs the service key"
             return "the API key is not valid"  # never repeat the key: messages end up in logs
         return None
+
+
+def _digest(key: str, encoding: str = "utf-8") -> bytes:
+    return hashlib.sha256(key.encode(encoding)).digest()
 
 
 class LimitBody:
@@ -167,3 +205,30 @@ def replay(first: Message, receive: Receive) -> Receive:
         return await receive()
 
     return receive_again
+
+
+async def unless_client_leaves(
+    work: Awaitable[T], receive: Receive, discard: Callable[[T], Awaitable[None]]
+) -> T | None:
+    """`work`'s result, or None if the client disconnects first: `work` is cancelled, or, if it finished in the
+    same instant, its result is `discard`ed. For an app that has read the body: the next message can only be
+    the client leaving."""
+    work_task = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait({work_task, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work_task, left):
+            task.cancel()
+        await asyncio.gather(work_task, left, return_exceptions=True)
+    if work_task.cancelled():
+        return None
+    if left.done() and not left.cancelled() and work_task.exception() is None:
+        await discard(work_task.result())
+        return None
+    return work_task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -21,6 +21,8 @@ from fastapi.responses import JSONResponse
 from llm_ops.settings import LifecycleSettings
 
 T = TypeVar("T")
+# Longer than Traefik's idle timeout (60 s): Traefik never reuses a connection the server is closing.
+KEEP_ALIVE_SECONDS = 75
 logger = logging.getLogger(__name__)
 
 
@@ -86,6 +88,7 @@ def serve(app: FastAPI, host: str, port: int, log_level: str, lifecycle: Lifecyc
         log_level=log_level,
         log_config=None,  # uvicorn's loggers propagate to ours (llm_ops.logs: JSON, with request ids)
         timeout_graceful_shutdown=math.ceil(lifecycle.graceful_timeout),
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         # httptools (C) rather than h11 (pure Python): a third less CPU per streamed chunk
         # (benchmarks/worker_overhead.py). It once seemed to make Traefik cut streams after their
         # headers; that was Go's proxy re-reading a closed request body (golang/go#15527), which the

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import shlex
 import shutil
 import ssl
@@ -30,7 +31,7 @@ import honcho.process
 import httpx
 from honcho.manager import Manager
 
-from llm_ops.access import api_keys_from_environment, authorization_headers
+from llm_ops.access import SERVICE_KEY_VARIABLE, api_keys_from_environment, authorization_headers
 from llm_ops.console import StackPrinter
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.compose import (
@@ -313,6 +314,8 @@ def run_stack(settings: StackSettings) -> int:
     manager._process_ctor = StackProcess
     # Compose services run `llm-ops`: the one installed beside this Python comes first on their PATH.
     env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    # The key the controller, router and workers show each other (registration, status), never a client's.
+    env = {SERVICE_KEY_VARIABLE: secrets.token_urlsafe(32)} | env
     if sys.stdout.isatty():  # a person reads this: our servers write coloured text lines, not JSON
         env = {"LLM_OPS_LOG_FORMAT": "text", "LLM_OPS_LOG_COLOR": "1"} | env
     traefik_env = traefik_environment(traefik_dir(settings), os.environ)

@@ -16,6 +16,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from llm_ops.access import RequireApiKey
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.logs import RequestId, pass_request_id_on
 from llm_ops.protocol.controller import (
@@ -34,6 +35,7 @@ from llm_ops.serving import health
 
 logger = logging.getLogger(__name__)
 STATUS_TIMEOUT = 5.0
+REGISTRATION_PATHS = frozenset({"/register_worker", "/receive_heart_beat", "/refresh_all_workers"})
 
 
 def registry(request: Request) -> WorkerRegistry:
@@ -137,9 +139,12 @@ def create_controller_app(
     known: WorkerRegistry,
     transport: httpx.AsyncBaseTransport | None = None,
     worker_headers: dict[str, str] | None = None,
+    service_key: str | None = None,
 ) -> FastAPI:
     """`transport`: how to reach the workers (tests pass in-process apps); `worker_headers`: sent to
-    them (an API key when the workers need one)."""
+    them (the service key when the workers need one); `service_key`: what a worker must show to register
+    and send heartbeats. Reading (models, worker addresses) stays open to the internal network: FastChat's
+    own clients of a controller send no key."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,5 +173,6 @@ def create_controller_app(
     app.add_api_route("/test_connection", test_connection, methods=["GET"])
     app.add_api_route("/list_workers", list_workers, methods=["GET"])
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_middleware(RequireApiKey, keys=frozenset(), service_key=service_key, service_paths=REGISTRATION_PATHS)
     app.add_middleware(RequestId)
     return app

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from llm_ops.access import PROBES, LimitBody, RequireApiKey, authorization_headers, refusal
+from llm_ops.access import PROBES, LimitBody, RequireApiKey, refusal
 from llm_ops.logs import RequestId, pass_request_id_on
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
@@ -53,7 +53,7 @@ async def by_body(request: Request) -> Response:
     """`/v1/...`, `/tokenize`, `/detokenize`: the model is the body's."""
     body = await request.body()
     routed = RoutedRequest(model_of(body), request.url.path, body)
-    return await router_of(request).forward(routed, request.method, dict(request.headers))
+    return await router_of(request).forward(routed, request.method, dict(request.headers), request.receive)
 
 
 async def by_path(request: Request) -> Response:
@@ -61,7 +61,7 @@ async def by_path(request: Request) -> Response:
     model, route = request.path_params["model"], request.path_params["route"]
     path = f"/{route}" if route.startswith(OPENAI_PATHS) else f"/api/{route}"
     routed = RoutedRequest(model, path, await request.body())
-    return await router_of(request).forward(routed, request.method, dict(request.headers))
+    return await router_of(request).forward(routed, request.method, dict(request.headers), request.receive)
 
 
 def model_of(body: bytes) -> str:
@@ -127,16 +127,18 @@ def create_router_app(
     controller_address: str,
     transport: httpx.AsyncBaseTransport | None = None,
     api_keys: frozenset[str] = frozenset(),
+    service_headers: dict[str, str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     policy: str = "least-loaded",
     probe_interval: float = 0.5,
 ) -> FastAPI:
     """`transport`: how to reach the controller and workers (tests pass in-process apps). `api_keys`:
-    when given, every route but /health needs one, and requests to the workers carry one."""
+    when given, every route but the probes and the playground's files needs one. `service_headers`: what
+    requests to the controller and the workers carry (`llm_ops.access.service_headers`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        headers = authorization_headers(api_keys)
+        headers = service_headers or {}
         hooks = {"request": [pass_request_id_on]}
         async with httpx.AsyncClient(
             timeout=WORKER_TIMEOUT, limits=POOL, transport=transport, headers=headers, event_hooks=hooks
@@ -149,7 +151,8 @@ def create_router_app(
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
 
-    app = FastAPI(title="LLM Ops router", lifespan=lifespan)
+    # No redirects: /api/<name> is no route (404), not a redirect to /api/<name>/.
+    app = FastAPI(title="LLM Ops router", lifespan=lifespan, redirect_slashes=False)
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     for path in ("/v1/{path:path}", "/tokenize", "/detokenize"):
         app.add_api_route(path, by_body, methods=["POST"])

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import anyio
 import httpx
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llm_ops.access import GENERATION_ROUTES
+from llm_ops.access import GENERATION_ROUTES, unless_client_leaves
 from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.router.policy import Policy, RoutedRequest
@@ -41,8 +41,9 @@ class Router:
     replicas: Replicas
     policy: Policy
 
-    async def forward(self, request: RoutedRequest, method: str, headers: dict[str, str]) -> StreamingResponse:
-        """The answer of a replica of `request.model`."""
+    async def forward(self, request: RoutedRequest, method: str, headers: dict[str, str], receive: Receive) -> Response:
+        """The answer of a replica of `request.model`; `receive`: the client's, to notice it leave while the
+        worker has not answered yet (a request that does not stream answers only at its end)."""
         sent_headers = {name: value for name, value in headers.items() if name in PASSED_ON}
         counted = request.path in GENERATION_ROUTES
         tried: list[Replica] = []
@@ -54,7 +55,7 @@ class Router:
                 outgoing = self.http.build_request(
                     method, f"{replica.url}{request.path}", content=request.body, headers=sent_headers
                 )
-                answer = await self.http.send(outgoing, stream=True)
+                answer = await unless_client_leaves(self.http.send(outgoing, stream=True), receive, _close)
             except httpx.TransportError as error:
                 ended()
                 replica.set_aside(f"{error!r}")
@@ -62,6 +63,9 @@ class Router:
             except BaseException:
                 ended()
                 raise
+            if answer is None:  # the client left: closing the connection stopped the generation
+                ended()
+                return Response(status_code=499)
             if answer.status_code == 503:
                 await answer.aclose()
                 ended()
@@ -112,6 +116,10 @@ class Router:
 
 def _nothing() -> None:
     pass
+
+
+async def _close(answer: httpx.Response) -> None:
+    await answer.aclose()
 
 
 class RelayedAnswer(StreamingResponse):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llm_ops.access import refusal, replay
+from llm_ops.access import refusal, replay, unless_client_leaves
 from llm_ops.protocol.errors import Overloaded
 
 # In vLLM's registry (the default one), so they show on the worker's /metrics beside vllm:*.
@@ -116,7 +116,7 @@ class AdmitGeneration:
             return
         body = await receive()
         try:
-            slot = await _unless_client_leaves(self.admission_of(scope).acquire(), receive)
+            slot = await unless_client_leaves(self.admission_of(scope).acquire(), receive, _release)
         except Overloaded as refused:
             await refusal(scope, refused)(scope, receive, send)
             return
@@ -128,24 +128,5 @@ class AdmitGeneration:
             slot.release()
 
 
-async def _unless_client_leaves(work: Awaitable[Slot], receive: Receive) -> Slot | None:
-    """`work`'s result, or None (with `work` cancelled) if the client disconnects first."""
-    work_task = asyncio.ensure_future(work)
-    left = asyncio.ensure_future(_disconnect(receive))
-    try:
-        await asyncio.wait({work_task, left}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (work_task, left):
-            task.cancel()
-        await asyncio.gather(work_task, left, return_exceptions=True)
-    if work_task.cancelled():
-        return None
-    if left.done() and not left.cancelled() and work_task.exception() is None:
-        work_task.result().release()  # admitted in the same instant the client left
-        return None
-    return work_task.result()
-
-
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+async def _release(slot: Slot) -> None:
+    slot.release()  # admitted in the same instant the client left

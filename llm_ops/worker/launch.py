@@ -28,6 +28,7 @@ from typing import Any
 from huggingface_hub import try_to_load_from_cache
 
 from llm_ops.logs import POLLED_PATHS
+from llm_ops.serving import KEEP_ALIVE_SECONDS
 from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
 from llm_ops.worker import vllm_api
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
 CONTAINER_PORT = 21002  # where start_chat.sh and start_completion.sh have the worker listen
 SHUTDOWN_TIMEOUT = 30  # seconds vLLM lets answers in flight finish after SIGTERM, unless told otherwise
-KEEP_ALIVE_SECONDS = "75"  # longer than Traefik's idle timeout (60 s): it never reuses a closing connection
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
 
@@ -161,7 +161,7 @@ def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[
     keep_alive, kv_cache_space = vllm_api.KEEP_ALIVE_VARIABLE, vllm_api.KV_CACHE_SPACE_VARIABLE
     return environ | {
         vllm_api.PLUGINS_VARIABLE: ",".join(dict.fromkeys([*plugins, PLUGIN_NAME])),
-        keep_alive: environ.get(keep_alive, KEEP_ALIVE_SECONDS),
+        keep_alive: environ.get(keep_alive, str(KEEP_ALIVE_SECONDS)),
         # Without this the CPU build reserves most of the machine's memory for its KV cache.
         kv_cache_space: environ.get(kv_cache_space, str(options.kv_cache_space_gib)),
         # vLLM's SageMaker routes import a package that sets the root logger and its handlers to this level

@@ -32,11 +32,13 @@ from starlette.datastructures import State
 
 from llm_ops.access import (
     GENERATION_ROUTES,
+    WORKER_SERVICE_PATHS,
     LimitBody,
     PublicRoutes,
     RequireApiKey,
     api_keys_from_environment,
-    authorization_headers,
+    service_headers,
+    service_key_from_environment,
 )
 from llm_ops.controller.client import ControllerClient
 from llm_ops.logs import RequestId
@@ -64,7 +66,12 @@ class LLMOpsPlugin:
         app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission)
         app.add_middleware(LimitBody, max_bytes=options.max_body_bytes)
         app.add_middleware(PublicRoutes)
-        app.add_middleware(RequireApiKey, keys=api_keys_from_environment())
+        app.add_middleware(
+            RequireApiKey,
+            keys=api_keys_from_environment(),
+            service_key=service_key_from_environment(),
+            service_paths=WORKER_SERVICE_PATHS,
+        )
         app.add_middleware(RequestId)
         app.router.lifespan_context = _with_registration_and_drain(app.router.lifespan_context)
 
@@ -202,7 +209,6 @@ async def _register(state: WorkerState, args: Namespace) -> None:
     if options.controller_address is None:
         return
     address = options.worker_address or f"http://{args.host or '127.0.0.1'}:{args.port}/api"
-    headers = authorization_headers(api_keys_from_environment())
-    async with httpx.AsyncClient(timeout=5, headers=headers) as http:
+    async with httpx.AsyncClient(timeout=5, headers=service_headers()) as http:
         controller = ControllerClient(http, options.controller_address)
         await keep_registered(controller, address, state.status, options.heart_beat_interval)

@@ -39,6 +39,7 @@ MODEL_SERVICE = "smollm2-135m-instruct"
 DOTTED_SERVICE = "smollm2-135m-instruct-v2-0"  # the override's second model
 DOTTED_MODEL = "SmolLM2-135M-Instruct-v2.0"
 REPLICAS = 2
+SERVICE_KEY = "svc-llm-ops-deploy-test-0123456789"
 SERVICES = ["traefik", "controller", "router", MODEL_SERVICE, DOTTED_SERVICE]
 API_KEY = "sk-llm-ops-deploy-0123456789"
 CONTAINER_DYNAMIC_DIR = Path("/etc/traefik/dynamic")  # where the compose file mounts Traefik's dynamic folder
@@ -117,6 +118,7 @@ class Deployment(FrontDoor):
             "HTTP_PORT": str(self.http_port),
             "ADMIN_PORT": str(self.admin_port),
             "LLM_OPS_API_KEYS": self.api_key,
+            "LLM_OPS_SERVICE_KEY": SERVICE_KEY,
             "LLM_OPS_TEST_IMAGE": IMAGE,
             "LLM_OPS_TEST_DYNAMIC_DIR": str(self.dynamic_dir),
         }
@@ -151,10 +153,11 @@ class Deployment(FrontDoor):
         details: dict[str, Any] = json.loads(done.stdout)[0]
         return details
 
-    def worker_url(self, container: str) -> str:
-        """The worker in `container`, at its address on the project's network (the host can reach it there)."""
+    def worker_url(self, container: str, port: int = CONTAINER_PORT) -> str:
+        """The server in `container` (a worker, unless `port` says otherwise), at its address on the project's
+        network (the host can reach it there)."""
         networks = self.inspect(container)["NetworkSettings"]["Networks"]
-        return f"http://{next(iter(networks.values()))['IPAddress']}:{CONTAINER_PORT}"
+        return f"http://{next(iter(networks.values()))['IPAddress']}:{port}"
 
 
 def write_traefik_dynamic_dir(target: Path) -> None:

@@ -55,8 +55,9 @@ class Stack(FrontDoor):
     base_url: str  # https://localhost:PORT
     http_url: str  # http://localhost:PORT, redirects to HTTPS
     admin_url: str  # Traefik's API, on loopback
-    worker_urls: list[str]  # the replicas themselves, behind Traefik
+    worker_urls: list[str]  # the replicas themselves, behind the router
     controller_url: str
+    router_url: str  # behind Traefik
     ca_file: Path
     log_file: Path
     access_log: Path
@@ -88,12 +89,10 @@ class Stack(FrontDoor):
             interval=0.02,
         )
 
-    def server_status(self) -> dict[str, str]:
-        """Traefik's view of the model's replicas: URL -> UP or DOWN."""
-        services = httpx.get(f"{self.admin_url}/api/http/services", timeout=5).json()
-        model = next(service for service in services if service["name"].startswith(DEFAULT_SERVICE))
-        status: dict[str, str] = model.get("serverStatus", {})
-        return status
+    def replica_status(self) -> dict[str, bool]:
+        """The router's view of the model's replicas: URL -> admitted (True) or set aside."""
+        replicas = httpx.get(f"{self.router_url}/replicas", headers=self.headers, timeout=5).json()["replicas"]
+        return {replica["url"]: replica["admitted"] for replica in replicas}
 
     def registered_workers(self) -> list[str]:
         return [worker["name"] for worker in httpx.get(f"{self.controller_url}/list_workers").json()["workers"]]
@@ -145,6 +144,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             admin_url=f"http://127.0.0.1:{admin_port}",
             worker_urls=[f"http://127.0.0.1:{worker_port + replica}" for replica in range(REPLICAS)],
             controller_url=f"http://127.0.0.1:{controller_port}",
+            router_url=f"http://127.0.0.1:{api_port}",
             ca_file=state_dir / "tls" / "ca.pem",
             log_file=state_dir / f"stack-{attempt}.log",
             access_log=state_dir / "traefik" / "access.log",

@@ -56,11 +56,10 @@ def test_paths_of_models_that_are_not_deployed_get_404(client: httpx.Client, pat
     assert client.post(path).status_code == 404
 
 
-def test_the_bare_model_path_is_routed_to_the_worker(client: httpx.Client) -> None:
-    # /api/<model> reaches the worker as /api/, which has no endpoint: the worker's 404, not Traefik's.
+def test_the_bare_model_path_gets_the_routers_404_in_fastchats_shape(client: httpx.Client) -> None:
     response = client.post(f"/api/{MODEL}")
     assert response.status_code == 404
-    assert response.json() == {"text": "no such endpoint: POST /api", "error_code": 40001}
+    assert response.json() == {"text": f"no such endpoint: POST /api/{MODEL}", "error_code": 40001}
 
 
 def test_http_redirects_to_https_keeping_method_and_path(stack: Stack) -> None:

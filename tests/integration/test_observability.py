@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_ops.settings import DEFAULT_SERVICE
+from llm_ops.frontdoor.compose import ROUTER_SERVICE
 from tests.integration.conftest import CAPITAL_QUESTION, MODEL, Stack, chat
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ def test_the_worker_exports_vllms_metrics_of_the_real_engine_and_admissions_own(
     assert {key: after.get(key) for key in idle} == idle  # admission's series, on vLLM's /metrics
 
 
-def test_traefik_exports_prometheus_metrics_of_the_model_route_on_its_admin_port_only(stack: Stack) -> None:
+def test_traefik_exports_prometheus_metrics_of_the_router_service_on_its_admin_port_only(stack: Stack) -> None:
     with stack.client() as client:
         assert client.post(f"/api/{MODEL}/worker_get_status").status_code == 200
         assert client.get("/metrics").status_code == 404  # not on the public entrypoint
@@ -109,6 +109,6 @@ def test_traefik_exports_prometheus_metrics_of_the_model_route_on_its_admin_port
     served = [
         dict(labels)
         for (name, labels) in scraped
-        if name == "traefik_service_requests_total" and dict(labels)["service"].startswith(DEFAULT_SERVICE)
+        if name == "traefik_service_requests_total" and dict(labels)["service"].startswith(ROUTER_SERVICE)
     ]
     assert any(labels["code"] == "200" for labels in served), served

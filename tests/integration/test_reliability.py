@@ -223,9 +223,9 @@ def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_c
 
     wait_until(lambda: draining(victim), 5, "the replica's /health to say it drains (it drains for 5 s)")
     out_of_rotation = wait_until(
-        lambda: stack.server_status().get(victim) == "DOWN", 5, "Traefik to take the replica out of rotation"
+        lambda: stack.replica_status().get(victim) is False, 5, "the router to set the replica aside"
     )
-    record_property("traefik_stopped_routing_after_s", round(out_of_rotation, 2))
+    record_property("router_stopped_routing_after_s", round(out_of_rotation, 2))
     with stack.client() as client:  # meanwhile the front door serves from the other replica
         for _ in range(3):
             assert client.post(f"/api/{MODEL}/worker_generate", json=chat(max_new_tokens=4)).status_code == 200
@@ -238,4 +238,4 @@ def test_a_replica_stopped_with_sigterm_drains_finishes_its_stream_exits_0_and_c
     record_property("worker_exited_0_after_s", round(time.monotonic() - stopped, 2))
     wait_until(lambda: answers(f"{victim}/health"), RESTART_TIMEOUT, "the replica to come back")
     wait_until(lambda: f"{victim}/api" in stack.registered_workers(), 30, "the replica to register again")
-    wait_until(lambda: stack.server_status().get(victim) == "UP", 30, "Traefik to take the replica back")
+    wait_until(lambda: stack.replica_status().get(victim) is True, 30, "the router to admit the replica again")

@@ -1,4 +1,5 @@
-"""Who may call a worker and the router, what they may send, which routes a worker shows, and /health."""
+"""Who may call a worker, the router and the controller, what they may send, which routes a worker shows, and
+/health."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from llm_ops.access import api_keys_from_environment
+from llm_ops.access import api_keys_from_environment, service_headers
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.protocol.worker import WorkerStatus
@@ -17,6 +18,7 @@ from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, Hosts, admitted, asgi_
 
 pytestmark = pytest.mark.anyio
 KEYS = "sk-first-key, sk-second-key"
+SERVICE_KEY = "svc-key-0123456789"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -89,16 +91,19 @@ def test_keys_come_from_the_environment_separated_by_commas_or_spaces(monkeypatc
     assert api_keys_from_environment() == frozenset()
 
 
-async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_workers_with_one(
+async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_workers_with_the_service_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
     keys = api_keys_from_environment()
     registry = WorkerRegistry()
     registry.register("http://worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
     hosts = Hosts({"worker": await fake_worker()})
-    hosts.apps["controller"] = create_controller_app(registry, transport=hosts, worker_headers=bearer(min(keys)))
-    api = create_router_app("http://controller", transport=hosts, api_keys=keys, probe_interval=0.01)
+    hosts.apps["controller"] = create_controller_app(registry, transport=hosts, service_key=SERVICE_KEY)
+    api = create_router_app(
+        "http://controller", transport=hosts, api_keys=keys, service_headers=service_headers(), probe_interval=0.01
+    )
     async with (
         api.router.lifespan_context(api),
         asgi_client(api, "http://api") as client,
@@ -111,11 +116,68 @@ async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_work
         models = await client.get("/v1/models", headers=bearer("sk-second-key"))
         answered = await client.post("/v1/chat/completions", json=openai_chat(), headers=bearer("sk-second-key"))
         health = await client.get("/health")
+        status = await client.post("/api/fake-model/worker_get_status", headers=bearer("sk-second-key"))
     for response in refused:
         assert response.status_code == 401 and response.json()["error"]["code"] == 401
         assert response.headers["WWW-Authenticate"] == "Bearer" and "sk-" not in response.text
     assert [card["id"] for card in models.json()["data"]] == ["fake-model"]  # the cards came with a key
     assert answered.status_code == 200 and health.status_code == 200
+    assert status.status_code == 200  # a service route of the worker, which the router reaches with its key
+
+
+@pytest.fixture
+async def service_keyed_worker(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
+    async with asgi_client(await fake_worker()) as client:
+        yield client
+
+
+async def test_a_workers_status_route_takes_the_service_key_and_refuses_a_client_key(
+    service_keyed_worker: httpx.AsyncClient,
+) -> None:
+    refused = await service_keyed_worker.post("/api/worker_get_status", headers=bearer("sk-first-key"))
+    assert refused.status_code == 401 and refused.json() == {
+        "text": "this route is for LLM Ops' own services: it needs the service key",
+        "error_code": 40101,
+    }
+    status = await service_keyed_worker.post("/api/worker_get_status", headers=bearer(SERVICE_KEY))
+    assert status.status_code == 200 and status.json()["model_names"]
+
+
+@pytest.mark.parametrize("key", ["sk-first-key", SERVICE_KEY])
+async def test_a_workers_generation_routes_take_a_client_key_or_the_service_key(
+    service_keyed_worker: httpx.AsyncClient, key: str
+) -> None:
+    response = await service_keyed_worker.post("/api/worker_generate", json=chat(), headers=bearer(key))
+    assert response.status_code == 200
+
+
+async def test_with_a_service_key_the_controller_refuses_registrations_without_it_and_answers_readers() -> None:
+    registry = WorkerRegistry()
+    controller = create_controller_app(registry, service_key=SERVICE_KEY)
+    registration = {"worker_name": "http://w/api", "worker_status": {"model_names": ["m"], "queue_length": 0}}
+    async with controller.router.lifespan_context(controller), asgi_client(controller, "http://c") as client:
+        refused = [
+            await client.post("/register_worker", json=registration),
+            await client.post("/register_worker", json=registration, headers=bearer("sk-first-key")),
+            await client.post("/receive_heart_beat", json={"worker_name": "http://w/api", "queue_length": 0}),
+        ]
+        assert registry.workers == {}
+        registered = await client.post("/register_worker", json=registration, headers=bearer(SERVICE_KEY))
+        models = await client.post("/list_models")  # FastChat's own clients of a controller send no key
+    assert [response.status_code for response in refused] == [401, 401, 401]
+    assert registered.status_code == 200 and list(registry.workers) == ["http://w/api"]
+    assert models.json() == {"models": ["m"]}
+
+
+def test_our_services_show_each_other_the_service_key_and_without_one_a_client_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    assert service_headers() == bearer("sk-first-key")
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
+    assert service_headers() == bearer(SERVICE_KEY)
 
 
 async def _chunked(data: bytes) -> AsyncIterator[bytes]:

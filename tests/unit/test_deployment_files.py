@@ -139,7 +139,7 @@ def test_lets_encrypt_production_is_the_default_and_staging_is_selectable() -> N
 
 def test_env_example_names_every_variable_the_compose_file_requires() -> None:
     example = (ROOT / ".env.example").read_text()
-    for variable in ["LLM_OPS_DOMAIN", "ACME_EMAIL", "ACME_CA_SERVER", "HF_TOKEN", "HTTPS_PORT"]:
+    for variable in ["LLM_OPS_DOMAIN", "ACME_EMAIL", "ACME_CA_SERVER", "HF_TOKEN", "HTTPS_PORT", "LLM_OPS_SERVICE_KEY"]:
         assert variable in example
 
 
@@ -222,7 +222,12 @@ def test_services_that_relay_answers_get_time_to_drain_and_finish_them_before_do
     assert grace.endswith("s") and int(grace[:-1]) > lifecycle.drain_seconds + lifecycle.graceful_timeout
 
 
-@pytest.mark.parametrize("service", ["controller", ROUTER_SERVICE, *COMPOSE.models])
-def test_every_llm_ops_service_gets_the_api_keys(service: str) -> None:
-    # Without them the controller's status checks and the router's calls get 401 from keyed workers.
+@pytest.mark.parametrize("service", [ROUTER_SERVICE, *COMPOSE.models])
+def test_the_router_and_the_workers_get_the_client_keys(service: str) -> None:
     assert RAW["services"][service]["environment"]["LLM_OPS_API_KEYS"] == "${LLM_OPS_API_KEYS:-}"
+
+
+@pytest.mark.parametrize("service", ["controller", ROUTER_SERVICE, *COMPOSE.models])
+def test_every_llm_ops_service_needs_the_service_key(service: str) -> None:
+    # Workers show it to register; the controller and the router, to ask a worker its status.
+    assert RAW["services"][service]["environment"]["LLM_OPS_SERVICE_KEY"].startswith("${LLM_OPS_SERVICE_KEY:?")

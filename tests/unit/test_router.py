@@ -333,7 +333,7 @@ async def test_a_request_counts_on_its_replica_until_its_answer_ends(live_router
         assert (await live_router.replicas())["scripted"]["in_flight"] == 1
         replica.release.set()
         await answer.aread()
-    assert (await live_router.replicas())["scripted"]["in_flight"] == 0
+    await wait_until_async(_in_flight_is(live_router, "scripted", 0), 2, "the request stops counting")
 
 
 async def test_a_client_that_leaves_mid_answer_stops_counting_on_the_replica(live_router: Router) -> None:
@@ -367,6 +367,7 @@ def _busy_is(router: Router, host: str, running: int) -> Any:
     ("path", "body", "refusal"),
     [
         ("/v1/completions", {"model": "fake-model", "stream": True}, lambda error: error["error"]["code"] == 429),
+        ("/api/fake-model/v1/completions", {"model": "fake-model"}, lambda error: error["error"]["code"] == 429),
         ("/api/fake-model/worker_generate_stream", chat(), lambda error: error["error_code"] == 42903),
     ],
 )
@@ -382,7 +383,8 @@ async def test_when_every_replica_is_full_the_router_answers_429_with_retry_afte
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1" and refusal(refused.json())
         assert "every replica of fake-model is at capacity" in refused.text
         replica.release.set()
-    assert live_router.to("scripted") == [path.replace("/api/fake-model", "/api")]  # the refused one never reached it
+    worker_path = path.replace("/api/fake-model/v1", "/v1").replace("/api/fake-model", "/api")
+    assert live_router.to("scripted") == [worker_path]  # the refused one never reached it
 
 
 async def test_load_the_worker_reports_from_other_routers_counts_against_its_room(router: Router) -> None:
@@ -414,7 +416,7 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
     events = [json.loads(event.removeprefix("data: ")) for event in answer.text.split("\n\n") if event]
     assert events[0] == {"text": "Hel"}
     assert events[-1]["error"]["code"] == 502 and "stopped answering" in events[-1]["error"]["message"]
-    assert (await live_router.replicas())["breaking"]["in_flight"] == 0
+    await wait_until_async(_in_flight_is(live_router, "breaking", 0), 2, "the broken request stops counting")
 
 
 async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(router: Router) -> None:
@@ -482,3 +484,30 @@ async def test_unknown_routes_and_methods_get_openai_shaped_errors(
 ) -> None:
     response = await router.client.request(method, path)
     assert response.status_code == status and response.json()["error"]["code"] == status
+
+
+@pytest.mark.parametrize("path", ["/api/fake-model", "/api/worker_get_status"])
+async def test_a_path_without_a_model_and_a_route_gets_404_in_fastchats_shape(router: Router, path: str) -> None:
+    response = await router.client.post(path)
+    assert response.status_code == 404
+    assert response.json() == {"text": f"no such endpoint: POST {path}", "error_code": 40001}
+
+
+async def test_a_client_that_leaves_before_a_non_streaming_answer_closes_the_workers_request(
+    live_router: Router,
+) -> None:
+    replica, worker_saw_it_leave = ScriptedReplica(), threading.Event()
+
+    async def answers_at_the_end(request: Request) -> Response:  # as a worker that does not stream
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.01)
+        worker_saw_it_leave.set()
+        return Response()
+
+    replica.answer_with("/v1/completions", answers_at_the_end)
+    live_router.add("slow", replica)
+    await live_router.admitted("slow")
+    with pytest.raises(httpx.ReadTimeout):
+        await live_router.client.post("/v1/completions", json={"model": "fake-model"}, timeout=0.3)
+    await wait_until_async(worker_saw_it_leave.is_set, 2, "the worker to see the client leave")
+    await wait_until_async(_in_flight_is(live_router, "slow", 0), 2, "the request stops counting")

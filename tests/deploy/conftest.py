@@ -86,6 +86,7 @@ class Deployment(FrontDoor):
     http_port: int
     admin_port: int
     api_key: str = API_KEY
+    service_key: str = SERVICE_KEY
 
     @property
     def base_url(self) -> str:

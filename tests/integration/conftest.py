@@ -48,6 +48,7 @@ REPLICAS = 2
 HEART_BEAT_INTERVAL, HEART_BEAT_EXPIRATION = 1, 5  # seconds; short, so that failover can be watched
 WORKER_CONCURRENCY, WORKER_QUEUE = 8, 8  # per replica: requests running, requests waiting
 API_KEYS = ("sk-llm-ops-test-0123456789", "sk-llm-ops-other-9876543210")
+SERVICE_KEY = "svc-llm-ops-test-5555555555"  # `llm-ops up` would make one; tests that add a worker need it
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Stack(FrontDoor):
     log_file: Path
     access_log: Path
     api_key: str = API_KEYS[0]
+    service_key: str = SERVICE_KEY
 
     @property
     def worker_url(self) -> str:
@@ -166,7 +168,8 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--compose-file", str(COMPOSE_FILE),
         ]  # fmt: skip
         with stack.log_file.open("wb") as log:
-            env = os.environ | {"NO_COLOR": "1", "LLM_OPS_API_KEYS": ",".join(API_KEYS)}
+            keys = {"LLM_OPS_API_KEYS": ",".join(API_KEYS), "LLM_OPS_SERVICE_KEY": SERVICE_KEY}
+            env = os.environ | {"NO_COLOR": "1"} | keys
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             wait_for_line(process, stack.log_file, "LLM Ops is serving")

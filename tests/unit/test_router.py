@@ -511,3 +511,17 @@ async def test_a_client_that_leaves_before_a_non_streaming_answer_closes_the_wor
         await live_router.client.post("/v1/completions", json={"model": "fake-model"}, timeout=0.3)
     await wait_until_async(worker_saw_it_leave.is_set, 2, "the worker to see the client leave")
     await wait_until_async(_in_flight_is(live_router, "slow", 0), 2, "the request stops counting")
+
+
+async def test_a_websocket_upgrade_is_refused(live_router: Router) -> None:
+    """No route of the router is meant for WebSockets: an upgrade gets no 101, with or without a model."""
+    host, port = live_router.client.base_url.host, live_router.client.base_url.port
+    for path in ("/v1/realtime", "/api/fake-model/v1/realtime"):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] == b"403", status_line

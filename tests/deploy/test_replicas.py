@@ -53,7 +53,7 @@ CLEAN_BOUND = heart_beat_expiration() + 15.0  # seconds after the kill by which 
 # Seconds. 12, 17, 54 and over 180 s while every engine was pinned to core 0 (the dying one waited there behind the
 # live ones to free its memory); 1.8-2.5 s since the engines are unpinned (docker-compose.cpu-test.yml).
 CONTAINER_GONE_BOUND = 15.0
-OUT_OF_ROTATION_BOUND = 2.0  # seconds after the container is gone; the routers check their replicas every 0.5 s
+OUT_OF_ROTATION_BOUND = 4.0  # seconds after the container is gone: a check every 0.5 s, which waits 1 s to connect
 ROUTER_PORT = 8000
 ROUTER_GAP = 6.0  # seconds of traffic after a router is killed: a dial timeout and a health check, with margin
 

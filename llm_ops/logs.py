@@ -75,11 +75,15 @@ def configure_logging(log_format: LogFormat, level: int = logging.INFO, stream: 
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-async def pass_request_id_on(request: httpx.Request) -> None:
-    """httpx request hook: calls made while handling a request carry its id to the next server."""
+def request_id_headers() -> dict[str, str]:
+    """What a call made while handling a request sends to carry its id to the next server."""
     request_id = correlation_id.get()
-    if request_id is not None:
-        request.headers[REQUEST_ID_HEADER] = request_id
+    return {REQUEST_ID_HEADER: request_id} if request_id is not None else {}
+
+
+async def pass_request_id_on(request: httpx.Request) -> None:
+    """httpx request hook: `request_id_headers` on every call."""
+    request.headers.update(request_id_headers())
 
 
 def usable_request_id(value: str) -> bool:

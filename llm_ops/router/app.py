@@ -20,14 +20,14 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from llm_ops.access import PROBES, LimitBody, RequireApiKey, refusal
-from llm_ops.logs import RequestId, pass_request_id_on
+from llm_ops.logs import RequestId
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.router.forward import Router
@@ -37,10 +37,11 @@ from llm_ops.router.watch import watch_replicas
 from llm_ops.serving import health
 from llm_ops.settings import MAX_BODY_BYTES
 
-# Answers can take minutes (read: none). No pool limit: the router's own count of each replica's running
-# slots bounds the connections to it, and a pool limit would be a queue nobody sees.
-WORKER_TIMEOUT = httpx.Timeout(connect=2.0, read=None, write=30.0, pool=None)
-POOL = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=30)
+# Answers can take minutes: no limit but to connect. No pool limit: the router's own count of each replica's
+# running slots bounds the connections to it, and a pool limit would be a queue nobody sees. Idle connections
+# close before the workers' own keep-alive ends (75 s).
+WORKER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0)
+POOL_LIMIT, KEEP_ALIVE_SECONDS = 0, 30
 OPENAI_PATHS = ("v1/", "tokenize", "detokenize")  # under /api/<model>/: vLLM's routes, the rest are FastChat's
 
 
@@ -125,23 +126,24 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 def create_router_app(
     controller_address: str,
-    transport: httpx.AsyncBaseTransport | None = None,
     api_keys: frozenset[str] = frozenset(),
     service_headers: dict[str, str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     policy: str = "least-loaded",
     probe_interval: float = 0.5,
 ) -> FastAPI:
-    """`transport`: how to reach the controller and workers (tests pass in-process apps). `api_keys`:
-    when given, every route but the probes and the playground's files needs one. `service_headers`: what
-    requests to the controller and the workers carry (`llm_ops.access.service_headers`)."""
+    """`api_keys`: when given, every route but the probes and the playground's files needs one.
+    `service_headers`: what requests to the controller and the workers carry (`llm_ops.access.service_headers`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        headers = service_headers or {}
-        hooks = {"request": [pass_request_id_on]}
-        async with httpx.AsyncClient(
-            timeout=WORKER_TIMEOUT, limits=POOL, transport=transport, headers=headers, event_hooks=hooks
+        connector = aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=KEEP_ALIVE_SECONDS)
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=WORKER_TIMEOUT,
+            headers=service_headers,
+            auto_decompress=False,  # bytes in, bytes out
+            skip_auto_headers=("Accept-Encoding",),  # so that the workers send them as they are
         ) as http:
             app.state.router = Router(http, Replicas(), POLICIES[policy]())
             watch = asyncio.create_task(

@@ -9,20 +9,24 @@ mid-answer, the stream ends with an error event in the route's format and the re
 Generation requests count against a replica's running slots: when every replica of the model is full,
 the router answers 429 with Retry-After at once (nothing waits here). A client that leaves closes the
 connection to the worker, which aborts the generation there.
+
+The connections to the workers are aiohttp's: its C parser relays an event in a third of the CPU time
+httpx takes (benchmarks/relay_capacity.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import anyio
-import httpx
+import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from llm_ops.access import GENERATION_ROUTES, unless_client_leaves
+from llm_ops.logs import request_id_headers
 from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.router.policy import Policy, RoutedRequest
@@ -33,30 +37,29 @@ logger = logging.getLogger(__name__)
 PASSED_ON = ("content-type", "accept")  # request headers the worker sees; the key is the router's own
 ANSWERED_WITH = ("content-type", "retry-after")  # the worker's response headers the client sees
 RETRY_AFTER = 1  # seconds, when every replica is full: slots free up as answers end
+UNREACHABLE = (aiohttp.ClientConnectionError, asyncio.TimeoutError)  # refused, reset, or no answer to connect
 
 
 @dataclass
 class Router:
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     replicas: Replicas
     policy: Policy
 
     async def forward(self, request: RoutedRequest, method: str, headers: dict[str, str], receive: Receive) -> Response:
         """The answer of a replica of `request.model`; `receive`: the client's, to notice it leave while the
         worker has not answered yet (a request that does not stream answers only at its end)."""
-        sent_headers = {name: value for name, value in headers.items() if name in PASSED_ON}
+        sent_headers = {name: value for name, value in headers.items() if name in PASSED_ON} | request_id_headers()
         counted = request.path in GENERATION_ROUTES
         tried: list[Replica] = []
         while True:
             replica = self.choose(request, tried, counted)
             tried.append(replica)
             ended = self._start(request, replica) if counted else _nothing
+            sending = self._send(method, f"{replica.url}{request.path}", request.body, sent_headers)
             try:
-                outgoing = self.http.build_request(
-                    method, f"{replica.url}{request.path}", content=request.body, headers=sent_headers
-                )
-                answer = await unless_client_leaves(self.http.send(outgoing, stream=True), receive, _close)
-            except httpx.TransportError as error:
+                answer = await unless_client_leaves(sending, receive, _close)
+            except UNREACHABLE as error:
                 ended()
                 replica.set_aside(f"{error!r}")
                 continue
@@ -66,13 +69,16 @@ class Router:
             if answer is None:  # the client left: closing the connection stopped the generation
                 ended()
                 return Response(status_code=499)
-            if answer.status_code == 503:
-                await answer.aclose()
+            if answer.status == 503:
+                answer.close()
                 ended()
                 replica.set_aside("it answered 503")
                 continue
-            logger.info("%s for %s: %s answered %d", request.path, request.model, replica.url, answer.status_code)
+            logger.info("%s for %s: %s answered %d", request.path, request.model, replica.url, answer.status)
             return RelayedAnswer(answer, replica, request.path, ended)
+
+    async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        return await self.http.request(method, url, data=body, headers=headers)
 
     def choose(self, request: RoutedRequest, tried: list[Replica], counted: bool) -> Replica:
         replicas = self.replicas.of_model(request.model)
@@ -118,32 +124,35 @@ def _nothing() -> None:
     pass
 
 
-async def _close(answer: httpx.Response) -> None:
-    await answer.aclose()
+async def _close(answer: aiohttp.ClientResponse) -> None:
+    answer.close()
 
 
 class RelayedAnswer(StreamingResponse):
     """The worker's answer, relayed; however the relay ends (done, broken, the client gone), the
-    connection to the worker is closed and the request stops counting on the replica."""
+    connection to the worker is released (closed unless the answer ended) and the request stops counting
+    on the replica."""
 
-    def __init__(self, answer: httpx.Response, replica: Replica, path: str, ended: Callable[[], None]) -> None:
+    def __init__(self, answer: aiohttp.ClientResponse, replica: Replica, path: str, ended: Callable[[], None]) -> None:
         kept = {name: answer.headers[name] for name in ANSWERED_WITH if name in answer.headers}
-        super().__init__(self._relay(), status_code=answer.status_code, headers=kept)
+        super().__init__(self._relay(), status_code=answer.status, headers=kept)
         self.answer, self.replica, self.path, self.ended = answer, replica, path, ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.answer.aclose()
+            if self.answer.content.is_eof():
+                self.answer.release()  # whole: the connection serves the next request
+            else:
+                self.answer.close()  # the client left: the worker sees its connection close and aborts
             self.ended()
 
     async def _relay(self) -> AsyncIterator[bytes]:
         try:
-            async for data in self.answer.aiter_raw():
+            async for data in self.answer.content.iter_any():
                 yield data
-        except httpx.HTTPError as error:  # the worker died mid-answer
+        except aiohttp.ClientError as error:  # the worker died mid-answer
             self.replica.set_aside(f"its answer broke: {error!r}")
             yield self._error_tail(f"the worker serving this request stopped answering: {error!r}")
 

@@ -10,10 +10,11 @@ changes nothing: the replicas known so far keep serving.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
-import httpx
+import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_ops.protocol.controller import WorkerList
@@ -21,7 +22,8 @@ from llm_ops.router.replicas import Load, Replica, Replicas
 
 logger = logging.getLogger(__name__)
 
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+FAILED = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError)
 # The worker's admission (llm_ops.worker.admission) and vLLM's KV cache, as its /metrics names them.
 RUNNING, WAITING, CAPACITY = "llm_ops_requests_running", "llm_ops_requests_waiting", "llm_ops_requests_capacity"
 KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
@@ -33,7 +35,7 @@ def replica_url(worker_name: str) -> str:
     return worker_name.rstrip("/").removesuffix("/api")
 
 
-async def watch_replicas(replicas: Replicas, http: httpx.AsyncClient, controller: str, interval: float) -> None:
+async def watch_replicas(replicas: Replicas, http: aiohttp.ClientSession, controller: str, interval: float) -> None:
     controller_down = False
     while True:
         try:
@@ -41,7 +43,7 @@ async def watch_replicas(replicas: Replicas, http: httpx.AsyncClient, controller
             if controller_down:
                 logger.info("the controller at %s answers again", controller)
             controller_down = False
-        except (httpx.HTTPError, ValueError) as error:
+        except FAILED as error:
             if not controller_down:
                 logger.warning(
                     "the controller at %s cannot be reached (%r): routing to the replicas known", controller, error
@@ -51,27 +53,28 @@ async def watch_replicas(replicas: Replicas, http: httpx.AsyncClient, controller
         await asyncio.sleep(interval)
 
 
-async def listed_workers(http: httpx.AsyncClient, controller: str) -> dict[str, list[str]]:
-    response = await http.get(f"{controller}/list_workers", timeout=PROBE_TIMEOUT)
-    response.raise_for_status()
-    workers = WorkerList.model_validate(response.json()).workers
+async def listed_workers(http: aiohttp.ClientSession, controller: str) -> dict[str, list[str]]:
+    workers = WorkerList.model_validate_json(await read(http, f"{controller}/list_workers")).workers
     return {replica_url(worker.name): worker.model_names for worker in workers}
 
 
-async def probe(http: httpx.AsyncClient, replica: Replica) -> None:
+async def read(http: aiohttp.ClientSession, url: str) -> str:
+    """The body of `GET url`; `aiohttp.ClientResponseError` for a status other than 200."""
+    async with http.get(url, timeout=PROBE_TIMEOUT, raise_for_status=True) as response:
+        return await response.text()
+
+
+async def probe(http: aiohttp.ClientSession, replica: Replica) -> None:
     """Health, then load; sets the replica aside, or admits it."""
     in_flight = replica.in_flight
     try:
-        health = await http.get(f"{replica.url}/health", timeout=PROBE_TIMEOUT)
-        if health.status_code != 200:
-            replica.set_aside(f"its /health answered {health.status_code}")
-            return
-        metrics = await http.get(f"{replica.url}/metrics", timeout=PROBE_TIMEOUT)
-        metrics.raise_for_status()
-        replica.load = read_load(metrics.text, in_flight)
+        await read(http, f"{replica.url}/health")
+        replica.load = read_load(await read(http, f"{replica.url}/metrics"), in_flight)
         if not replica.admitted:
             replica.admit(await model_cards(http, replica))
-    except (httpx.HTTPError, ValueError, KeyError) as error:
+    except aiohttp.ClientResponseError as error:
+        replica.set_aside(f"its {error.request_info.url.path} answered {error.status}")
+    except FAILED as error:
         replica.set_aside(f"its health check failed: {error!r}")
 
 
@@ -92,10 +95,8 @@ def read_load(metrics: str, in_flight: int) -> Load:
     )
 
 
-async def model_cards(http: httpx.AsyncClient, replica: Replica) -> list[dict[str, Any]]:
+async def model_cards(http: aiohttp.ClientSession, replica: Replica) -> list[dict[str, Any]]:
     """vLLM's model cards of the replica's models, `root` set to the served name (its model folder means
     nothing on this side of the front door)."""
-    response = await http.get(f"{replica.url}/v1/models", timeout=PROBE_TIMEOUT)
-    response.raise_for_status()
-    cards: list[dict[str, Any]] = response.json()["data"]
+    cards: list[dict[str, Any]] = json.loads(await read(http, f"{replica.url}/v1/models"))["data"]
     return [card | {"root": card["id"]} for card in cards if card["id"] in replica.models]

@@ -13,9 +13,9 @@ handlers answer: an async generator of SSE events (`"data: {json}\\n\\n"`, endin
 `"data: [DONE]\\n\\n"`), a whole response, or an `ErrorResponse`. It counts the generations that
 started, finished, and were aborted (their stream closed, or their task cancelled, before the end).
 
-Tests reach these apps in process: `asgi_client` calls one app, `Hosts` routes by host name to several
-(as the router reaches a controller and its workers). `chat`, `completion` and `openai_chat` are the
-request bodies they send.
+Tests reach these apps in process (`asgi_client`) or served on a loopback port (`fake_worker_to_serve`,
+tests/unit/served.py; the router reaches its replicas so, tests/unit/routed.py). `chat`, `completion` and
+`openai_chat` are the request bodies they send.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ NAMES = ("fake-model", "fake.model-1.5")
 CHATML = jinja_chat_template(get_conv_template("chatml"))
 # vLLM's routes that LLM Ops' worker must not expose (development, admin, SageMaker).
 HIDDEN_ROUTES = ("/sleep", "/wake_up", "/collective_rpc", "/pause", "/v1/load_lora_adapter", "/invocations")
-WORKER = "http://worker-a/api"  # how a controller knows a fake worker reached through `Hosts` as worker-a
 
 
 class FakeTokenizer:
@@ -413,45 +412,3 @@ def openai_chat(**fields: Any) -> dict[str, Any]:
 def asgi_client(app: Any, base_url: str = "http://worker") -> httpx.AsyncClient:
     """A client that calls `app` in process."""
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
-
-
-async def admitted(router: httpx.AsyncClient, *hosts: str, headers: dict[str, str] | None = None) -> None:
-    """Wait until the router `router` calls has admitted exactly the replicas at `hosts` (host names)."""
-    from tests.conftest import wait_until_async
-
-    async def seen() -> bool:
-        listed = (await router.get("/replicas", headers=headers)).json()["replicas"]
-        return {replica["url"].removeprefix("http://") for replica in listed if replica["admitted"]} == set(hosts)
-
-    await wait_until_async(seen, 5, f"the router admits exactly {hosts}")
-
-
-class Hosts(httpx.AsyncBaseTransport):
-    """Routes requests to in-process apps by host name; unknown hosts refuse connections, like dead workers.
-    An app may be a transport (`ServedAt`): httpx's in-process transport returns an answer only once it has
-    ended, a served app streams it."""
-
-    def __init__(self, apps: dict[str, Any]) -> None:
-        self.apps = apps
-        self.sent: list[tuple[str, str]] = []  # (host, path) of every request, in order
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append((request.url.host, request.url.path))
-        app = self.apps.get(request.url.host)
-        if app is None:
-            raise httpx.ConnectError(f"connection refused: {request.url.host}", request=request)
-        if isinstance(app, httpx.AsyncBaseTransport):
-            return await app.handle_async_request(request)
-        return await httpx.ASGITransport(app=app).handle_async_request(request)
-
-
-class ServedAt(httpx.AsyncBaseTransport):
-    """Sends every request to a server at `base_url`, whatever host it names."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base = httpx.URL(base_url)
-        self.transport = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        request.url = request.url.copy_with(host=self.base.host, port=self.base.port)
-        return await self.transport.handle_async_request(request)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.conftest import free_port, wait_until
 
 
 @contextlib.contextmanager
-def served(app: FastAPI, lifespan: bool = False) -> Iterator[str]:
+def served(app: Any, lifespan: bool = False) -> Iterator[str]:
     """The app's base URL while it is served; its lifespan runs in the server's thread if `lifespan`."""
     port = free_port()
     config = uvicorn.Config(
@@ -33,3 +34,33 @@ def served(app: FastAPI, lifespan: bool = False) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class Served:
+    """`app` served (`served`) from construction until `stop`, at `url`."""
+
+    def __init__(self, app: Any, lifespan: bool = False) -> None:
+        self.app = app
+        self._serving = served(app, lifespan)
+        self.url = self._serving.__enter__()
+
+    def stop(self) -> None:
+        self._serving.__exit__(None, None, None)
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Recorded:
+    """ASGI middleware: appends (`name`, path) of every HTTP request to `sent`."""
+
+    def __init__(self, app: ASGIApp, name: str, sent: list[tuple[str, str]]) -> None:
+        self.app, self.name, self.sent = app, name, sent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.sent.append((self.name, scope["path"]))
+        await self.app(scope, receive, send)

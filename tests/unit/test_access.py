@@ -12,9 +12,18 @@ import pytest
 from llm_ops.access import api_keys_from_environment, service_headers
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
-from llm_ops.protocol.worker import WorkerStatus
 from llm_ops.router.app import create_router_app
-from tests.unit.fake_vllm import HIDDEN_ROUTES, FakeVllm, Hosts, admitted, asgi_client, chat, fake_worker, openai_chat
+from tests.conftest import free_port
+from tests.unit.fake_vllm import (
+    HIDDEN_ROUTES,
+    FakeVllm,
+    asgi_client,
+    chat,
+    fake_worker,
+    fake_worker_to_serve,
+    openai_chat,
+)
+from tests.unit.routed import serving_router
 
 pytestmark = pytest.mark.anyio
 KEYS = "sk-first-key, sk-second-key"
@@ -97,18 +106,16 @@ async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_work
     monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
     monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
     keys = api_keys_from_environment()
-    registry = WorkerRegistry()
-    registry.register("http://worker/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
-    hosts = Hosts({"worker": await fake_worker()})
-    hosts.apps["controller"] = create_controller_app(registry, transport=hosts, service_key=SERVICE_KEY)
-    api = create_router_app(
-        "http://controller", transport=hosts, api_keys=keys, service_headers=service_headers(), probe_interval=0.01
-    )
-    async with (
-        api.router.lifespan_context(api),
-        asgi_client(api, "http://api") as client,
-    ):
-        await admitted(client, "worker", headers=bearer(min(keys)))
+    async with serving_router(
+        in_process=True,
+        controller_service_key=SERVICE_KEY,
+        operator_headers=bearer(min(keys)),
+        api_keys=keys,
+        service_headers=service_headers(),
+    ) as router:
+        router.add("worker", fake_worker_to_serve())
+        await router.admitted("worker")
+        client = router.client
         refused = [
             await client.get("/v1/models"),
             await client.post("/v1/chat/completions", json=openai_chat(), headers=bearer("sk-wrong-key")),
@@ -189,7 +196,7 @@ async def _chunked(data: bytes) -> AsyncIterator[bytes]:
 async def test_a_body_over_the_limit_gets_413_from_the_worker_and_the_router(chunked: bool) -> None:
     raw = json.dumps(chat() | {"messages": [{"role": "user", "text": "x" * 5000}]}).encode()
     vllm = FakeVllm()
-    api = create_router_app("http://controller", transport=Hosts({}), max_body_bytes=4096)
+    api = create_router_app(f"http://127.0.0.1:{free_port()}", max_body_bytes=4096)
     async with (
         asgi_client(await fake_worker(vllm, flags=["--max-body-bytes", "4096"])) as worker,
         api.router.lifespan_context(api),
@@ -252,7 +259,7 @@ async def test_a_chat_model_without_any_chat_template_does_not_start() -> None:
 
 
 async def test_with_keys_the_playground_page_and_its_files_are_open_and_its_calls_need_a_key() -> None:
-    api = create_router_app("http://controller", transport=Hosts({}), api_keys=frozenset({"sk-first-key"}))
+    api = create_router_app(f"http://127.0.0.1:{free_port()}", api_keys=frozenset({"sk-first-key"}))
     async with asgi_client(api, "http://api") as client:
         page = await client.get("/")
         assert page.status_code == 200 and "LLM Ops playground" in page.text

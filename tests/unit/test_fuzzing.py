@@ -47,14 +47,12 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.exceptions import VLLMError
 
-from llm_ops.controller.app import create_controller_app
-from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.framing import DELIMITER
-from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, GenerateRequest, WorkerStatus
-from llm_ops.router.app import create_router_app
+from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, GenerateRequest
 from llm_ops.worker.fastchat import GENERATE_BODY
-from tests.unit.fake_vllm import WORKER, FakeVllm, Hosts, admitted, asgi_client, fake_worker
+from tests.unit.fake_vllm import FakeVllm, asgi_client, fake_worker, fake_worker_to_serve
+from tests.unit.routed import serving_router
 
 pytestmark = pytest.mark.slow
 
@@ -159,21 +157,13 @@ async def worker_app(vllm: FakeVllm) -> AsyncIterator[tuple[FastAPI, FastAPI, di
 
 @contextlib.asynccontextmanager
 async def openai_app(vllm: FakeVllm) -> AsyncIterator[tuple[FastAPI, FastAPI, dict[str, Any]]]:
-    """(the app under test, its worker, the schema fuzzed): the router over an in-process controller and
-    worker, as test_router.py's `router` fixture builds them."""
-    registry = WorkerRegistry()
-    registry.register(WORKER, WorkerStatus(model_names=API_MODELS, queue_length=0))
-    worker = await fake_worker(vllm)
-    controller = create_controller_app(registry, transport=Hosts({"worker-a": worker}))
-    hosts = Hosts({"worker-a": worker, "controller": controller})
-    api = create_router_app("http://controller", transport=hosts, probe_interval=0.01)
-    async with (
-        controller.router.lifespan_context(controller),
-        api.router.lifespan_context(api),
-        asgi_client(api, "http://api") as client,
-    ):
-        await admitted(client, "worker-a")
-        yield api, worker, api.openapi()
+    """(the app under test, its worker, the schema fuzzed): the router, in process, over a served controller
+    and worker (tests/unit/routed.py)."""
+    worker = fake_worker_to_serve(vllm)
+    async with serving_router(in_process=True) as router:
+        router.add("worker-a", worker, tuple(API_MODELS))
+        await router.admitted("worker-a")
+        yield router.app, worker, router.app.openapi()
 
 
 @contextlib.asynccontextmanager

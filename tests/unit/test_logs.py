@@ -15,14 +15,12 @@ import httpx
 import pytest
 import uvicorn
 from asgi_correlation_id import correlation_id
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llm_ops.controller.app import create_controller_app
-from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.logs import configure_logging, default_log_format
-from llm_ops.protocol.worker import WorkerStatus
-from llm_ops.router.app import create_router_app
 from llm_ops.serving import DrainingServer
-from tests.unit.fake_vllm import FakeVllm, Hosts, admitted, asgi_client, chat, fake_worker, openai_chat
+from tests.unit.fake_vllm import FakeVllm, asgi_client, chat, fake_worker, fake_worker_to_serve, openai_chat
+from tests.unit.routed import serving_router
 
 pytestmark = pytest.mark.anyio
 
@@ -101,34 +99,28 @@ def test_a_stop_signal_that_lands_during_a_request_is_not_logged_under_that_requ
     assert drained_in == [None]
 
 
-class Recording(Hosts):
-    """`Hosts`, noting the X-Request-Id of every request the OpenAI API sends."""
+class RequestIds:
+    """ASGI middleware: notes the path and X-Request-Id of every request the app gets."""
 
-    def __init__(self, apps: dict[str, Any]) -> None:
-        super().__init__(apps)
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
         self.ids: list[tuple[str, str | None]] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.ids.append((request.url.path, request.headers.get("X-Request-Id")))
-        return await super().handle_async_request(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request_id = dict(scope["headers"]).get(b"x-request-id")
+            self.ids.append((scope["path"], request_id.decode() if request_id else None))
+        await self.app(scope, receive, send)
 
 
 async def test_the_router_passes_its_request_id_on_to_the_worker() -> None:
-    registry = WorkerRegistry()
-    registry.register("http://worker-a/api", WorkerStatus(model_names=["fake-model"], queue_length=0))
-    worker = await fake_worker()
-    controller = create_controller_app(registry, transport=Hosts({"worker-a": worker}))
-    outgoing = Recording({"worker-a": worker, "controller": controller})
-    api = create_router_app("http://controller", transport=outgoing, probe_interval=0.01)
-    async with (
-        controller.router.lifespan_context(controller),
-        api.router.lifespan_context(api),
-        asgi_client(api, "http://api") as client,
-    ):
-        await admitted(client, "worker-a")
-        response = await client.post("/v1/chat/completions", json=openai_chat(), headers={"X-Request-Id": "trace-9"})
-    assert response.status_code == 200 and response.headers["X-Request-Id"] == "trace-9"
-    assert ("/v1/chat/completions", "trace-9") in outgoing.ids
+    worker = RequestIds(fake_worker_to_serve())
+    async with serving_router(in_process=True) as router:
+        router.add("worker-a", worker)
+        await router.admitted("worker-a")
+        answer = await router.client.post("/v1/chat/completions", json=openai_chat(), headers={"X-Request-Id": "t-9"})
+    assert answer.status_code == 200 and answer.headers["X-Request-Id"] == "t-9"
+    assert ("/v1/chat/completions", "t-9") in worker.ids
 
 
 class Terminal(io.StringIO):

@@ -1,12 +1,11 @@
 """The router in front of the workers: bytes in, bytes out, to a replica it picks, whichever API.
 
 Everything is in process: the controller app, workers that are vLLM stand-ins with LLM Ops attached
-(`tests.unit.fake_vllm`) and scripted replicas (`ScriptedReplica`), reached by host name through `Hosts`."""
+(`tests.unit.fake_vllm`) and scripted replicas (`ScriptedReplica`), each served on a loopback port."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -17,60 +16,12 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llm_ops.controller.app import create_controller_app
-from llm_ops.controller.registry import WorkerRegistry
-from llm_ops.protocol.worker import WorkerStatus
 from llm_ops.router.app import create_router_app
-from tests.conftest import wait_until_async
-from tests.unit.fake_vllm import (
-    WORKER,
-    FakeVllm,
-    Hosts,
-    ServedAt,
-    admitted,
-    asgi_client,
-    chat,
-    fake_worker,
-    openai_chat,
-)
-from tests.unit.served import served
+from tests.conftest import free_port, wait_until_async
+from tests.unit.fake_vllm import NAMES, FakeVllm, asgi_client, chat, fake_worker, fake_worker_to_serve, openai_chat
+from tests.unit.routed import PROBE_INTERVAL, PROBED, Router, serving_router
 
 pytestmark = pytest.mark.anyio
-
-
-PROBE_INTERVAL = 0.01
-
-
-class Router:
-    """The router's client, and what stands behind it."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        hosts: Hosts,
-        registry: WorkerRegistry,
-        servers: contextlib.ExitStack | None = None,
-    ) -> None:
-        self.client, self.hosts, self.registry = client, hosts, registry
-        self.servers = servers  # the router is served: so are the replicas added
-
-    def to(self, host: str) -> list[str]:
-        """The requests `host` got, but the router's health and load checks."""
-        return [path for to, path in self.hosts.sent if to == host and path not in PROBED]
-
-    def add(self, host: str, app: Any, models: tuple[str, ...] = ("fake-model",)) -> None:
-        self.hosts.apps[host] = app if self.servers is None else ServedAt(self.servers.enter_context(served(app)))
-        self.registry.register(f"http://{host}/api", WorkerStatus(model_names=list(models), queue_length=0))
-
-    async def replicas(self) -> dict[str, dict[str, Any]]:
-        listed = (await self.client.get("/replicas")).json()["replicas"]
-        return {replica["url"].removeprefix("http://"): replica for replica in listed}
-
-    async def admitted(self, *hosts: str) -> None:
-        await admitted(self.client, *hosts)
-
-
-PROBED = {"/health", "/metrics", "/v1/models"}
 
 
 class ScriptedReplica(FastAPI):
@@ -116,40 +67,21 @@ class ScriptedReplica(FastAPI):
 
 
 @pytest.fixture
-async def live_router(policy: str) -> AsyncIterator[Router]:
-    """A router served on a loopback port, with no replica yet: answers stream through it as they come."""
-    registry, hosts = WorkerRegistry(), Hosts({})
-    hosts.apps["controller"] = create_controller_app(registry, transport=hosts)
-    api = create_router_app("http://controller", transport=hosts, policy=policy, probe_interval=PROBE_INTERVAL)
-    with contextlib.ExitStack() as servers:
-        url = servers.enter_context(served(api, lifespan=True))
-        async with httpx.AsyncClient(base_url=url) as client:
-            yield Router(client, hosts, registry, servers)
-
-
-@pytest.fixture
-def registry() -> WorkerRegistry:
-    registry = WorkerRegistry()
-    registry.register(WORKER, WorkerStatus(model_names=["fake-model", "fake.model-1.5"], queue_length=0))
-    return registry
-
-
-@pytest.fixture
 def policy() -> str:
     return "least-loaded"
 
 
 @pytest.fixture
-async def router(vllm: FakeVllm, registry: WorkerRegistry, policy: str) -> AsyncIterator[Router]:
-    hosts = Hosts({"worker-a": await fake_worker(vllm)})
-    hosts.apps["controller"] = create_controller_app(registry, transport=hosts)
-    api = create_router_app("http://controller", transport=hosts, policy=policy, probe_interval=PROBE_INTERVAL)
-    async with (
-        hosts.apps["controller"].router.lifespan_context(hosts.apps["controller"]),
-        api.router.lifespan_context(api),
-        asgi_client(api, "http://api") as client,
-    ):
-        routed = Router(client, hosts, registry)
+async def live_router(policy: str) -> AsyncIterator[Router]:
+    async with serving_router(policy) as router:
+        yield router
+
+
+@pytest.fixture
+async def router(vllm: FakeVllm, policy: str) -> AsyncIterator[Router]:
+    """The router, with one replica: a worker (LLM Ops over the vLLM stand-in) serving fake-model and fake.model-1.5."""
+    async with serving_router(policy) as routed:
+        routed.add("worker-a", fake_worker_to_serve(vllm), NAMES)
         await routed.admitted("worker-a")
         yield routed
 
@@ -235,7 +167,7 @@ async def test_a_body_without_a_model_gets_400_in_openais_shape(router: Router, 
 
 
 async def test_tokenize_is_routed_by_its_model_too(router: Router) -> None:
-    app = router.hosts.apps["worker-a"]
+    app = router.servers["worker-a"].app.app
 
     @app.post("/tokenize")
     async def tokenize(raw: Request) -> JSONResponse:
@@ -261,12 +193,10 @@ async def test_fastchats_routes_of_a_model_reach_a_replicas_fastchat_routes(rout
 async def test_a_models_own_openai_routes_reach_a_replicas_openai_routes(
     router: Router, path: str, worker_path: str
 ) -> None:
-    before = len(router.hosts.sent)
+    before = len(router.sent)
     response = await router.client.request("GET" if path.endswith("models") else "POST", path, json=openai_chat())
     assert response.status_code == 200
-    sent = [
-        sent for host, sent in router.hosts.sent[before:] if host == "worker-a" and sent not in PROBED - {worker_path}
-    ]
+    sent = [sent for name, sent in router.sent[before:] if name == "worker-a" and sent not in PROBED - {worker_path}]
     assert sent == [worker_path]
 
 
@@ -276,19 +206,19 @@ async def test_an_unknown_model_on_fastchats_route_gets_404_in_fastchats_shape(r
     assert response.json() == {"text": "The model `gpt-4` does not exist or has no worker", "error_code": 40301}
 
 
-async def test_a_replica_that_refuses_the_connection_is_set_aside_and_another_answers(router: Router) -> None:
-    router.registry.workers.clear()
-    router.add("dying", ScriptedReplica())
-    router.add("living", ScriptedReplica())
-    await router.admitted("dying", "living")
-    del router.hosts.apps["dying"]  # its connections are refused from now on
-    answers = [await router.client.post("/v1/completions", json={"model": "fake-model"}) for _ in range(4)]
+async def test_a_replica_that_refuses_the_connection_is_set_aside_and_another_answers(live_router: Router) -> None:
+    live_router.add("dying", ScriptedReplica())
+    live_router.add("living", ScriptedReplica())
+    await live_router.admitted("dying", "living")
+    live_router.stop("dying")  # its connections are refused from now on
+    answers = [await live_router.client.post("/v1/completions", json={"model": "fake-model"}) for _ in range(4)]
     assert [answer.status_code for answer in answers] == [200] * 4
-    assert len(router.to("dying")) <= 1 and (await router.replicas())["dying"]["admitted"] is False
+    assert len(live_router.to("dying")) <= 1 and (await live_router.replicas())["dying"]["admitted"] is False
 
 
-async def test_a_replica_answering_503_is_set_aside_not_retried_and_admitted_again_once_healthy(router: Router) -> None:
-    router.registry.workers.clear()
+async def test_a_replica_answering_503_is_set_aside_not_retried_and_admitted_again_once_healthy(
+    live_router: Router,
+) -> None:
     failing, other = ScriptedReplica(), ScriptedReplica()
 
     def draining() -> Response:  # as a worker that has begun to drain
@@ -296,28 +226,27 @@ async def test_a_replica_answering_503_is_set_aside_not_retried_and_admitted_aga
         return Response(status_code=503)
 
     failing.answer_with("/v1/completions", draining)
-    router.add("failing", failing)
-    router.add("other", other)
-    await router.admitted("failing", "other")
+    live_router.add("failing", failing)
+    live_router.add("other", other)
+    await live_router.admitted("failing", "other")
     other.running = 3  # the failing one looks less busy: it is tried first
-    await wait_until_async(_busy_is(router, "other", 3), 2, "the router reads the other's load")
-    answer = await router.client.post("/v1/completions", json={"model": "fake-model"})
+    await wait_until_async(_busy_is(live_router, "other", 3), 2, "the router reads the other's load")
+    answer = await live_router.client.post("/v1/completions", json={"model": "fake-model"})
     assert answer.status_code == 200
-    assert router.to("failing") == ["/v1/completions"] and router.to("other") == ["/v1/completions"]
-    assert (await router.replicas())["failing"]["admitted"] is False
+    assert live_router.to("failing") == ["/v1/completions"] and live_router.to("other") == ["/v1/completions"]
+    assert (await live_router.replicas())["failing"]["admitted"] is False
     failing.health = 200
-    await router.admitted("failing", "other")
+    await live_router.admitted("failing", "other")
 
 
-async def test_a_request_whose_every_replica_fails_gets_503_and_tries_each_once(router: Router) -> None:
-    router.registry.workers.clear()
+async def test_a_request_whose_every_replica_fails_gets_503_and_tries_each_once(live_router: Router) -> None:
     refusing = [ScriptedReplica(), ScriptedReplica()]
     for name, replica in zip(("refusing-1", "refusing-2"), refusing, strict=True):
         replica.answer_with("/v1/chat/completions", lambda: Response(status_code=503))
-        router.add(name, replica)
-    await router.admitted("refusing-1", "refusing-2")
-    response = await router.client.post("/v1/chat/completions", json=openai_chat())
-    assert router.to("refusing-1") == router.to("refusing-2") == ["/v1/chat/completions"]
+        live_router.add(name, replica)
+    await live_router.admitted("refusing-1", "refusing-2")
+    response = await live_router.client.post("/v1/chat/completions", json=openai_chat())
+    assert live_router.to("refusing-1") == live_router.to("refusing-2") == ["/v1/chat/completions"]
     assert response.status_code == 503 and response.json()["error"]["code"] == 503
     assert response.json()["error"]["message"] == "no replica of fake-model could be reached (2 tried); try again"
 
@@ -387,13 +316,12 @@ async def test_when_every_replica_is_full_the_router_answers_429_with_retry_afte
     assert live_router.to("scripted") == [worker_path]  # the refused one never reached it
 
 
-async def test_load_the_worker_reports_from_other_routers_counts_against_its_room(router: Router) -> None:
-    router.registry.workers.clear()
+async def test_load_the_worker_reports_from_other_routers_counts_against_its_room(live_router: Router) -> None:
     replica = ScriptedReplica(capacity=2)
     replica.running = 2  # another router's requests
-    router.add("scripted", replica)
-    await router.admitted("scripted")
-    refused = await router.client.post("/v1/completions", json={"model": "fake-model"})
+    live_router.add("scripted", replica)
+    await live_router.admitted("scripted")
+    refused = await live_router.client.post("/v1/completions", json={"model": "fake-model"})
     assert refused.status_code == 429
 
 
@@ -405,6 +333,7 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
     async def broken(request: Request) -> Response:
         async def chunks() -> AsyncIterator[bytes]:
             yield b'data: {"text": "Hel"}\n\n'
+            await asyncio.sleep(0.1)  # the first event is on its way before the connection breaks
             raise httpx.ReadError("connection reset")
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
@@ -419,27 +348,25 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
     await wait_until_async(_in_flight_is(live_router, "breaking", 0), 2, "the broken request stops counting")
 
 
-async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(router: Router) -> None:
-    router.registry.workers.clear()
+async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(live_router: Router) -> None:
     busy, idle = ScriptedReplica(capacity=4), ScriptedReplica(capacity=4)
     busy.running = 3
-    router.add("busy", busy)
-    router.add("idle", idle)
-    await router.admitted("busy", "idle")
+    live_router.add("busy", busy)
+    live_router.add("idle", idle)
+    await live_router.admitted("busy", "idle")
     for _ in range(3):
-        await router.client.post("/v1/completions", json={"model": "fake-model"})
-    assert router.to("busy") == [] and len(router.to("idle")) == 3
+        await live_router.client.post("/v1/completions", json={"model": "fake-model"})
+    assert live_router.to("busy") == [] and len(live_router.to("idle")) == 3
 
 
 @pytest.mark.parametrize("policy", ["round-robin"])
-async def test_round_robin_sends_requests_to_each_replica_in_turn(router: Router) -> None:
-    router.registry.workers.clear()
-    router.add("first", ScriptedReplica())
-    router.add("second", ScriptedReplica())
-    await router.admitted("first", "second")
+async def test_round_robin_sends_requests_to_each_replica_in_turn(live_router: Router) -> None:
+    live_router.add("first", ScriptedReplica())
+    live_router.add("second", ScriptedReplica())
+    await live_router.admitted("first", "second")
     for _ in range(4):
-        await router.client.post("/v1/completions", json={"model": "fake-model"})
-    assert len(router.to("first")) == len(router.to("second")) == 2
+        await live_router.client.post("/v1/completions", json={"model": "fake-model"})
+    assert len(live_router.to("first")) == len(live_router.to("second")) == 2
 
 
 async def test_models_lists_the_workers_model_cards_with_root_set_to_the_id(router: Router) -> None:
@@ -453,7 +380,7 @@ async def test_models_lists_the_workers_model_cards_with_root_set_to_the_id(rout
 
 async def test_models_merges_the_cards_of_every_admitted_replica(router: Router) -> None:
     router.add("worker-b", await fake_worker(FakeVllm(max_model_len=2048), names=["other-model"]), ("other-model",))
-    router.registry.register("http://gone-worker/api", WorkerStatus(model_names=["gone-model"], queue_length=0))
+    router.add_dead("gone-worker", ("gone-model",))
     await router.admitted("worker-a", "worker-b")
     data = (await router.client.get("/v1/models")).json()["data"]
     assert [(card["id"], card["max_model_len"]) for card in data] == [
@@ -464,7 +391,8 @@ async def test_models_merges_the_cards_of_every_admitted_replica(router: Router)
 
 
 async def test_a_router_that_has_not_heard_from_the_controller_answers_503() -> None:
-    api = create_router_app("http://controller", transport=Hosts({}), probe_interval=PROBE_INTERVAL)  # nothing answers
+    nothing = f"http://127.0.0.1:{free_port()}"
+    api = create_router_app(nothing, probe_interval=PROBE_INTERVAL)
     async with api.router.lifespan_context(api), asgi_client(api, "http://api") as client:
         answer = await client.post("/v1/chat/completions", json=openai_chat())
     assert answer.status_code == 503
@@ -472,8 +400,8 @@ async def test_a_router_that_has_not_heard_from_the_controller_answers_503() -> 
 
 
 async def test_with_the_controller_gone_the_router_keeps_routing_to_the_replicas_it_knows(router: Router) -> None:
-    del router.hosts.apps["controller"]
-    await wait_until_async(lambda: router.hosts.sent[-1][0] != "controller", 1, "a probe after the controller")
+    router.stop("controller")
+    await asyncio.sleep(10 * PROBE_INTERVAL)  # the router has found the controller gone
     response = await router.client.post("/v1/chat/completions", json=openai_chat())
     assert response.status_code == 200
 

@@ -1,4 +1,4 @@
-"""How LLM Ops' own HTTP servers (controller, OpenAI router) run and stop: uvicorn with a drain, during which
+"""How LLM Ops' own HTTP servers (controller, router) run and stop: uvicorn with a drain, during which
 their /health says 503.
 
 Workers are vLLM's server, which has its own (`llm_ops.worker.plugin`)."""

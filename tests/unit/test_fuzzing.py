@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the worker's FastChat routes and the OpenAI router from OpenAPI schemas.
+"""Property-based fuzzing of the worker's FastChat routes and the router from OpenAPI schemas.
 
 The worker's FastChat routes parse their bodies by hand (FastChat's format or ours), so their app has no
 request schema: the schema fuzzed is `worker_schema()`, built from the request models the routes check
@@ -413,7 +413,7 @@ def test_worker_api_never_answers_5xx_to_strings_with_lone_surrogates() -> None:
     fuzz(worker_app, GenerationMode.POSITIVE, WORKER_MODELS, SURROGATES, check_worker_response, surrogates=True)
 
 
-def test_openai_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
+def test_the_router_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
     fuzz(openai_app, GenerationMode.POSITIVE, API_MODELS, POSITIVE, check_openai_response)
 
 
@@ -456,7 +456,7 @@ def test_worker_openai_paths_refuse_requests_violating_vllms_schemas_with_a_4xx_
     fuzz(apps, GenerationMode.NEGATIVE, WORKER_MODELS, OPENAI_NEGATIVE, checks, discard=not_violating_for_vllm)
 
 
-def test_openai_api_never_answers_5xx_or_a_malformed_error_to_schema_valid_completions_and_chats() -> None:
+def test_the_router_never_answers_5xx_or_a_malformed_error_to_schema_valid_completions_and_chats() -> None:
     harness = fuzz(
         openai_app_openai_paths, GenerationMode.POSITIVE, API_MODELS, OPENAI_ROUTED, check_generation_response
     )

@@ -1,4 +1,4 @@
-"""LLM Ops' own servers (the controller, the OpenAI router) drain on SIGTERM as the workers do: /health says 503
+"""LLM Ops' own servers (the controller, the router) drain on SIGTERM as the workers do: /health says 503
 at once, so the front door's health check routes elsewhere, while they still serve until the drain is over."""
 
 from __future__ import annotations

@@ -4,9 +4,10 @@ anything waits.
     .venv/bin/llm-ops up --replicas 2                                   # shell 1 (--limit-worker-concurrency N
     PYTHONPATH=. .venv/bin/python benchmarks/burst.py --requests 180    # shell 2  to leave room for fewer)
 
-Sends `--requests` streamed requests at the same moment, through `--route` (`v1`: `/v1/completions`;
-`fastchat`: `/api/<model>/worker_generate_stream`), from `--sources` loopback addresses so that Traefik's
-per-client rate limit (bursts of 100) is not what refuses them. While they run it reads the router's
+Opens `--requests` connections to the front door (TLS included), then sends as many streamed requests on
+them at the same moment, through `--route` (`v1`: `/v1/completions`; `fastchat`:
+`/api/<model>/worker_generate_stream`), from `--sources` loopback addresses so that Traefik's per-client
+rate limit (bursts of 100) is not what refuses them. While they run it reads the router's
 `/replicas` every 50 ms: the most requests each replica ran at once (its admission's own count) and the most
 the router had in flight on it. Reports the answers by status, the time to the response's headers (a 429's
 is the time to refuse; a 200's says whether the request waited before it ran), the time to the first token,
@@ -55,6 +56,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=150)
     parser.add_argument("--sources", type=int, default=4, help="loopback addresses to send from (127.0.0.2, ...)")
     parser.add_argument("--ca-file", type=Path, default=STATE_DIR / "tls" / "ca.pem")
+    parser.add_argument(
+        "--access-log", type=Path, default=STATE_DIR / "traefik" / "access.log", help="Traefik's (JSON) access log"
+    )
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/burst.json"))
     return parser.parse_args()
 
@@ -120,6 +124,9 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         for address in sources
     ]
     path, body = request_of(args)
+    # One connection per request, opened (TLS included) before the clock starts: what is timed is the answer.
+    await asyncio.gather(*(clients[index % len(clients)].get("/v1/models") for index in range(args.requests)))
+    logged_before = args.access_log.stat().st_size if args.access_log.is_file() else 0
     peaks, done = Peaks(), asyncio.Event()
     async with httpx.AsyncClient(base_url=args.router_url, headers=key_headers(), timeout=10) as router:
         watcher = asyncio.create_task(watch(router, peaks, done))
@@ -132,7 +139,23 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         after = await queues(router)
     for client in clients:
         await client.aclose()
-    return report(args, answers, peaks, after)
+    await asyncio.sleep(1)  # Traefik writes its access log asynchronously
+    return report(args, answers, peaks, after) | {"router_answered_in_ms": origin_durations(args, path, logged_before)}
+
+
+def origin_durations(args: argparse.Namespace, path: str, offset: int) -> dict[str, dict[str, float | None]]:
+    """By status, how long the router took to answer (its headers), as Traefik's access log measured it:
+    the client's own time also counts the machine's two cores, shared with the engines, serving it."""
+    if not args.access_log.is_file():
+        return {}
+    with args.access_log.open("rb") as log:
+        log.seek(offset)
+        entries = [json.loads(line) for line in log.read().splitlines() if line.strip()]
+    durations: dict[str, list[float]] = {}
+    for entry in entries:
+        if entry.get("RequestPath") == path and "OriginStatus" in entry:
+            durations.setdefault(str(entry["OriginStatus"]), []).append(entry["OriginDuration"] / 1e9)
+    return {status: milliseconds(values) for status, values in durations.items()}
 
 
 def percentile(values: list[float], fraction: float) -> float | None:

@@ -30,7 +30,7 @@ LogFormat = Literal["json", "text"]
 REQUEST_ID_HEADER = "X-Request-Id"
 TEXT_FORMAT = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"  # uvicorn's level prefix: aligned, coloured
 # What pollers ask for: the front door's health checks, workers' heartbeats, metrics scrapes.
-POLLED_PATHS = frozenset({"/health", "/metrics", "/receive_heart_beat"})
+POLLED_PATHS = frozenset({"/health", "/metrics", "/receive_heart_beat", "/list_workers"})  # /list_workers: the router
 # What we accept from a client as an id: printable, no spaces, short enough for a log line.
 USABLE_REQUEST_ID = re.compile(r"[!-~]{1,128}")
 

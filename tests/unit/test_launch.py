@@ -118,7 +118,12 @@ def test_resolve_defaults_fills_in_the_default_model_in_float32_and_its_name() -
 def test_vllm_logs_no_access_line_for_polled_routes_unless_told_otherwise() -> None:
     args = parse_worker_args([])
     resolve_defaults(args, worker_options(args))
-    assert set(args.disable_access_log_for_endpoints.split(",")) == {"/health", "/metrics", "/receive_heart_beat"}
+    assert set(args.disable_access_log_for_endpoints.split(",")) == {
+        "/health",
+        "/metrics",
+        "/receive_heart_beat",
+        "/list_workers",
+    }
     chosen = parse_worker_args(["--disable-access-log-for-endpoints", "/metrics"])
     assert resolve_defaults(chosen, worker_options(chosen)).disable_access_log_for_endpoints == "/metrics"
 

@@ -140,6 +140,7 @@ def test_polls_leave_no_access_line_and_other_requests_do(json_logs: io.StringIO
         ("GET", "/health"),
         ("GET", "/metrics"),
         ("POST", "/receive_heart_beat"),
+        ("GET", "/list_workers"),
         ("POST", "/list_models"),
     ):
         args = ("127.0.0.1:5000", method, path, "1.1", 200)

@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -50,7 +49,8 @@ OPENAI_ROUTES = frozenset(
 )
 # A worker's routes for services only (with a service key): what the controller asks it.
 WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
-_MODEL_OPENAI = re.compile(r"/api/[^/]+/(v1/|tokenize$|detokenize$)")  # /api/<model>/v1/..., .../tokenize
+# At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
+MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
 GENERATION_ROUTES = frozenset(
     {"/api/worker_generate", "/api/worker_generate_stream", "/v1/chat/completions", "/v1/completions"}
 )
@@ -67,7 +67,9 @@ def refusal(scope: Scope, error: RequestError) -> JSONResponse:
 
 def is_fastchat_path(path: str) -> bool:
     """FastChat's routes: a worker's /api/..., the front door's /api/<model>/... but a model's OpenAI routes."""
-    return (path.startswith(FASTCHAT_PREFIX) or path == FASTCHAT_PREFIX.rstrip("/")) and not _MODEL_OPENAI.match(path)
+    model_route = path.split("/", 3)[3] if path.count("/") >= 3 else ""  # /api/<model>/<model_route>
+    under_api = path.startswith(FASTCHAT_PREFIX) or path == FASTCHAT_PREFIX.rstrip("/")
+    return under_api and not model_route.startswith(MODEL_OPENAI_ROUTES)
 
 
 def api_keys_from_environment() -> frozenset[str]:

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from llm_ops.access import PROBES, LimitBody, RequireApiKey, refusal
+from llm_ops.access import MODEL_OPENAI_ROUTES, PROBES, LimitBody, RequireApiKey, refusal
 from llm_ops.logs import RequestId
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
@@ -42,7 +42,6 @@ from llm_ops.settings import MAX_BODY_BYTES
 # close before the workers' own keep-alive ends (75 s).
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0)
 POOL_LIMIT, KEEP_ALIVE_SECONDS = 0, 30
-OPENAI_PATHS = ("v1/", "tokenize", "detokenize")  # under /api/<model>/: vLLM's routes, the rest are FastChat's
 
 
 def router_of(request: Request) -> Router:
@@ -60,7 +59,7 @@ async def by_body(request: Request) -> Response:
 async def by_path(request: Request) -> Response:
     """`/api/<model>/<route>`: the model is the path's."""
     model, route = request.path_params["model"], request.path_params["route"]
-    path = f"/{route}" if route.startswith(OPENAI_PATHS) else f"/api/{route}"
+    path = f"/{route}" if route.startswith(MODEL_OPENAI_ROUTES) else f"/api/{route}"
     routed = RoutedRequest(model, path, await request.body())
     return await router_of(request).forward(routed, request.method, dict(request.headers), request.receive)
 

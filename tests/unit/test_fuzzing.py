@@ -47,6 +47,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
 from vllm.exceptions import VLLMError
 
+from llm_ops.access import is_fastchat_path
 from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.framing import DELIMITER
 from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, GenerateRequest
@@ -413,8 +414,16 @@ def test_worker_api_never_answers_5xx_to_strings_with_lone_surrogates() -> None:
     fuzz(worker_app, GenerationMode.POSITIVE, WORKER_MODELS, SURROGATES, check_worker_response, surrogates=True)
 
 
+def check_router_response(response: httpx.Response) -> None:
+    """The error shape of the path: FastChat's on a model's FastChat routes (/api/<model>/...), OpenAI's elsewhere."""
+    if is_fastchat_path(response.url.path):
+        check_worker_response(response)
+    else:
+        check_openai_response(response)
+
+
 def test_the_router_never_answers_5xx_or_a_malformed_error_to_schema_valid_requests() -> None:
-    fuzz(openai_app, GenerationMode.POSITIVE, API_MODELS, POSITIVE, check_openai_response)
+    fuzz(openai_app, GenerationMode.POSITIVE, API_MODELS, POSITIVE, check_router_response)
 
 
 def check_generation_response(response: httpx.Response) -> None:

@@ -1,8 +1,9 @@
 """An app (a worker over the vLLM stand-in, ...) served by a real uvicorn on a loopback port, in a thread:
 for tests about what real connections do (clients that leave, slow clients, many at once).
 
-Without the app's lifespan: a worker's registers with a controller and handles SIGTERM, which only the
-main thread can (`tests.unit.drained_worker` runs it in a process of its own)."""
+Without the app's lifespan unless asked (the router's reads its replicas in the background): a worker's
+registers with a controller and handles SIGTERM, which only the main thread can (`tests.unit.drained_worker`
+runs it in a process of its own)."""
 
 from __future__ import annotations
 

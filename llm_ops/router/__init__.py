@@ -1,1 +1,1 @@
-"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, in front of the workers."""
+"""The router: every request that reaches a model, FastChat's and OpenAI's alike, to a replica it picks."""

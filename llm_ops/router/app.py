@@ -41,7 +41,7 @@ from llm_ops.settings import MAX_BODY_BYTES
 # running slots bounds the connections to it, and a pool limit would be a queue nobody sees. Idle connections
 # close before the workers' own keep-alive ends (75 s).
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0)
-POOL_LIMIT, KEEP_ALIVE_SECONDS = 0, 30
+POOL_LIMIT, IDLE_CONNECTION_SECONDS = 0, 30
 
 
 def router_of(request: Request) -> Router:
@@ -136,7 +136,7 @@ def create_router_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=KEEP_ALIVE_SECONDS)
+        connector = aiohttp.TCPConnector(limit=POOL_LIMIT, keepalive_timeout=IDLE_CONNECTION_SECONDS)
         async with aiohttp.ClientSession(
             connector=connector,
             timeout=WORKER_TIMEOUT,

@@ -81,8 +81,5 @@ class Replicas:
     def of_model(self, model: str) -> list[Replica]:
         return [replica for replica in self.by_url.values() if model in replica.models]
 
-    def models(self) -> set[str]:
-        return {model for replica in self.by_url.values() for model in replica.models}
-
     def __iter__(self) -> Iterator[Replica]:
         return iter(list(self.by_url.values()))

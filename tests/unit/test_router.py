@@ -230,7 +230,7 @@ async def test_a_replica_answering_503_is_set_aside_not_retried_and_admitted_aga
     live_router.add("other", other)
     await live_router.admitted("failing", "other")
     other.running = 3  # the failing one looks less busy: it is tried first
-    await wait_until_async(_busy_is(live_router, "other", 3), 2, "the router reads the other's load")
+    await wait_until_async(_replica_says(live_router, "other", "running", 3), 2, "the router reads the other's load")
     answer = await live_router.client.post("/v1/completions", json={"model": "fake-model"})
     assert answer.status_code == 200
     assert live_router.to("failing") == ["/v1/completions"] and live_router.to("other") == ["/v1/completions"]
@@ -262,7 +262,7 @@ async def test_a_request_counts_on_its_replica_until_its_answer_ends(live_router
         assert (await live_router.replicas())["scripted"]["in_flight"] == 1
         replica.release.set()
         await answer.aread()
-    await wait_until_async(_in_flight_is(live_router, "scripted", 0), 2, "the request stops counting")
+    await wait_until_async(_replica_says(live_router, "scripted", "in_flight", 0), 2, "the request stops counting")
 
 
 async def test_a_client_that_leaves_mid_answer_stops_counting_on_the_replica(live_router: Router) -> None:
@@ -275,19 +275,14 @@ async def test_a_client_that_leaves_mid_answer_stops_counting_on_the_replica(liv
     ) as answer:
         async for _ in answer.aiter_raw():
             break
-    await wait_until_async(_in_flight_is(live_router, "scripted", 0), 2, "the request stops counting")
+    await wait_until_async(_replica_says(live_router, "scripted", "in_flight", 0), 2, "the request stops counting")
 
 
-def _in_flight_is(router: Router, host: str, count: int) -> Any:
+def _replica_says(router: Router, host: str, field: str, value: int) -> Any:
+    """A condition for `wait_until_async`: the router's /replicas gives replica `host` this `field`."""
+
     async def check() -> bool:
-        return bool((await router.replicas())[host]["in_flight"] == count)
-
-    return check
-
-
-def _busy_is(router: Router, host: str, running: int) -> Any:
-    async def check() -> bool:
-        return bool((await router.replicas())[host]["running"] == running)
+        return bool((await router.replicas())[host][field] == value)
 
     return check
 
@@ -345,7 +340,8 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
     events = [json.loads(event.removeprefix("data: ")) for event in answer.text.split("\n\n") if event]
     assert events[0] == {"text": "Hel"}
     assert events[-1]["error"]["code"] == 502 and "stopped answering" in events[-1]["error"]["message"]
-    await wait_until_async(_in_flight_is(live_router, "breaking", 0), 2, "the broken request stops counting")
+    stopped = _replica_says(live_router, "breaking", "in_flight", 0)
+    await wait_until_async(stopped, 2, "the broken request stops counting")
 
 
 async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(live_router: Router) -> None:
@@ -438,7 +434,7 @@ async def test_a_client_that_leaves_before_a_non_streaming_answer_closes_the_wor
     with pytest.raises(httpx.ReadTimeout):
         await live_router.client.post("/v1/completions", json={"model": "fake-model"}, timeout=0.3)
     await wait_until_async(worker_saw_it_leave.is_set, 2, "the worker to see the client leave")
-    await wait_until_async(_in_flight_is(live_router, "slow", 0), 2, "the request stops counting")
+    await wait_until_async(_replica_says(live_router, "slow", "in_flight", 0), 2, "the request stops counting")
 
 
 async def test_a_websocket_upgrade_is_refused(live_router: Router) -> None:

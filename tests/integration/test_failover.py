@@ -149,6 +149,8 @@ def test_killing_a_replica_under_traffic_loses_at_most_the_requests_it_was_servi
 def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack, killed_replica: Kill) -> None:
     victim = killed_replica.victim
     wait_until(lambda: f"{victim}/api" in stack.registered_workers(), RESTART_TIMEOUT, "the replica to come back", 1)
+    # The router learns it from the controller, then admits it once its health check passes (every 0.5 s).
+    wait_until(lambda: stack.replica_status().get(victim) is True, 10, "the router to admit the replica again")
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
     busy: set[str] = set()
     with stack.client(timeout=120) as client:
@@ -160,4 +162,4 @@ def test_the_killed_replica_is_restarted_registered_and_used_again(stack: Stack,
         while any(request.is_alive() for request in requests):
             busy |= {url for url in stack.worker_urls if stack.worker_queue_length(url)}
             time.sleep(0.05)  # sampling the replicas' queues while the requests run, not a wait for an event
-    assert victim in busy, "the controller did not send anything to the restarted replica"
+    assert victim in busy, "the router did not send anything to the restarted replica"

@@ -33,7 +33,9 @@ RUN pip install --no-deps . && rm -rf build ./*.egg-info
 COPY start_chat.sh start_completion.sh ./
 
 USER 10001
-RUN mkdir -p /home/llm-ops/.cache/huggingface
+# Mount points of named volumes: a new volume takes the owner of the image's folder, the worker's user.
+# engine-cores: where workers on a CPU host claim cores of their own (--claim-engine-cores).
+RUN mkdir -p /home/llm-ops/.cache/huggingface /home/llm-ops/engine-cores
 EXPOSE 21002
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 CMD ["llm-ops", "health"]
 ENTRYPOINT ["/app/start_chat.sh"]

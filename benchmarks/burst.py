@@ -139,22 +139,30 @@ async def burst(args: argparse.Namespace) -> dict[str, Any]:
         after = await queues(router)
     for client in clients:
         await client.aclose()
-    await asyncio.sleep(1)  # Traefik writes its access log asynchronously
-    return report(args, answers, peaks, after) | {"router_answered_in_ms": origin_durations(args, path, logged_before)}
+    durations = await origin_durations(args, path, logged_before, len(answers))
+    return report(args, answers, peaks, after) | {"router_answered_in_ms": durations}
 
 
-def origin_durations(args: argparse.Namespace, path: str, offset: int) -> dict[str, dict[str, float | None]]:
+async def origin_durations(
+    args: argparse.Namespace, path: str, offset: int, answers: int
+) -> dict[str, dict[str, float | None]]:
     """By status, how long the router took to answer (its headers), as Traefik's access log measured it:
-    the client's own time also counts the machine's two cores, shared with the engines, serving it."""
+    the client's own time also counts the machine's two cores, shared with the engines, serving it.
+    Traefik writes its access log asynchronously: this waits (up to 30 s) for a line per answer."""
     if not args.access_log.is_file():
         return {}
-    with args.access_log.open("rb") as log:
-        log.seek(offset)
-        entries = [json.loads(line) for line in log.read().splitlines() if line.strip()]
     durations: dict[str, list[float]] = {}
-    for entry in entries:
-        if entry.get("RequestPath") == path and "OriginStatus" in entry:
-            durations.setdefault(str(entry["OriginStatus"]), []).append(entry["OriginDuration"] / 1e9)
+    for _ in range(60):
+        with args.access_log.open("rb") as log:
+            log.seek(offset)
+            entries = [json.loads(line) for line in log.read().splitlines() if line.strip()]
+        durations = {}
+        for entry in entries:
+            if entry.get("RequestPath") == path and "OriginStatus" in entry:
+                durations.setdefault(str(entry["OriginStatus"]), []).append(entry["OriginDuration"] / 1e9)
+        if sum(map(len, durations.values())) >= answers:
+            break
+        await asyncio.sleep(0.5)
     return {status: milliseconds(values) for status, values in durations.items()}
 
 

@@ -19,6 +19,7 @@ from llm_ops.bench.settings import BenchSettings
 from llm_ops.logs import LogFormat, configure_logging, default_log_format
 from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
+    ENVIRONMENT_PREFIX,
     ConfigurationError,
     ControllerSettings,
     RouterSettings,
@@ -93,7 +94,7 @@ class LLMOps(BaseSettings):
     """LLM Ops: LLMs behind one HTTPS front door."""
 
     model_config = CLI_CONFIG | SettingsConfigDict(
-        env_prefix="LLM_OPS_", env_nested_delimiter="__", cli_prog_name="llm-ops"
+        env_prefix=ENVIRONMENT_PREFIX, env_nested_delimiter="__", cli_prog_name="llm-ops"
     )
 
     log_format: LogFormat = Field(

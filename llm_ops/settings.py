@@ -21,6 +21,8 @@ class ConfigurationError(ValueError):
     """Settings that cannot work (a model path that does not exist, ...): reported before anything starts."""
 
 
+# Every command's settings can come from the environment too: LLM_OPS_ and the setting's name in capitals.
+ENVIRONMENT_PREFIX = "LLM_OPS_"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
@@ -100,6 +102,13 @@ class WorkerOptions(LimitSettings, AdmissionSettings, RegistrationSettings):
         "front door routes new ones elsewhere; then vLLM drains (--shutdown-timeout) and stops",
     )
     kv_cache_space_gib: int = Field(1, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    claim_engine_cores: Path | None = Field(
+        None,
+        description="CPU only: a directory the host's workers share (in Docker, a volume); the worker claims "
+        "--cores-per-engine cores there that no other worker's engine has (VLLM_CPU_OMP_THREADS_BIND), or runs its "
+        "engine unpinned when none are free; unset, or VLLM_CPU_OMP_THREADS_BIND set: vLLM's own binding",
+    )
+    cores_per_engine: int = Field(1, ge=1, description="CPU only: the cores --claim-engine-cores claims")
 
 
 class ControllerSettings(LifecycleSettings):

@@ -45,6 +45,7 @@ from llm_ops.frontdoor.compose import (
 from llm_ops.frontdoor.traefik import LocalAddresses, traefik_environment, write_local_front_door
 from llm_ops.models.default import PREPARED, PREPARING
 from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
+from llm_ops.worker.cores import core_slices, cpu_list
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
 from llm_ops.worker.vllm_api import COMPILING_LOG_TEXT, CPU_CORES_VARIABLE, ENGINE_READY_LOG_TEXT, LOADING_LOG_TEXT
 
@@ -135,24 +136,15 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
 
 
 def engine_core_sets(replicas: int, cpus: list[int]) -> list[str | None]:
-    """Each replica's `VLLM_CPU_OMP_THREADS_BIND`: cores of its own, as far as there are enough.
+    """Each replica's `VLLM_CPU_OMP_THREADS_BIND`: cores of its own, as far as there are enough (why:
+    `llm_ops.worker.cores`).
 
-    vLLM's CPU build binds every engine to the same cores (on two cores: core 0, leaving core 1 to the API
-    servers), so replicas started side by side take turns on one core while the others idle. One replica keeps
-    vLLM's own choice (None); more share the cores out, a contiguous slice each, round the cores again when
-    there are more replicas than cores. Ignored by GPU builds."""
+    One replica keeps vLLM's own choice (None); more share the cores out, a contiguous slice each, round the
+    cores again when there are more replicas than cores. Ignored by GPU builds."""
     if replicas == 1:
         return [None]
-    per_replica = max(1, len(cpus) // replicas)
-    slices = [cpus[start : start + per_replica] for start in range(0, len(cpus) - per_replica + 1, per_replica)]
-    return [_cpu_list(slices[replica % len(slices)]) for replica in range(replicas)]
-
-
-def _cpu_list(cpus: list[int]) -> str:
-    """vLLM's form of a core list: "3", "0-3", or "0,2,5"."""
-    if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1:
-        return f"{cpus[0]}-{cpus[-1]}"
-    return ",".join(map(str, cpus))
+    slices = core_slices(cpus, max(1, len(cpus) // replicas))
+    return [cpu_list(slices[replica % len(slices)]) for replica in range(replicas)]
 
 
 def worker_environments(settings: StackSettings, env: dict[str, str]) -> list[dict[str, str]]:

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 LOG_TAIL = 5000  # characters of a process's log shown when it exited too early
+ENGINE_PROCESS = "VLLM::Worker"  # the process whose threads run the model (vLLM sets its title)
 
 
 def free_port() -> int:

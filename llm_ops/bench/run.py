@@ -157,13 +157,14 @@ def service_worker(settings: BenchSettings) -> list[str]:
 
 
 async def our_targets(settings: BenchSettings, model: str, stack: contextlib.AsyncExitStack) -> list[Target]:
-    """Targets a, b, d and e, as selected: the FastChat routes (a, b) and the front door's OpenAI ones (d, e)."""
+    """Targets a, b, d, e and f, as selected: the FastChat routes (a, b) and the OpenAI ones (d, e, f)."""
     front_door = settings.stack_url.rstrip("/")
     bases: dict[TargetKey, str] = {
         "a": f"{front_door}/api/{model}",
         "b": f"{settings.worker_url.rstrip('/')}/api",
         "d": front_door,
         "e": f"{front_door}/api/{model}",
+        "f": settings.worker_url.rstrip("/"),
     }
     targets: list[Target] = []
     for key, base in bases.items():
@@ -204,12 +205,12 @@ async def bench(settings: BenchSettings) -> None:
 
 
 async def vllm_bench_each(settings: BenchSettings, model: str, urls: dict[str, str]) -> list[VLLMBenchResult]:
-    """vLLM's own benchmark client against each OpenAI target that ran (c, d, e), one after the other."""
+    """vLLM's own benchmark client against each OpenAI target that ran (c, d, e, f), one after the other."""
     worker_argv = service_worker(settings)
     tokenizer = resolve_defaults(parse_worker_args(worker_argv), worker_options(parse_worker_args(worker_argv))).model
     key = key_headers(settings).get("Authorization", "").removeprefix("Bearer ")
     results = []
-    for target in ("c", "d", "e"):
+    for target in ("c", "d", "e", "f"):
         if target not in urls:
             continue
         base_url = urls[target].removesuffix("/v1/completions")

@@ -9,23 +9,31 @@ from pydantic import BaseModel, Field
 
 from llm_ops.settings import DEFAULT_SERVICE
 
-TargetKey = Literal["a", "b", "c", "d", "e"]
-TARGET_NAMES: dict[TargetKey, str] = {"a": "stack", "b": "worker", "c": "vllm", "d": "v1", "e": "model-v1"}
-ALL_TARGETS: list[TargetKey] = ["a", "b", "c", "d", "e"]  # pydantic copies a list default for each instance
+TargetKey = Literal["a", "b", "c", "d", "e", "f"]
+TARGET_NAMES: dict[TargetKey, str] = {
+    "a": "stack",
+    "b": "worker",
+    "c": "vllm",
+    "d": "v1",
+    "e": "model-v1",
+    "f": "worker-v1",
+}
+ALL_TARGETS: list[TargetKey] = ["a", "b", "c", "d", "e", "f"]  # pydantic copies a list default for each instance
 
 
 class BenchSettings(BaseModel):
     """A load generator comparing, interleaved, the stack through Traefik over TLS, (a) FastChat's
-    /api/<model>/worker_generate_stream, (d) /v1 (the router) and (e) /api/<model>/v1, with (b) the
-    worker's FastChat route directly and (c) vLLM's own OpenAI server with the same flags."""
+    /api/<model>/worker_generate_stream, (d) /v1 (the router) and (e) /api/<model>/v1, with the same
+    worker's own port, (b) its FastChat route and (f) its /v1, and (c) vLLM's own OpenAI server with the
+    same flags."""
 
     targets: list[TargetKey] = Field(
         ALL_TARGETS,
         description="which targets to run: a (stack, FastChat), b (worker), c (vLLM), d (stack, /v1), "
-        "e (stack, /api/<model>/v1)",
+        "e (stack, /api/<model>/v1), f (worker, /v1)",
     )
     stack_url: str = Field("https://localhost:8443", description="targets a, d, e: the front door (Traefik, HTTPS)")
-    worker_url: str = Field("http://127.0.0.1:21002", description="target b: the worker, directly")
+    worker_url: str = Field("http://127.0.0.1:21002", description="targets b, f: the worker, directly")
     vllm_url: str | None = Field(
         None, description="target c: an already running vLLM OpenAI server; unset: start one on loopback"
     )
@@ -33,7 +41,8 @@ class BenchSettings(BaseModel):
     vllm_start_timeout: float = Field(600, gt=0, description="seconds to wait for the vLLM server's /health")
     ca_file: Path = Field(Path(".llm-ops/tls/ca.pem"), description="the CA that signed the stack's certificate")
     api_key: str | None = Field(
-        None, description="sent as 'Authorization: Bearer' to a, b, d, e; unset: the first of LLM_OPS_API_KEYS, if any"
+        None,
+        description="sent as 'Authorization: Bearer' to a, b, d, e, f; unset: the first of LLM_OPS_API_KEYS, if any",
     )
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment the stack runs")
     service: str = Field(DEFAULT_SERVICE, description="the model service whose model and engine settings vLLM gets")

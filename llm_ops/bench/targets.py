@@ -135,9 +135,11 @@ class OpenAITarget(StreamingTarget):
         finished = done = False
         async for sse in EventSource(response).aiter_sse():
             data = sse.data
-            if data == SSE_DONE:
+            if data == SSE_DONE:  # read on to the stream's end: a connection left mid-answer is not reused
                 done = True
-                break
+                continue
+            if done:
+                raise StreamError(f"an event after data: [DONE]: {data[:100]!r}")
             event = json.loads(data)
             if "error" in event:
                 raise StreamError(f"error event: {event['error']!r}")

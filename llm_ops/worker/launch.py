@@ -10,6 +10,8 @@ fills in what a deployment of LLM Ops means by default:
 - `VLLM_PLUGINS` names the `llm_ops` plugin (`llm_ops.worker.plugin`), which adds FastChat's routes,
   admission, API keys and registration to vLLM's app;
 - a drain on SIGTERM (`--shutdown-timeout`), and idle connections kept longer than Traefik's;
+- `--claim-engine-cores DIR`: cores of its own for the engine on a CPU host (`llm_ops.worker.cores`), claimed
+  before vLLM reads its environment and held while the worker runs;
 - a stop signal that stops the worker while its engine is still starting (`serve`).
 """
 
@@ -29,8 +31,15 @@ from huggingface_hub import try_to_load_from_cache
 
 from llm_ops.logs import POLLED_PATHS
 from llm_ops.serving import KEEP_ALIVE_SECONDS
-from llm_ops.settings import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN, ConfigurationError, WorkerOptions
+from llm_ops.settings import (
+    DEFAULT_MODEL_NAME,
+    ENVIRONMENT_PREFIX,
+    MODEL_NAME_PATTERN,
+    ConfigurationError,
+    WorkerOptions,
+)
 from llm_ops.worker import vllm_api
+from llm_ops.worker.cores import engine_cores_environment
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +51,20 @@ SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
 def worker_parser() -> Any:
-    """vLLM's server parser with LLM Ops' flags in a group of their own."""
+    """vLLM's server parser with LLM Ops' flags in a group of their own, each also read from the environment
+    (`ENVIRONMENT_PREFIX` and its name in capitals: compose sets it for every replica of a service)."""
     parser = vllm_api.server_parser("llm-ops worker", "vLLM's OpenAI-compatible server with LLM Ops.")
-    group = parser.add_argument_group("LLM Ops", "FastChat's worker protocol, admission, registration")
+    group = parser.add_argument_group(
+        "LLM Ops",
+        "FastChat's worker protocol, admission, registration, engine cores; each flag can also be set in the "
+        f"environment: {ENVIRONMENT_PREFIX}CLAIM_ENGINE_CORES=DIR for --claim-engine-cores DIR",
+    )
     for name, field in WorkerOptions.model_fields.items():
         kind = _argument_type(field.annotation)
         choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else None
         group.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=kind, choices=choices, default=field.default,
-            help=field.description,
+            "--" + name.replace("_", "-"), dest=name, type=kind, choices=choices,
+            default=os.environ.get(ENVIRONMENT_PREFIX + name.upper(), field.default), help=field.description,
         )  # fmt: skip
     parser.set_defaults(model=None)  # tells "not given" apart from vLLM's own default model
     return parser
@@ -201,10 +215,11 @@ def run_worker(argv: list[str]) -> None:
     options = worker_options(args)
     check_before_start(args, options)
     resolve_defaults(args, options)
-    os.environ.update(server_environment(options, dict(os.environ)))
-    vllm_api.configure_logging(args)
-    vllm_api.validate_serve_args(args)
-    uvloop.run(serve(args))
+    with engine_cores_environment(options, dict(os.environ)) as environment:
+        os.environ.update(server_environment(options, environment))
+        vllm_api.configure_logging(args)
+        vllm_api.validate_serve_args(args)
+        uvloop.run(serve(args))
 
 
 async def serve(args: Namespace) -> None:

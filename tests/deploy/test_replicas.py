@@ -51,7 +51,8 @@ def traffic_flows() -> dict[str, Traffic]:
 
 CLEAN_BOUND = heart_beat_expiration() + 15.0  # seconds after the kill by which no request fails any more
 # Seconds. 12, 17, 54 and over 180 s while every engine was pinned to core 0 (the dying one waited there behind the
-# live ones to free its memory); 1.8-2.5 s since the engines are unpinned (docker-compose.cpu-test.yml).
+# live ones to free its memory); 1.8-2.5 s once the engines were unpinned. Now each replica's engine frees it on a
+# core of its own (docker-compose.cpu-test.yml).
 CONTAINER_GONE_BOUND = 15.0
 OUT_OF_ROTATION_BOUND = 4.0  # seconds after the container is gone: a check every 0.5 s, which waits 1 s to connect
 ROUTER_PORT = 8000

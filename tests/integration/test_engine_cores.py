@@ -8,10 +8,10 @@ import os
 
 import pytest
 
+from tests.conftest import ENGINE_PROCESS
 from tests.integration.conftest import Stack, worker_processes
 
 pytestmark = pytest.mark.integration
-ENGINE_PROCESS = "VLLM::Worker"  # the process whose threads run the model (vLLM sets its title)
 
 
 def engine_cores(worker_url: str) -> set[int]:

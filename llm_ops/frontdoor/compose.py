@@ -23,7 +23,8 @@ from llm_ops.settings import ConfigurationError
 TRAEFIK_SERVICE = "traefik"
 CONTROLLER_SERVICE = "controller"
 ROUTER_SERVICE = "router"
-START_SCRIPTS = ("start_chat.sh", "start_completion.sh")  # a service that runs one is a model service
+# A service that runs one of these is a model service; each starts the worker kind it is named for (`--kind`).
+START_SCRIPTS = {"start_chat.sh": "chat", "start_completion.sh": "completion", "start_embedding.sh": "embedding"}
 # Compose's interpolation: $$, $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}.
 _VARIABLE = re.compile(
     r"\$(?:(?P<escaped>\$)|(?P<bare>[A-Za-z_]\w*)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\})"
@@ -41,13 +42,18 @@ class ModelService:
     command: list[str]  # the start script's arguments: worker flags
     labels: dict[str, str]
 
+    @property
+    def kind(self) -> str:
+        """The worker kind its start script starts."""
+        return START_SCRIPTS[self.start_script.name]
+
     def worker_args(self, start_script_args: list[str]) -> Namespace:
         """The worker's flags, parsed as `llm-ops worker` parses them (vLLM's parser): what the start script
-        passes first, then the command."""
+        passes first (its kind, and `start_script_args`), then the command."""
         from llm_ops.worker.launch import parse_worker_args
 
         try:
-            return parse_worker_args([*start_script_args, *self.command])
+            return parse_worker_args(["--kind", self.kind, *start_script_args, *self.command])
         except SystemExit as error:  # argparse has printed what is wrong
             raise ComposeError(f"service {self.name}: bad worker flags in its command (see above)") from error
 

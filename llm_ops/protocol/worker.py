@@ -36,6 +36,7 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_TOKEN_ID = 2**31 - 1
 SEED_RANGE = {"ge": -(2**63), "le": 2**63 - 1}  # what the engine's random generators take
 MAX_NAME_CHARS = 256
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on one embeddings request
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
@@ -205,6 +206,24 @@ class CountTokenRequest(StrictModel):
 
 class CountTokenResponse(BaseModel):
     count: int
+    error_code: int = 0
+
+
+class EmbeddingsRequest(StrictModel):
+    """`worker_get_embeddings`: what FastChat's OpenAI server sends a worker (texts; it decodes token ids itself)."""
+
+    model: Annotated[str, Field(max_length=MAX_NAME_CHARS)] | None = None
+    input: Annotated[list[Text], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] | Text
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None, description="base64: each vector as the base64 of its float32 values; unset: float"
+    )
+
+
+class EmbeddingsResponse(BaseModel):
+    """One vector per input, in order, and the tokens they took."""
+
+    embedding: list[list[float]] | list[str]
+    token_num: int
     error_code: int = 0
 
 

@@ -35,6 +35,8 @@ from llm_ops.protocol.worker import (
     ConvTemplateResponse,
     CountTokenRequest,
     CountTokenResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     FinishReason,
     GenerateChunk,
     GenerateRequest,
@@ -93,7 +95,11 @@ async def serve_openai(request: GenerateRequest, raw: Request, stream: bool) -> 
     chat = request.generation_mode == "chat"
     handler = vllm_api.generation_handler(raw.app, chat)
     if handler is None:
-        raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, "this model does not generate text", 400)
+        message = (
+            f"{request.model_identifier} is an embedding model: it does not generate text; "
+            "ask it worker_get_embeddings (or /v1/embeddings)"
+        )
+        raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message, 400)
     try:
         answer = await vllm_api.openai_answer(handler, body, raw, chat)
     except ValidationError as error:  # a value vLLM refuses that FastChat's bounds let through
@@ -232,6 +238,45 @@ async def _whole_answer(request: GenerateRequest, raw: Request) -> Response:
         return refusal(raw.scope, error)
     log_outcome("finished", chunk.usage)
     return JSONResponse(chunk.model_dump())
+
+
+@router.post("/worker_get_embeddings", response_model=EmbeddingsResponse)
+async def worker_get_embeddings(raw: Request) -> Response:
+    """FastChat's embeddings, computed by vLLM's /v1/embeddings handler (its pooling and normalisation)."""
+    body = await raw.body()  # read before vLLM's `with_cancellation` listens for the client leaving
+    answer = await vllm_api.with_cancellation(_embeddings)(body, raw)
+    return answer if answer is not None else Response(status_code=499)
+
+
+async def _embeddings(body: bytes, raw: Request) -> Response:
+    try:
+        vectors, tokens = await _embed(body, raw)
+    except RequestError as error:
+        return refusal(raw.scope, error)
+    return JSONResponse(EmbeddingsResponse(embedding=vectors, token_num=tokens).model_dump())
+
+
+async def _embed(body: bytes, raw: Request) -> tuple[list[Any], int]:
+    try:
+        request = EmbeddingsRequest.model_validate_json(body)
+    except ValidationError as error:
+        message = describe_validation_errors(error.errors(), not_fields=NOT_FIELDS).message()
+        raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message) from None
+    names = worker_state(raw).model_names
+    if request.model is not None and request.model not in names:
+        message = f"this worker serves {', '.join(map(repr, names))}, not model {request.model!r}"
+        raise RequestError(ErrorCode.INVALID_MODEL, message)
+    handler = vllm_api.embedding_handler(raw.app)
+    if handler is None:
+        message = f"{names[0]} generates text, it does not embed it: ask an embedding model for embeddings"
+        raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message)
+    vllm_body = {"model": names[0], "input": request.input, "encoding_format": request.encoding_format or "float"}
+    answer = await vllm_api.embedding_answer(handler, vllm_body, raw)
+    refused = vllm_api.error_of(answer)
+    if refused is not None:
+        raise fastchat_error(*refused)
+    vectors = [item["embedding"] for item in sorted(answer["data"], key=lambda item: item["index"])]
+    return vectors, answer["usage"]["prompt_tokens"]
 
 
 @router.post("/worker_get_status")

@@ -4,7 +4,9 @@ The command line is vLLM's (`vllm serve` flags, parsed by vLLM's own parser) plu
 (`WorkerOptions`: conversation template, controller, admission). Before vLLM starts, the launcher
 fills in what a deployment of LLM Ops means by default:
 
-- no `--model`: the packaged SmolLM2-135M-Instruct, converted once, in float32;
+- no `--model`: the packaged SmolLM2-135M-Instruct, converted once, in float32 (`--kind embedding`: the packaged
+  all-MiniLM-L6-v2, unzipped once, in float32);
+- `--kind embedding`: vLLM's pooling runner (`--runner pooling`);
 - no `--served-model-name`: the model folder's last name (it goes into URLs: /api/<name>/);
 - `--conv-template NAME`: the template as a Jinja chat template, so /v1 chats render as FastChat's;
 - `VLLM_PLUGINS` names the `llm_ops` plugin (`llm_ops.worker.plugin`), which adds FastChat's routes,
@@ -32,6 +34,7 @@ from huggingface_hub import try_to_load_from_cache
 from llm_ops.logs import POLLED_PATHS
 from llm_ops.serving import KEEP_ALIVE_SECONDS
 from llm_ops.settings import (
+    DEFAULT_EMBEDDING_MODEL_NAME,
     DEFAULT_MODEL_NAME,
     ENVIRONMENT_PREFIX,
     MODEL_NAME_PATTERN,
@@ -44,7 +47,7 @@ from llm_ops.worker.cores import engine_cores_environment
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "llm_ops"  # the entry point in pyproject.toml's vllm.endpoint_plugins group
-CONTAINER_PORT = 21002  # where start_chat.sh and start_completion.sh have the worker listen
+CONTAINER_PORT = 21002  # where the start scripts (start_chat.sh, ...) have the worker listen
 SHUTDOWN_TIMEOUT = 30  # seconds vLLM lets answers in flight finish after SIGTERM, unless told otherwise
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
@@ -99,7 +102,7 @@ def served_names(args: Namespace) -> list[str]:
     if args.served_model_name:
         names = list(args.served_model_name)
     elif args.model is None:
-        names = [DEFAULT_MODEL_NAME]
+        names = [DEFAULT_EMBEDDING_MODEL_NAME if getattr(args, "kind", None) == "embedding" else DEFAULT_MODEL_NAME]
     else:
         names = [Path(str(args.model).rstrip("/")).name]
     unsafe = [name for name in names if not SAFE_NAME.fullmatch(name)]
@@ -138,13 +141,18 @@ def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
     """Fill in LLM Ops' defaults (model, dtype, names, chat template, drain, quiet polls); `args` as vLLM's server
     takes them."""
     from llm_ops.models.default import ensure_default_model
+    from llm_ops.models.embedding import ensure_embedding_model
     from llm_ops.prompts.chat_template import jinja_chat_template
     from llm_ops.prompts.conversation import get_conv_template
 
     args.served_model_name = served_names(args)
+    embeds = options.kind == "embedding"
+    if embeds:
+        args.runner = "pooling"
     if args.model is None:
-        args.model = str(ensure_default_model())
-        args.dtype = "float32" if args.dtype == "auto" else args.dtype  # bfloat16 garbles this model
+        args.model = str(ensure_embedding_model() if embeds else ensure_default_model())
+        # bfloat16 garbles the chat model; half precision makes the embedding model 4x slower on a CPU
+        args.dtype = "float32" if args.dtype == "auto" else args.dtype
     if options.conv_template is not None:
         if args.chat_template is not None:
             raise ConfigurationError("give either --conv-template or --chat-template, not both")
@@ -199,7 +207,8 @@ def vllm_argv(argv: list[str]) -> list[str]:
             skip_value = "=" not in arg
         else:
             kept.append(arg)
-    resolved = ["--model", args.model, "--dtype", args.dtype, "--served-model-name", *args.served_model_name]
+    resolved = ["--model", args.model, "--dtype", args.dtype, "--runner", args.runner]
+    resolved += ["--served-model-name", *args.served_model_name]
     template = ["--chat-template", args.chat_template] if args.chat_template else []
     return [*kept, *resolved, *template, "--shutdown-timeout", str(args.shutdown_timeout)]
 

@@ -37,6 +37,7 @@ from llm_ops.access import (
     PublicRoutes,
     RequireApiKey,
     api_keys_from_environment,
+    refusal,
     service_headers,
     service_key_from_environment,
 )
@@ -44,6 +45,7 @@ from llm_ops.controller.client import ControllerClient
 from llm_ops.logs import RequestId
 from llm_ops.prompts.chat_template import matching_conv_template, render_chat
 from llm_ops.prompts.conversation import get_conv_template
+from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.settings import ConfigurationError
 from llm_ops.worker import vllm_api
 from llm_ops.worker.admission import Admission, AdmitGeneration
@@ -53,6 +55,8 @@ from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.state import WorkerState, worker_state
 
 logger = logging.getLogger(__name__)
+# vLLM serves these for one kind of model only (text generation, or embeddings); the other kind answers in a sentence.
+ONE_KIND_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 class LLMOpsPlugin:
@@ -63,6 +67,9 @@ class LLMOpsPlugin:
         options = worker_options(vllm_api.server_args(app))
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
+        served = {getattr(route, "path", None) for route in app.routes}
+        for path in sorted(ONE_KIND_ROUTES - served):  # a generating model's /v1/embeddings, an embedding one's chats
+            app.add_api_route(path, not_served, methods=["POST"])
         app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission)
         app.add_middleware(LimitBody, max_bytes=options.max_body_bytes)
         app.add_middleware(PublicRoutes)
@@ -126,6 +133,19 @@ def _matching_template(tokenizer: Any, chat_template: str | None) -> str | None:
 
 def _stop_strings(stop: str | list[str] | None) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop or [])
+
+
+async def not_served(raw: Request) -> JSONResponse:
+    """What vLLM answers with a bare 404 for a route of the other kind of model, said in a sentence."""
+    state = worker_state(raw)
+    embeds = vllm_api.embedding_handler(raw.app) is not None
+    kind, asked = (
+        ("an embedding model", "/v1/embeddings")
+        if embeds
+        else ("a text generation model", "/v1/chat/completions or /v1/completions")
+    )
+    message = f"{', '.join(state.model_names)} is {kind}: it does not answer {raw.url.path}; ask it {asked}"
+    return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message))
 
 
 async def health(raw: Request) -> JSONResponse:

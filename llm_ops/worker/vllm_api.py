@@ -20,6 +20,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
+import json
 import logging
 from argparse import Namespace
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,7 @@ ENGINE_PROCESS_PREFIX = "VLLM"  # PROCESS_PREFIX_VARIABLE's default: `llm-ops be
 # The parsed `vllm serve` flags LLM Ops reads or fills in (llm_ops.worker.launch, llm_ops.worker.plugin).
 SERVE_ARGS = (
     "model",
+    "runner",
     "model_tag",
     "served_model_name",
     "chat_template",
@@ -149,6 +151,8 @@ NAMES = (
     Name("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat", ("create_chat_completion",)),
     Name("vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion", ("create_completion",)),
     Name("vllm.entrypoints.serve.tokenize.serving", "ServingTokenization", ("create_tokenize",)),
+    Name("vllm.entrypoints.pooling.embed.serving", "ServingEmbedding", ("__call__",)),
+    Name("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest"),
     Name("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
     Name("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
     Name("vllm.entrypoints.serve.tokenize.protocol", "TokenizeCompletionRequest"),
@@ -181,6 +185,7 @@ TEXTS = (
     Text("vllm.entrypoints.generate.api_router", "state.openai_serving_chat ="),
     Text("vllm.entrypoints.generate.api_router", "state.openai_serving_completion ="),
     Text("vllm.entrypoints.launchers.api_server.app_state", "state.serving_tokenization ="),
+    Text("vllm.entrypoints.pooling.factories", "state.serving_embedding ="),
     Text("vllm.renderers.params", CONTEXT_OVERFLOW_TEXT),
 )
 
@@ -378,6 +383,28 @@ async def openai_answer(handler: Any, body: dict[str, Any], raw: Request, chat: 
         raise
     except (VLLMError, ValueError, TypeError, OverflowError) as error:  # what vLLM's exception handlers answer
         return create_error_response(error)
+
+
+def embedding_handler(app: FastAPI) -> Any:
+    """vLLM's embedding serving handler; None when the model embeds no text (it generates)."""
+    return getattr(app.state, "serving_embedding", None)
+
+
+async def embedding_answer(handler: Any, body: dict[str, Any], raw: Request) -> Any:
+    """`handler`'s answer to an OpenAI embeddings `body`, as the JSON /v1/embeddings answers, or an `ErrorResponse`.
+    pydantic's `ValidationError` is the caller's to answer."""
+    from pydantic import TypeAdapter
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+    from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
+    from vllm.exceptions import VLLMError
+
+    try:
+        response = await handler(TypeAdapter(EmbeddingRequest).validate_python(body), raw)
+    except ValidationError:
+        raise
+    except (VLLMError, ValueError, TypeError, OverflowError) as error:
+        return create_error_response(error)
+    return json.loads(response.body)
 
 
 def error_of(answer: Any) -> tuple[int, str] | None:

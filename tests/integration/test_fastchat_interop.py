@@ -17,7 +17,8 @@ import openai
 import pytest
 
 from llm_ops.bench.vllm_server import service_argv
-from llm_ops.settings import DEFAULT_SERVICE
+from llm_ops.models.embedding import ensure_embedding_model
+from llm_ops.settings import DEFAULT_EMBEDDING_SERVICE, DEFAULT_SERVICE
 from tests.conftest import free_port, wait_until, wait_until_serving
 from tests.integration.conftest import COMPOSE_FILE, HEART_BEAT_EXPIRATION, SERVICE_KEY, Stack
 
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 # A worker configured as the default model service is (the tokenizer's chat template, no --conv-template),
 # under a name of its own and without API keys: FastChat's components send none.
 FASTCHAT_MODEL = "SmolLM2-for-fastchat"
+FASTCHAT_EMBEDDING_MODEL = "all-MiniLM-L6-v2-for-fastchat"  # the packaged embedding model's service, the same way
 START_TIMEOUT = 600.0
 FASTCHAT_WORKER = "http://127.0.0.1:1/fastchat-worker"
 # FastChat's OpenAI server runs from a venv of its own, with pydantic 1 (scripts/install.sh says why).
@@ -45,11 +47,24 @@ def fastchat_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
     controller (with the stack's service key): an engine of its own, because FastChat's components send no
     API key and the stack's workers require one. FastChat's server renders prompts itself with the
     `Conversation` the worker names."""
-    log = tmp_path_factory.mktemp("fastchat-worker") / "worker.log"
+    yield from keyless_worker(stack, DEFAULT_SERVICE, FASTCHAT_MODEL, tmp_path_factory.mktemp("fastchat-worker"))
+
+
+@pytest.fixture(scope="module")
+def fastchat_embedding_worker(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same for the packaged embedding model's service."""
+    directory = tmp_path_factory.mktemp("fastchat-embedding-worker")
+    yield from keyless_worker(stack, DEFAULT_EMBEDDING_SERVICE, FASTCHAT_EMBEDDING_MODEL, directory)
+
+
+def keyless_worker(stack: Stack, service_name: str, served_name: str, directory: Path) -> Iterator[str]:
+    """A worker of the compose service `service_name` under `served_name`, without API keys, registered with the
+    stack's controller; stopped at the end."""
+    log = directory / "worker.log"
     port = free_port()
-    service = service_argv(COMPOSE_FILE, DEFAULT_SERVICE)  # the flags after it win
+    service = service_argv(COMPOSE_FILE, service_name)  # the flags after it win
     command = [
-        sys.executable, "-m", "llm_ops", "worker", *service, "--port", str(port), "--served-model-name", FASTCHAT_MODEL,
+        sys.executable, "-m", "llm_ops", "worker", *service, "--port", str(port), "--served-model-name", served_name,
         "--controller-address", stack.controller_url, "--heart-beat-interval", "1",
     ]  # fmt: skip
     environment = {name: value for name, value in os.environ.items() if name != "LLM_OPS_API_KEYS"}
@@ -142,6 +157,21 @@ def test_fastchats_stream_reader_reads_our_workers_stream(fastchat_worker: str, 
     texts = json.loads(output.read_text())
     assert len(texts) > 3 and all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # cumulative
     assert "Paris" in texts[-1]
+
+
+def test_fastchats_openai_server_serves_embeddings_from_our_embedding_worker(
+    fastchat_api: str, fastchat_embedding_worker: str
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["The capital of France is Paris.", "A dragon learns to fly."]
+    client = openai.OpenAI(base_url=fastchat_api, api_key="none", max_retries=0)
+    answer = client.embeddings.create(model=FASTCHAT_EMBEDDING_MODEL, input=texts)
+    reference = SentenceTransformer(str(ensure_embedding_model()), device="cpu").encode(texts)
+    for item, expected in zip(answer.data, reference, strict=True):
+        assert len(item.embedding) == len(expected) == 384
+        assert sum(a * float(b) for a, b in zip(item.embedding, expected, strict=True)) >= 0.999  # both unit length
+    assert answer.usage.prompt_tokens > 2 * len(texts)
 
 
 def test_fastchats_server_lists_what_our_controller_knows(fastchat_api: str) -> None:

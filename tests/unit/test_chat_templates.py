@@ -16,7 +16,8 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from llm_ops.models.default import FOLDER_NAME, default_cache_dir
+from llm_ops.models.default import FOLDER_NAME
+from llm_ops.models.packaged import default_cache_dir
 from llm_ops.prompts.chat_template import jinja_chat_template, matching_conv_template
 from llm_ops.prompts.conversation import Conversation, SeparatorStyle, conv_template_names, get_conv_template
 from llm_ops.prompts.conversation import fastchat_prompt as render_conversation

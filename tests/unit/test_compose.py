@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_ops.frontdoor.compose import ComposeError, interpolate, load_compose
+from llm_ops.frontdoor.compose import START_SCRIPTS, ComposeError, interpolate, load_compose
 from llm_ops.settings import DEFAULT_SERVICE
 
 COMPOSE_FILE = Path(__file__).parents[2] / "docker-compose.yml"
@@ -39,7 +39,7 @@ def test_a_model_services_worker_flags_are_its_command_after_its_start_scripts_o
     args = service.worker_args(start_script_args=["--port", "21002"])
     assert args.port == 21002
     assert args.served_model_name == ["SmolLM2-135M-Instruct"] and args.enable_auto_tool_choice
-    assert service.start_script.name in ("start_chat.sh", "start_completion.sh") and service.start_script.is_file()
+    assert service.start_script.name in START_SCRIPTS and service.start_script.is_file()
 
 
 def test_a_service_the_file_does_not_have_is_an_error_naming_the_ones_it_has() -> None:

@@ -18,10 +18,10 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from llm_ops.frontdoor.compose import ROUTER_SERVICE, ModelService, interpolate, load_compose
+from llm_ops.frontdoor.compose import ROUTER_SERVICE, START_SCRIPTS, ModelService, interpolate, load_compose
 from llm_ops.frontdoor.traefik import labels_to_dynamic_config
 from llm_ops.prompts.conversation import conv_template_names
-from llm_ops.settings import DEFAULT_SERVICE, LifecycleSettings
+from llm_ops.settings import DEFAULT_EMBEDDING_SERVICE, DEFAULT_SERVICE, LifecycleSettings
 from llm_ops.worker.launch import CONTAINER_PORT, worker_options
 
 ROOT = Path(__file__).parents[2]
@@ -55,12 +55,13 @@ def test_the_schema_check_refuses_a_compose_file_with_a_misspelled_key(tmp_path:
     assert result.returncode == 1 and "restartt" in result.stdout
 
 
-def test_it_ships_a_chat_model_a_completion_model_and_the_default_model() -> None:
+def test_it_ships_a_chat_model_a_completion_model_the_default_model_and_the_packaged_embedding_model() -> None:
     scripts = {service.name: service.start_script.name for service in MODELS}
     assert scripts == {
         "llama-2-7b-chat": "start_chat.sh",
         "mistral-7b-v0-1": "start_completion.sh",
         DEFAULT_SERVICE: "start_chat.sh",
+        DEFAULT_EMBEDDING_SERVICE: "start_embedding.sh",
     }
     llama = COMPOSE.model("llama-2-7b-chat").worker_args(["--port", str(CONTAINER_PORT)])
     assert worker_options(llama).conv_template == "llama-2"
@@ -190,7 +191,7 @@ def test_two_routers_run_so_that_neither_is_a_single_point_of_failure() -> None:
 
 def test_the_controller_is_internal_and_workers_register_with_it() -> None:
     assert "labels" not in RAW["services"]["controller"] and "ports" not in RAW["services"]["controller"]
-    for script in ("start_chat.sh", "start_completion.sh"):
+    for script in START_SCRIPTS:
         text = (ROOT / script).read_text()
         assert "--controller-address=" in text and "http://controller:21001" in text
     api = RAW["services"]["router"]["command"]

@@ -29,6 +29,7 @@ from llm_ops.worker.launch import (
 def no_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
     """No model is converted or read: the default model is a path, and only a "llama" tokenizer adds a BOS."""
     monkeypatch.setattr("llm_ops.models.default.ensure_default_model", lambda: Path("/cache/SmolLM2-135M-Instruct"))
+    monkeypatch.setattr("llm_ops.models.embedding.ensure_embedding_model", lambda: Path("/cache/all-MiniLM-L6-v2"))
     monkeypatch.setattr("llm_ops.worker.launch.tokenizer_adds_bos", lambda source, args: source.endswith("llama"))
 
 
@@ -158,11 +159,22 @@ def test_vllm_argv_drops_llm_ops_flags_and_writes_out_model_dtype_and_names() ->
         "/cache/SmolLM2-135M-Instruct",
         "--dtype",
         "float32",
+        "--runner",
+        "auto",
         "--served-model-name",
         "SmolLM2-135M-Instruct",
         "--shutdown-timeout",
         "30",
     ]
+
+
+def test_an_embedding_worker_runs_vllms_pooling_runner_on_the_packaged_embedding_model_in_float32() -> None:
+    args = parse_worker_args(["--kind", "embedding"])
+    resolve_defaults(args, worker_options(args))
+    assert args.runner == "pooling" and args.dtype == "float32"
+    assert args.model == "/cache/all-MiniLM-L6-v2" and args.served_model_name == ["all-MiniLM-L6-v2"]
+    flags = vllm_argv(["--kind", "embedding"])
+    assert flags[flags.index("--runner") + 1] == "pooling"
 
 
 def test_a_conv_templates_chat_template_starts_with_bos_when_the_models_tokenizer_adds_one() -> None:

@@ -9,13 +9,20 @@ from pathlib import Path
 import pytest
 
 from llm_ops.frontdoor.compose import ComposeError, ModelService, load_compose
-from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE, StackSettings
+from llm_ops.settings import (
+    DEFAULT_EMBEDDING_MODEL_NAME,
+    DEFAULT_EMBEDDING_SERVICE,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SERVICE,
+    StackSettings,
+)
 from llm_ops.stack import (
     StackProcess,
     controller_command,
     engine_core_sets,
     router_command,
     shell_command,
+    stack_workers,
     usage_banner,
     worker_commands,
     worker_environments,
@@ -49,6 +56,17 @@ def test_replicas_listen_on_consecutive_ports_and_register_under_their_own_addre
     assert {(w.controller_address, w.heart_beat_interval) for w in workers} == {("http://127.0.0.1:2000", 2.0)}
 
 
+def test_by_default_the_packaged_embedding_model_runs_beside_the_chat_models_replicas_on_the_next_port() -> None:
+    workers, names = stack_workers(StackSettings(port=1000, replicas=2), COMPOSE)
+    assert list(workers) == ["worker-1", "worker-2", DEFAULT_EMBEDDING_SERVICE]
+    assert names == [DEFAULT_MODEL_NAME, DEFAULT_EMBEDDING_MODEL_NAME]
+    embedding = workers[DEFAULT_EMBEDDING_SERVICE]
+    assert embedding[len(RESTARTING) + 1] == str(ROOT / "start_embedding.sh")
+    assert parse_worker_args(embedding[len(RESTARTING) + 2 :]).port == 1002
+    alone, _ = stack_workers(StackSettings(also_serve=[]), COMPOSE)
+    assert list(alone) == ["worker"]
+
+
 def test_vllm_flags_given_to_up_win_over_the_services_own() -> None:
     settings = StackSettings(worker_args=["--max-model-len", "2048", "--enforce-eager"], limit_worker_concurrency=3)
     (command,), _ = worker_commands(settings, COMPOSE.model("llama-2-7b-chat"))
@@ -74,10 +92,10 @@ def test_each_replicas_engine_gets_cores_of_its_own(replicas: int, cpus: list[in
 
 def test_one_replica_keeps_vllms_own_core_binding_and_a_users_choice_always_wins() -> None:
     assert engine_core_sets(1, [0, 1]) == [None]
-    assert worker_environments(StackSettings(replicas=1), {"A": "1"}) == [{"A": "1"}]
+    assert worker_environments(1, {"A": "1"}) == [{"A": "1"}]
     chosen = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-    assert worker_environments(StackSettings(replicas=2), chosen) == [chosen, chosen]
-    two = worker_environments(StackSettings(replicas=2), {})
+    assert worker_environments(2, chosen) == [chosen, chosen]
+    two = worker_environments(2, {})
     cores = {environment["VLLM_CPU_OMP_THREADS_BIND"] for environment in two}
     assert len(cores) == min(2, len(os.sched_getaffinity(0)))
 
@@ -118,12 +136,12 @@ def test_an_unknown_service_is_refused_with_the_ones_there_are() -> None:
 
 
 def test_without_api_keys_the_stack_says_loudly_that_it_is_open() -> None:
-    banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset())
+    banner = usage_banner(StackSettings(), [DEFAULT_MODEL_NAME], Path("ca.pem"), frozenset())
     assert "WARNING: NO API KEYS ARE CONFIGURED" in banner and "Authorization" not in banner
 
 
 def test_with_api_keys_the_banner_shows_where_a_key_goes_but_never_a_key() -> None:
-    banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset({"sk-secret-1", "sk-2"}))
+    banner = usage_banner(StackSettings(), [DEFAULT_MODEL_NAME], Path("ca.pem"), frozenset({"sk-secret-1", "sk-2"}))
     assert "2 configured" in banner and banner.count("Authorization: Bearer YOUR_KEY") == 2
     assert "sk-" not in banner and "WARNING" not in banner
 
@@ -153,5 +171,5 @@ def test_each_process_runs_in_a_process_group_of_its_own_in_the_stacks_session_r
 
 
 def test_the_banner_gives_the_playgrounds_address() -> None:
-    banner = usage_banner(StackSettings(), DEFAULT_MODEL_NAME, Path("ca.pem"), frozenset())
+    banner = usage_banner(StackSettings(), [DEFAULT_MODEL_NAME], Path("ca.pem"), frozenset())
     assert "the playground: https://localhost:8443/\n" in banner

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from llm_ops.frontdoor.compose import START_SCRIPTS
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
@@ -26,7 +28,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("script", ["start_chat.sh", "start_completion.sh"])
+@pytest.mark.parametrize("script", ["start_chat.sh", "start_completion.sh", "start_embedding.sh"])
 def test_a_model_path_that_does_not_exist_is_refused_at_once(script: str) -> None:
     result = run_script(script, "--model=../root/.cache/huggingface/Llama-2-7b-chat", "--tensor-parallel-size=2")
     assert result.returncode == 1
@@ -71,6 +73,6 @@ def test_bad_arguments_are_refused_with_the_flag_named(args: list[str], message:
     assert result.returncode != 0 and message in result.stderr
 
 
-@pytest.mark.parametrize(("script", "kind"), [("start_chat.sh", "chat"), ("start_completion.sh", "completion")])
+@pytest.mark.parametrize(("script", "kind"), START_SCRIPTS.items())
 def test_each_script_starts_the_worker_kind_it_is_named_for(script: str, kind: str) -> None:
     assert f"exec llm-ops worker --kind={kind} --port=21002 " in (ROOT / script).read_text()

@@ -380,5 +380,22 @@ async def test_a_model_that_does_not_generate_text_refuses_fastchat_generation_w
     async with asgi_client(app) as client:
         for body in (chat(), completion()):
             response = await client.post("/api/worker_generate", json=body)
-            assert response.status_code == 400 and response.json()["text"] == "this model does not generate text"
+            assert response.status_code == 400 and "is an embedding model: it does not generate text" in response.text
     assert vllm.requests == []
+
+
+async def test_a_text_generation_model_refuses_embeddings_with_a_sentence_on_both_apis(vllm: FakeVllm) -> None:
+    app = await fake_worker(vllm)
+    async with asgi_client(app) as client:
+        fastchat = await client.post("/api/worker_get_embeddings", json={"input": ["x"]})
+        openai = await client.post("/v1/embeddings", json={"model": "fake-model", "input": "x"})
+    assert fastchat.status_code == 400 and "generates text, it does not embed it" in fastchat.json()["text"]
+    assert openai.status_code == 400 and "is a text generation model" in openai.json()["error"]["message"]
+    assert vllm.requests == []
+
+
+async def test_an_embeddings_request_without_input_is_refused_before_the_engine(vllm: FakeVllm) -> None:
+    app = await fake_worker(vllm)
+    async with asgi_client(app) as client:
+        response = await client.post("/api/worker_get_embeddings", json={"input": [], "model": "fake-model"})
+    assert response.status_code == 400 and response.json()["error_code"] == 40001 and "input" in response.json()["text"]

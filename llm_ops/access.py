@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -52,7 +53,11 @@ OPENAI_ROUTES = frozenset(
 WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
 # At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
 MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
-# The routes that run the engine: admitted by the worker, counted against a replica's slots by the router.
+# vLLM's Responses API (OpenAI's) and Anthropic's Messages API, on generate models.
+RESPONSES_ROUTE, MESSAGES_ROUTE = "/v1/responses", "/v1/messages"
+RESPONSES_AND_MESSAGES_ROUTES = frozenset({RESPONSES_ROUTE, MESSAGES_ROUTE, MESSAGES_ROUTE + "/count_tokens"})
+# The routes that run the engine (a new response or message is a generation, like a chat): admitted by the
+# worker, counted against a replica's slots by the router.
 GENERATION_ROUTES = frozenset(
     {
         "/api/worker_generate",
@@ -61,8 +66,31 @@ GENERATION_ROUTES = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        RESPONSES_ROUTE,
+        MESSAGES_ROUTE,
     }
 )
+# A stored response's routes, by method: the id is in the path (`response_id`; in vLLM, POST
+# /v1/responses/render is another route, private, which a path pattern alone would open).
+STORED_RESPONSE_ROUTES = (
+    ("GET", re.compile(r"/v1/responses/(?P<response_id>[^/]+)")),
+    ("POST", re.compile(r"/v1/responses/(?P<response_id>[^/]+)/cancel")),
+)
+
+
+def stored_response_id(method: str, path: str) -> str | None:
+    """The response id in the path of a stored response's route; None for any other route."""
+    for route_method, pattern in STORED_RESPONSE_ROUTES:
+        matched = pattern.fullmatch(path)
+        if matched and method == route_method:
+            return matched["response_id"]
+    return None
+
+
+def is_public(method: str, path: str) -> bool:
+    """Whether a worker answers `method path` (else 404: vLLM's other routes stay private)."""
+    named = (FASTCHAT_ROUTES, OPENAI_ROUTES, RESPONSES_AND_MESSAGES_ROUTES, PROBES)
+    return any(path in routes for routes in named) or stored_response_id(method, path) is not None
 
 
 def refusal(scope: Scope, error: RequestError) -> JSONResponse:
@@ -189,14 +217,15 @@ class LimitBody:
 
 
 class PublicRoutes:
-    """A worker's routes: FastChat's, the OpenAI ones LLM Ops documents, and the probes; 404 for the rest."""
+    """A worker's routes: FastChat's, the OpenAI and Anthropic ones LLM Ops documents, and the probes; 404 for
+    the rest."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if path and not (path in FASTCHAT_ROUTES or path in OPENAI_ROUTES or path in PROBES):
+        if path and not is_public(scope["method"], path):
             message = f"no such endpoint: {scope['method']} {path}"
             error = RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message, 404)
             await refusal(scope, error)(scope, receive, send)

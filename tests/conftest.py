@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
+import shlex
 import socket
 import ssl
 import subprocess
@@ -21,6 +23,9 @@ import httpx
 import pytest
 
 LOG_TAIL = 5000  # characters of a process's log shown when it exited too early
+README = Path(__file__).parents[1] / "README.md"
+README_CA = ".llm-ops/tls/ca.pem"
+README_BASE_URL = "https://localhost:8443"
 ENGINE_PROCESS = "VLLM::Worker"  # the process whose threads run the model (vLLM sets its title)
 
 
@@ -150,3 +155,25 @@ def wait_until_serving(
     return wait_until(
         lambda: still_running(process, log_file) and answers(url, method), timeout, f"{url} to answer", interval
     )
+
+
+def readme_curl_examples() -> list[str]:
+    """The README's curl commands, as written there (bash code blocks that start with `curl`)."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    return [block.strip() for block in blocks if block.startswith("curl ")]
+
+
+def pointed_at(example: str, door: FrontDoor, endpoint: str | None = None) -> str:
+    """`example` with the front door's address, its CA and its key (and `endpoint` in place of the one written)."""
+    command = example.replace(README_CA, shlex.quote(str(door.ca_file)))
+    command = command.replace(README_BASE_URL, door.base_url)
+    if endpoint is not None:
+        command = re.sub(r"/worker_generate(_stream)?\b", endpoint, command)
+    authorization = shlex.quote(f"Authorization: Bearer {door.api_key}")
+    return command.replace("curl ", f"curl --fail-with-body --silent --show-error -H {authorization} ", 1)
+
+
+def run_bash(command: str) -> str:
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120)
+    assert done.returncode == 0, f"{command}\nexit {done.returncode}: {done.stderr.decode()} {done.stdout[-500:]!r}"
+    return done.stdout.decode()

@@ -9,10 +9,14 @@ router in front of the workers refuses in the same shape as the workers behind i
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastchat.constants import ErrorCode
 from pydantic import BaseModel
 
 __all__ = [
+    "AnthropicError",
+    "AnthropicErrorEvent",
     "ErrorCode",
     "ErrorResponse",
     "OpenAIError",
@@ -62,6 +66,18 @@ class OpenAIErrorResponse(BaseModel):
     """vLLM's `ErrorResponse` as it goes over the wire."""
 
     error: OpenAIError
+
+
+class AnthropicError(BaseModel):
+    type: str  # Anthropic's: "api_error" for a failure of the server, ...
+    message: str
+
+
+class AnthropicErrorEvent(BaseModel):
+    """An error in a stream of Anthropic's Messages API (`event: error`), as vLLM's server sends one."""
+
+    type: Literal["error"] = "error"
+    error: AnthropicError
 
 
 class RequestError(Exception):

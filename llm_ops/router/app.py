@@ -4,6 +4,8 @@ Routes (Traefik terminates TLS and applies keys and rate limits in front):
 - `/api/<model>/<FastChat route>` (`worker_generate_stream`, ...) to a replica's `/api/<route>`;
 - `/api/<model>/v1/...`, `/api/<model>/tokenize`, `/api/<model>/detokenize` to a replica's `/v1/...`, ...;
 - `/v1/...`, `/tokenize`, `/detokenize` to a replica of the model the body names;
+- `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`, and a new response's `previous_response_id`:
+  to the replica holding that stored response, which its id names (`llm_ops.router.stored`);
 - `GET /v1/models`: the model cards of every admitted replica, from the router's own state;
 - `GET /replicas`: what the router knows of each replica (not routed by Traefik: for operators and tests);
 - `GET /`: the playground (`llm_ops.playground`), a page that talks to /v1 from a browser.
@@ -60,7 +62,13 @@ async def by_path(request: Request) -> Response:
     """`/api/<model>/<route>`: the model is the path's."""
     model, route = request.path_params["model"], request.path_params["route"]
     path = f"/{route}" if route.startswith(MODEL_OPENAI_ROUTES) else f"/api/{route}"
-    routed = RoutedRequest(model, path, await request.body())
+    routed = RoutedRequest(model, path, await request.body(), request.url.query)
+    return await router_of(request).forward(routed, request.method, dict(request.headers), request.receive)
+
+
+async def by_response_id(request: Request) -> Response:
+    """`GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: no model, the id names the replica."""
+    routed = RoutedRequest("", request.url.path, await request.body(), request.url.query)
     return await router_of(request).forward(routed, request.method, dict(request.headers), request.receive)
 
 
@@ -155,6 +163,8 @@ def create_router_app(
     # No redirects: /api/<name> is no route (404), not a redirect to /api/<name>/.
     app = FastAPI(title="LLM Ops router", lifespan=lifespan, redirect_slashes=False)
     app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/responses/{response_id}", by_response_id, methods=["GET"])
+    app.add_api_route("/v1/responses/{response_id}/cancel", by_response_id, methods=["POST"])
     for path in ("/v1/{path:path}", "/tokenize", "/detokenize"):
         app.add_api_route(path, by_body, methods=["POST"])
     app.add_api_route("/api/{model}/{route:path}", by_path, methods=["GET", "POST"])

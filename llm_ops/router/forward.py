@@ -6,6 +6,9 @@ engine died), is set aside and another one is tried: nothing has reached the cli
 tried twice for one request. Once the answer has started it is never retried; if the worker breaks
 mid-answer, the stream ends with an error event in the route's format and the replica is set aside.
 
+A request that names a stored response (`llm_ops.router.stored`) goes to the replica holding it, and only
+there: if that one fails, the client gets 503, as no other replica could answer.
+
 Generation requests count against a replica's running slots: when every replica of the model is full,
 the router answers 429 with Retry-After at once (nothing waits here). A client that leaves closes the
 connection to the worker, which aborts the generation there.
@@ -25,10 +28,11 @@ import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llm_ops.access import GENERATION_ROUTES, unless_client_leaves
+from llm_ops.access import GENERATION_ROUTES, MESSAGES_ROUTE, RESPONSES_ROUTE, unless_client_leaves
 from llm_ops.logs import request_id_headers
-from llm_ops.protocol.errors import ErrorCode, Overloaded, RequestError
+from llm_ops.protocol.errors import AnthropicError, AnthropicErrorEvent, ErrorCode, Overloaded, RequestError
 from llm_ops.protocol.framing import encode_chunk
+from llm_ops.router import stored
 from llm_ops.router.policy import Policy, RoutedRequest
 from llm_ops.router.replicas import Replica, Replicas
 
@@ -51,17 +55,21 @@ class Router:
         worker has not answered yet (a request that does not stream answers only at its end)."""
         sent_headers = {name: value for name, value in headers.items() if name in PASSED_ON} | request_id_headers()
         counted = request.path in GENERATION_ROUTES
+        holder = self.holder(request, method, counted)
         tried: list[Replica] = []
         while True:
-            replica = self.choose(request, tried, counted)
+            replica = holder or self.choose(request, tried, counted)
             tried.append(replica)
             ended = self._start(request, replica) if counted else _nothing
-            sending = self._send(method, f"{replica.url}{request.path}", request.body, sent_headers)
+            url = f"{replica.url}{request.path}" + (f"?{request.query}" if request.query else "")
+            sending = self._send(method, url, stored.body_for(request, replica.url), sent_headers)
             try:
                 answer = await unless_client_leaves(sending, receive, _close)
             except UNREACHABLE as error:
                 ended()
                 replica.set_aside(f"{error!r}")
+                if holder:
+                    raise _holder_failed(request, method, "cannot be reached") from None
                 continue
             except BaseException:
                 ended()
@@ -73,6 +81,8 @@ class Router:
                 answer.close()
                 ended()
                 replica.set_aside("it answered 503")
+                if holder:
+                    raise _holder_failed(request, method, "answered 503 (it is shutting down, or its engine died)")
                 continue
             logger.info("%s for %s: %s answered %d", request.path, request.model, replica.url, answer.status)
             return RelayedAnswer(answer, replica, request.path, ended)
@@ -104,6 +114,27 @@ class Router:
             message = f"no replica of {request.model} is healthy at the moment; try again"
         raise RequestError(ErrorCode.CONTROLLER_NO_WORKER, message)
 
+    def holder(self, request: RoutedRequest, method: str, counted: bool) -> Replica | None:
+        """The replica holding the stored response `request` names, admitted or not: no other could answer.
+        None for a request that names none, or names one by an id the router did not make and has a model
+        to be routed by; `RequestError` (404) when no replica the router knows carries the id's tag."""
+        response_id = stored.named_response(request, method)
+        if response_id is None:
+            return None
+        tag = stored.tag_in(response_id)
+        if tag is None and request.model:
+            return None
+        if not self.replicas.listed:
+            message = "the router has not heard from the controller yet: try again in a moment"
+            raise RequestError(ErrorCode.CONTROLLER_NO_WORKER, message)
+        holders = [replica for replica in self.replicas if tag is not None and stored.tag_of(replica.url) == tag]
+        if not holders:
+            raise RequestError(ErrorCode.VALIDATION_TYPE_ERROR, _not_held(response_id, tag), 404, _param(request))
+        if counted and not holders[0].has_room:
+            message = f"the replica holding response {response_id} is at capacity: retry after a moment"
+            raise Overloaded(message, RETRY_AFTER)
+        return holders[0]
+
     def _start(self, request: RoutedRequest, replica: Replica) -> Callable[[], None]:
         """Count the request on `replica`; returns what ends it (once, however often it is called)."""
         replica.in_flight += 1
@@ -122,6 +153,28 @@ class Router:
 
 def _nothing() -> None:
     pass
+
+
+def _param(request: RoutedRequest) -> str:
+    return "previous_response_id" if request.path == RESPONSES_ROUTE else "response_id"
+
+
+def _not_held(response_id: str, tag: str | None) -> str:
+    if tag is None:
+        return (
+            f"no replica is known to hold response {response_id}: its id was not made by LLM Ops' router (a "
+            "`request_id` the client chose), so the router cannot tell which replica stored it"
+        )
+    return (
+        f"no replica holds response {response_id}: it was made by a replica that has since gone (stopped, or "
+        "restarted at another address), and a stored response lives only in the memory of the replica that made it"
+    )
+
+
+def _holder_failed(request: RoutedRequest, method: str, what: str) -> RequestError:
+    response_id = stored.named_response(request, method)
+    message = f"the replica holding response {response_id} {what}; no other replica holds it: try again later"
+    return RequestError(ErrorCode.CONTROLLER_NO_WORKER, message, param=_param(request))
 
 
 async def _close(answer: aiohttp.ClientResponse) -> None:
@@ -161,6 +214,9 @@ class RelayedAnswer(StreamingResponse):
         failure = RequestError(ErrorCode.INTERNAL_ERROR, message, 502)
         if self.path == "/api/worker_generate_stream":
             return encode_chunk(failure.to_response())
-        if self.answer.headers.get("content-type", "").startswith("text/event-stream"):
-            return b"data: " + failure.to_openai().model_dump_json().encode() + b"\n\n"
-        return b""
+        if not self.answer.headers.get("content-type", "").startswith("text/event-stream"):
+            return b""
+        if self.path == MESSAGES_ROUTE:  # Anthropic's clients skip an event without a name
+            event = AnthropicErrorEvent(error=AnthropicError(type="api_error", message=message))
+            return b"event: error\ndata: " + event.model_dump_json().encode() + b"\n\n"
+        return b"data: " + failure.to_openai().model_dump_json().encode() + b"\n\n"

@@ -24,6 +24,7 @@ class RoutedRequest:
     model: str
     path: str  # the worker's: /v1/chat/completions, /api/worker_generate_stream, ...
     body: bytes
+    query: str = ""  # the client's query string, passed on (GET /v1/responses/{id}?stream=true)
 
     @cached_property
     def document(self) -> dict[str, Any]:

@@ -178,14 +178,19 @@ def tokenizer_adds_bos(tokenizer_source: str, args: Namespace) -> bool:
 
 
 def server_environment(options: WorkerOptions, environ: dict[str, str]) -> dict[str, str]:
-    """The environment vLLM's server runs in: the plugin enabled, keep-alive and KV cache set."""
+    """The environment vLLM's server runs in: the plugin enabled, keep-alive and KV cache set, stored responses
+    on (unless `environ` says otherwise)."""
     plugins = [name for name in environ.get(vllm_api.PLUGINS_VARIABLE, "").split(",") if name]
     keep_alive, kv_cache_space = vllm_api.KEEP_ALIVE_VARIABLE, vllm_api.KV_CACHE_SPACE_VARIABLE
+    store = vllm_api.RESPONSES_STORE_VARIABLE
     return environ | {
         vllm_api.PLUGINS_VARIABLE: ",".join(dict.fromkeys([*plugins, PLUGIN_NAME])),
         keep_alive: environ.get(keep_alive, str(KEEP_ALIVE_SECONDS)),
         # Without this the CPU build reserves most of the machine's memory for its KV cache.
         kv_cache_space: environ.get(kv_cache_space, str(options.kv_cache_space_gib)),
+        # The Responses API's `previous_response_id` and GET /v1/responses/{id} need the response stored; the
+        # router sends them to the replica that stored it (llm_ops.router.stored). See docs/operations.md.
+        store: environ.get(store, "1"),
         # vLLM's SageMaker routes import a package that sets the root logger and its handlers to this level
         # (ERROR unless set): LLM Ops' own INFO lines (one per FastChat request, registration) would vanish.
         "SAGEMAKER_CONTAINER_LOG_LEVEL": environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "INFO"),

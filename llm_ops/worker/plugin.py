@@ -32,6 +32,8 @@ from starlette.datastructures import State
 
 from llm_ops.access import (
     GENERATION_ROUTES,
+    MESSAGES_ROUTE,
+    RESPONSES_ROUTE,
     WORKER_SERVICE_PATHS,
     LimitBody,
     PublicRoutes,
@@ -55,8 +57,9 @@ from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.state import WorkerState, worker_state
 
 logger = logging.getLogger(__name__)
-# vLLM serves these for one kind of model only (text generation, or embeddings); the other kind answers in a sentence.
-ONE_KIND_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# vLLM serves these for one kind of model only; a model of the other kind answers them in a sentence.
+EMBEDDING_ROUTES = frozenset({"/v1/embeddings"})
+TEXT_GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", RESPONSES_ROUTE, MESSAGES_ROUTE})
 
 
 class LLMOpsPlugin:
@@ -68,7 +71,8 @@ class LLMOpsPlugin:
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
         served = {getattr(route, "path", None) for route in app.routes}
-        for path in sorted(ONE_KIND_ROUTES - served):  # a generating model's /v1/embeddings, an embedding one's chats
+        other_kinds = TEXT_GENERATION_ROUTES if served >= EMBEDDING_ROUTES else EMBEDDING_ROUTES
+        for path in sorted(other_kinds - served):
             app.add_api_route(path, not_served, methods=["POST"])
         app.add_middleware(AdmitGeneration, paths=GENERATION_ROUTES, admission_of=_admission)
         app.add_middleware(LimitBody, max_bytes=options.max_body_bytes)

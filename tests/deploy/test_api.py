@@ -6,45 +6,20 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import wait_until
-from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, PROJECT, ROOT, Deployment
+from tests.conftest import pointed_at, readme_curl_examples, run_bash, wait_until
+from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, PROJECT, Deployment
 from tests.integration.conftest import CAPITAL_QUESTION, MODEL, chat, completion
 
 pytestmark = pytest.mark.deploy
-README = ROOT / "README.md"
-README_CA = ".llm-ops/tls/ca.pem"
-README_BASE_URL = "https://localhost:8443"
 WORKER_ENDPOINTS = ("/worker_generate", "/worker_generate_stream")
-
-
-def readme_curl_examples() -> list[str]:
-    """The README's curl commands, as written there (bash code blocks that start with `curl`)."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    return [block.strip() for block in blocks if block.startswith("curl ")]
-
-
-def pointed_at(example: str, deployment: Deployment, endpoint: str | None = None) -> str:
-    """`example` with the deployment's address, its CA and its key (and `endpoint` in place of the one written)."""
-    command = example.replace(README_CA, shlex.quote(str(deployment.ca_file)))
-    command = command.replace(README_BASE_URL, deployment.base_url)
-    if endpoint is not None:
-        command = re.sub(r"/worker_generate(_stream)?\b", endpoint, command)
-    authorization = shlex.quote(f"Authorization: Bearer {deployment.api_key}")
-    return command.replace("curl ", f"curl --fail-with-body --silent --show-error -H {authorization} ", 1)
-
-
-def run_bash(command: str) -> str:
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120)
-    assert done.returncode == 0, f"{command}\nexit {done.returncode}: {done.stderr.decode()} {done.stdout[-500:]!r}"
-    return done.stdout.decode()
 
 
 def answers_of(output: str) -> list[dict[str, object]]:
@@ -52,14 +27,32 @@ def answers_of(output: str) -> list[dict[str, object]]:
     return [json.loads(chunk) for chunk in re.split(r"[\0\n]+", output) if chunk.strip()]
 
 
+FASTCHAT_EXAMPLES = [example for example in readme_curl_examples() if "/worker_generate" in example]
+API_EXAMPLES = [e for e in readme_curl_examples() if "/v1/responses" in e or "/v1/messages" in e]
+
+
 @pytest.mark.parametrize("endpoint", [None, *WORKER_ENDPOINTS], ids=["as written", "whole", "streamed"])
-@pytest.mark.parametrize("example", readme_curl_examples(), ids=["chat", "completion"])
+@pytest.mark.parametrize("example", FASTCHAT_EXAMPLES, ids=["chat", "completion"])
 def test_the_readmes_curl_examples_answer_through_the_containers(
     deployed: Deployment, example: str, endpoint: str | None
 ) -> None:
     answers = answers_of(run_bash(pointed_at(example, deployed, endpoint)))
     assert answers and all(answer["error_code"] == 0 for answer in answers), answers
     assert answers[-1]["finish_reason"] in ("stop", "length") and str(answers[-1]["text"]).strip()
+
+
+@pytest.mark.parametrize("example", API_EXAMPLES, ids=["responses", "messages"])
+def test_the_readmes_responses_and_messages_curl_examples_answer_through_the_containers(
+    deployed: Deployment, example: str
+) -> None:
+    answer = json.loads(run_bash(pointed_at(example, deployed)))
+    assert "Paris" in answer_text(answer), answer
+
+
+def answer_text(answer: dict[str, Any]) -> str:
+    """The text of a Responses API answer (its last output item, the message) or of a Messages API one."""
+    content = answer["output"][-1]["content"] if answer.get("object") == "response" else answer["content"]
+    return str(content[0]["text"])
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ unit length.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import openai
 import pytest
 
 from llm_ops.models.embedding import ensure_embedding_model
+from tests.conftest import pointed_at, readme_curl_examples, run_bash
 from tests.integration.conftest import EMBEDDING_MODEL, MODEL, Stack
 
 pytestmark = pytest.mark.integration
@@ -132,8 +134,23 @@ def test_one_text_is_a_list_of_one(stack: Stack, reference: list[list[float]]) -
             "is an embedding model",
         ),
         ("/v1/completions", {"model": EMBEDDING_MODEL, "prompt": "hi"}, "is an embedding model"),
+        ("/v1/responses", {"model": EMBEDDING_MODEL, "input": "hi"}, "is an embedding model"),
+        (
+            "/v1/messages",
+            {"model": EMBEDDING_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            "is an embedding model",
+        ),
     ],
-    ids=["too long", "no input", "dimensions", "chat model", "chat to embedding model", "completion to it"],
+    ids=[
+        "too long",
+        "no input",
+        "dimensions",
+        "chat model",
+        "chat to embedding model",
+        "completion to it",
+        "response from it",
+        "message from it",
+    ],
 )
 def test_a_bad_openai_embedding_request_gets_a_4xx_that_says_why(
     stack: Stack, path: str, body: dict[str, object], says: str
@@ -167,3 +184,11 @@ def test_a_bad_fastchat_embedding_request_gets_a_4xx_with_fastchats_error_code(
     assert 400 <= answer.status_code < 500, answer.text
     assert says in answer.json()["text"] and answer.json()["error_code"] >= 40000
     assert len(answer.json()["text"]) < MAX_TOKENS * 4  # a sentence, not an echo of the input
+
+
+def test_the_readmes_embedding_curl_examples_work_as_written(stack: Stack) -> None:
+    examples = [example for example in readme_curl_examples() if "embeddings" in example]
+    assert len(examples) == 2, examples
+    openai_answer, fastchat_answer = (json.loads(run_bash(pointed_at(example, stack))) for example in examples)
+    assert [len(item["embedding"]) for item in openai_answer["data"]] == [DIMENSIONS, DIMENSIONS]
+    assert [len(vector) for vector in fastchat_answer["embedding"]] == [DIMENSIONS]

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from llm_ops.access import api_keys_from_environment, service_headers
+from llm_ops.access import api_keys_from_environment, is_public, service_headers
 from llm_ops.controller.app import create_controller_app
 from llm_ops.controller.registry import WorkerRegistry
 from llm_ops.router.app import create_router_app
@@ -227,6 +228,78 @@ async def test_a_worker_hides_vllms_admin_and_development_routes(client: httpx.A
 async def test_a_worker_serves_its_documented_routes(client: httpx.AsyncClient, method: str, path: str) -> None:
     response = await client.request(method, path)
     assert response.status_code == 200
+
+
+# What a worker answers of the routes vLLM registers for a generate model; {response_id} stands for any id.
+DOCUMENTED_ROUTES = {
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/{response_id}"),
+    ("POST", "/v1/responses/{response_id}/cancel"),
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+}
+
+
+def test_of_the_routes_vllm_registers_for_a_generate_model_a_worker_answers_only_the_documented_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi import FastAPI
+    from fastapi.routing import APIRoute
+    from vllm.entrypoints.launchers.api_server.routers import register_api_routers
+
+    from llm_ops.worker.vllm_api import server_parser
+
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")  # its development routes too
+    app, args = FastAPI(), server_parser("vllm serve", "").parse_args([])
+    app.state.args = args
+    root = logging.getLogger()
+    level = root.level
+    try:
+        register_api_routers(args, app, ("generate",))
+    finally:
+        root.setLevel(level)  # vLLM's SageMaker routes import a package that sets it (llm_ops.worker.launch)
+    registered = {
+        (method, route.path) for route in app.routes if isinstance(route, APIRoute) for method in route.methods
+    }
+    public = {(method, path) for method, path in registered if is_public(method, path.format(response_id="resp_1"))}
+    assert public == DOCUMENTED_ROUTES
+    assert ("POST", "/v1/responses/render") in registered and ("POST", "/collective_rpc") in registered
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/resp_0123"),
+        ("POST", "/v1/responses/resp_0123/cancel"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/count_tokens"),
+    ],
+)
+async def test_the_responses_and_messages_routes_pass_the_public_routes_check(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.request(method, path, json={"model": "fake-model", "input": "x"})
+    # The fake has none of them: vLLM's router answers, not LLM Ops' "no such endpoint".
+    assert response.status_code == 404 and response.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/responses/render"), ("GET", "/v1/responses/resp_0123/cancel"), ("DELETE", "/v1/responses/r")],
+)
+async def test_beside_a_stored_responses_routes_the_paths_under_responses_stay_private(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == 404 and response.json()["error"]["message"] == f"no such endpoint: {method} {path}"
 
 
 async def test_tokenize_passes_the_public_routes_check(client: httpx.AsyncClient) -> None:

@@ -149,6 +149,13 @@ def test_the_server_environment_enables_the_plugin_once_and_keeps_other_plugins(
     assert server_environment(options, {})["VLLM_PLUGINS"] == "llm_ops"
 
 
+def test_the_server_environment_stores_responses_unless_the_environment_says_otherwise() -> None:
+    options = WorkerOptions()
+    assert server_environment(options, {})["VLLM_ENABLE_RESPONSES_API_STORE"] == "1"
+    kept = server_environment(options, {"VLLM_ENABLE_RESPONSES_API_STORE": "0"})
+    assert kept["VLLM_ENABLE_RESPONSES_API_STORE"] == "0"
+
+
 def test_vllm_argv_drops_llm_ops_flags_and_writes_out_model_dtype_and_names() -> None:
     argv = ["--max-model-len", "512", "--limit-worker-concurrency", "3", "--max-queue-wait=2", "--enforce-eager"]
     argv += ["--controller-address", "http://c:21001", "--kind", "chat"]

@@ -344,6 +344,30 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
     await wait_until_async(stopped, 2, "the broken request stops counting")
 
 
+async def test_a_broken_anthropic_messages_stream_ends_with_anthropics_named_error_event(live_router: Router) -> None:
+    """Anthropic's clients read only named events: an unnamed `data: {"error": ...}` would end the stream silently."""
+    breaking = ScriptedReplica()
+
+    async def broken(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'event: message_start\ndata: {"type": "message_start"}\n\n'
+            await asyncio.sleep(0.1)  # the first event is on its way before the connection breaks
+            raise httpx.ReadError("connection reset")
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    breaking.answer_with("/v1/messages", broken)
+    live_router.add("breaking", breaking)
+    await live_router.admitted("breaking")
+    answer = await live_router.client.post("/v1/messages", json={"model": "fake-model", "stream": True})
+    last = answer.text.rstrip("\n").split("\n\n")[-1]
+    name, data = last.split("\n")
+    assert name == "event: error"
+    error = json.loads(data.removeprefix("data: "))
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert "stopped answering" in error["error"]["message"]
+
+
 async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(live_router: Router) -> None:
     busy, idle = ScriptedReplica(capacity=4), ScriptedReplica(capacity=4)
     busy.running = 3

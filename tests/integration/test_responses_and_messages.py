@@ -124,9 +124,13 @@ def test_a_response_id_no_replica_holds_is_an_openai_not_found_error(client: ope
         client.responses.retrieve("resp_00000000_0123456789abcdef01234567")
 
 
+# The `anthropic` client (2.x) has no `temperature` argument any more; vLLM's Messages API still takes the field.
+GREEDY = {"temperature": 0}
+
+
 def test_a_message_answers_whole(claude: anthropic.Anthropic) -> None:
     message = claude.messages.create(
-        model=MODEL, max_tokens=64, temperature=0, messages=[{"role": "user", "content": QUESTION}]
+        model=MODEL, max_tokens=64, extra_body=GREEDY, messages=[{"role": "user", "content": QUESTION}]
     )
     text = "".join(block.text for block in message.content if block.type == "text")
     assert message.role == "assistant" and message.stop_reason == "end_turn" and "Paris" in text
@@ -135,7 +139,7 @@ def test_a_message_answers_whole(claude: anthropic.Anthropic) -> None:
 
 def test_a_streamed_message_arrives_as_anthropics_events(claude: anthropic.Anthropic) -> None:
     stream = claude.messages.create(
-        model=MODEL, max_tokens=64, temperature=0, messages=[{"role": "user", "content": QUESTION}], stream=True
+        model=MODEL, max_tokens=64, extra_body=GREEDY, messages=[{"role": "user", "content": QUESTION}], stream=True
     )
     events = list(stream)
     text = [
@@ -146,13 +150,20 @@ def test_a_streamed_message_arrives_as_anthropics_events(claude: anthropic.Anthr
     assert len(text) > 3 and "Paris" in "".join(text) and stops == ["end_turn"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=anthropic.BadRequestError,
+    reason="vLLM 0.32 (CPU build) decodes this model's forced tool call to arguments '\"Paris\"', not the "
+    "schema's object, on its own /v1/chat/completions too; its Messages layer then refuses its own answer (400). "
+    "Strict: this test fails the day vLLM answers, and the xfail must go.",
+)
 def test_a_tool_the_model_must_call_comes_back_as_a_tool_use_block(claude: anthropic.Anthropic) -> None:
     """vLLM turns Anthropic's `{"type": "tool", "name": ...}` into OpenAI's named tool choice: the answer is
     decoded to the tool's input schema (the 135M model calls no tool unless forced)."""
     message = claude.messages.create(
         model=MODEL,
         max_tokens=100,
-        temperature=0,
+        extra_body=GREEDY,
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=[WEATHER],
         tool_choice={"type": "tool", "name": "get_weather"},

@@ -144,7 +144,7 @@ def test_our_servers_write_text_lines_not_json_on_a_terminal(terminal: Terminal)
     json_lines = [line for line in terminal.lines if payload(line).startswith('{"')]
     assert not json_lines, json_lines[:5]
     assert any(
-        re.search(r"controller \| .* INFO: +uvicorn.error: Application startup complete", line)
+        re.search(r"controller +\| .* INFO: +uvicorn.error: Application startup complete", line)
         for line in terminal.lines
     )
 

@@ -2,10 +2,11 @@
 
 The worker's FastChat routes parse their bodies by hand (FastChat's format or ours), so their app has no
 request schema: the schema fuzzed is `worker_schema()`, built from the request models the routes check
-bodies against (`GenerateRequest`, `CountTokenRequest`). The router's is its own `app.openapi()`. The
-worker's OpenAI paths, `/v1/completions` and `/v1/chat/completions` (what `/api/<model>/v1/...` reaches
-behind Traefik, and what the router forwards to), are fuzzed, on the worker and through the router, from
-`openai_paths_schema()`, built from vLLM's own request models, which vLLM's routes validate bodies with.
+bodies against (`GenerateRequest`, `CountTokenRequest`, `EmbeddingsRequest`). The router's is its own
+`app.openapi()`. The worker's OpenAI paths, `/v1/completions` and `/v1/chat/completions` (what
+`/api/<model>/v1/...` reaches behind Traefik, and what the router forwards to), are fuzzed, on the worker
+and through the router, from `openai_paths_schema()`, built from vLLM's own request models, which vLLM's
+routes validate bodies with.
 Schemathesis turns a schema into Hypothesis strategies of requests: schema-valid
 (positive), schema-violating (negative), and schema-valid with lone UTF-16 surrogates (`"\\ud800"`,
 valid JSON escapes that Hypothesis's text strategy never produces) spliced into their strings. Each
@@ -50,7 +51,7 @@ from vllm.exceptions import VLLMError
 from llm_ops.access import is_fastchat_path
 from llm_ops.protocol.errors import ErrorCode
 from llm_ops.protocol.framing import DELIMITER
-from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, GenerateRequest
+from llm_ops.protocol.worker import MAX_NEW_TOKENS, CountTokenRequest, EmbeddingsRequest, GenerateRequest
 from llm_ops.worker.fastchat import GENERATE_BODY
 from tests.unit.fake_vllm import FakeVllm, asgi_client, fake_worker, fake_worker_to_serve
 from tests.unit.routed import serving_router
@@ -75,7 +76,17 @@ OPENAI_ERROR_FIELDS: dict[str, type | tuple[type, ...]] = {
 Apps = Callable[[FakeVllm], contextlib.AbstractAsyncContextManager[tuple[FastAPI, FastAPI, dict[str, Any]]]]
 
 
-def worker_schema() -> dict[str, Any]:
+GENERATION_BODIES: dict[str, type[Any]] = {
+    "/api/worker_generate": GenerateRequest,
+    "/api/worker_generate_stream": GenerateRequest,
+    "/api/count_token": CountTokenRequest,
+}
+# Fuzzed on their own: the scripted vLLM's model generates, so every embeddings request is refused (400), and in
+# one schema with the generation routes they would take examples from them.
+EMBEDDING_BODIES: dict[str, type[Any]] = {"/api/worker_get_embeddings": EmbeddingsRequest}
+
+
+def worker_schema(bodies: dict[str, type[Any]] = GENERATION_BODIES) -> dict[str, Any]:
     """An OpenAPI document of the worker's FastChat routes, from the models their bodies are checked against."""
     components: dict[str, Any] = {}
 
@@ -88,11 +99,7 @@ def worker_schema() -> dict[str, Any]:
             "post": {"requestBody": {"required": True, "content": content}, "responses": {"200": {"description": "ok"}}}
         }
 
-    paths = {
-        "/api/worker_generate": body(GenerateRequest),
-        "/api/worker_generate_stream": body(GenerateRequest),
-        "/api/count_token": body(CountTokenRequest),
-    }
+    paths = {path: body(model) for path, model in bodies.items()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "LLM Ops worker (FastChat routes)", "version": "1"},
@@ -154,6 +161,13 @@ async def worker_app(vllm: FakeVllm) -> AsyncIterator[tuple[FastAPI, FastAPI, di
     """(the app under test, its worker, the schema fuzzed): a worker over the scripted vLLM."""
     app = await fake_worker(vllm)
     yield app, app, worker_schema()
+
+
+@contextlib.asynccontextmanager
+async def worker_embeddings_app(vllm: FakeVllm) -> AsyncIterator[tuple[FastAPI, FastAPI, dict[str, Any]]]:
+    """(the app under test, its worker, the schema fuzzed): FastChat's embeddings route of a worker."""
+    app = await fake_worker(vllm)
+    yield app, app, worker_schema(EMBEDDING_BODIES)
 
 
 @contextlib.asynccontextmanager
@@ -396,6 +410,8 @@ def not_violating_for_the_worker(request: dict[str, Any]) -> bool:
     try:
         if request["url"].endswith("/count_token"):
             CountTokenRequest.model_validate_json(content)
+        elif request["url"].endswith("/worker_get_embeddings"):
+            EmbeddingsRequest.model_validate_json(content)
         else:
             GENERATE_BODY.validate_json(content)
     except ValidationError:
@@ -412,6 +428,12 @@ def test_worker_api_refuses_schema_violating_requests_with_fastchat_errors_never
 
 def test_worker_api_never_answers_5xx_to_strings_with_lone_surrogates() -> None:
     fuzz(worker_app, GenerationMode.POSITIVE, WORKER_MODELS, SURROGATES, check_worker_response, surrogates=True)
+
+
+def test_worker_embeddings_route_answers_fastchat_errors_never_5xx_valid_or_not() -> None:
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        discard = not_violating_for_the_worker if mode == GenerationMode.NEGATIVE else None
+        fuzz(worker_embeddings_app, mode, WORKER_MODELS, NEGATIVE, check_worker_response, discard=discard)
 
 
 def check_router_response(response: httpx.Response) -> None:

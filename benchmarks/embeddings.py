@@ -2,7 +2,9 @@
 
 Runs on a stack that serves the packaged embedding model (`llm-ops up`, its default). Each round sends
 `--requests` requests of a batch size to each target in turn, `--concurrency` at a time, so both targets see
-the machine in the same state; the rounds alternate the order.
+the machine in the same state; the rounds alternate the order. Requests through the front door come from
+`--sources` loopback addresses in turn (127.0.0.2, ...), so that Traefik's per-client rate limit (20 requests
+a second, bursts of 100) is not what is measured.
 
     .venv/bin/python benchmarks/embeddings.py --ca-file .llm-ops/tls/ca.pem \\
         --worker-url http://127.0.0.1:21003 --output docs/benchmarks/embeddings.json
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import ssl
 import statistics
@@ -26,7 +29,7 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank on a
 
 
 async def run_level(
-    client: httpx.AsyncClient, url: str, batch: int, requests: int, concurrency: int
+    clients: list[httpx.AsyncClient], url: str, batch: int, requests: int, concurrency: int
 ) -> dict[str, float]:
     latencies: list[float] = []
     sent = iter(range(requests))
@@ -35,7 +38,7 @@ async def run_level(
         for number in sent:
             body = {"model": MODEL, "input": [SENTENCE.format(number * batch + i) for i in range(batch)]}
             started = time.perf_counter()
-            response = await client.post(url, json=body)
+            response = await clients[number % len(clients)].post(url, json=body)
             response.raise_for_status()
             latencies.append(time.perf_counter() - started)
 
@@ -60,19 +63,28 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "worker's own port": (f"{args.worker_url}/v1/embeddings", False),
     }
     results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in targets}
-    async with (
-        httpx.AsyncClient(verify=tls, headers=headers, timeout=120) as front,
-        httpx.AsyncClient(headers=headers, timeout=120) as direct,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        front = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    headers=headers,
+                    timeout=120,
+                    transport=httpx.AsyncHTTPTransport(verify=tls, local_address=f"127.0.0.{2 + source}"),
+                )
+            )
+            for source in range(args.sources)
+        ]
+        direct = [await stack.enter_async_context(httpx.AsyncClient(headers=headers, timeout=120))]
         for batch in args.batches:
             for round_number in range(args.rounds):
                 order = list(targets.items()) if round_number % 2 == 0 else list(reversed(targets.items()))
                 for name, (url, through_front) in order:
-                    client = front if through_front else direct
-                    await run_level(client, url, batch, args.warmup, args.concurrency)
-                    level = await run_level(client, url, batch, args.requests, args.concurrency)
+                    clients = front if through_front else direct
+                    await run_level(clients, url, batch, args.warmup, args.concurrency)
+                    level = await run_level(clients, url, batch, args.requests, args.concurrency)
                     results[name].setdefault(str(batch), []).append(level)
-    return {"concurrency": args.concurrency, "requests": args.requests, "rounds": args.rounds, "results": results}
+    settings = {"concurrency": args.concurrency, "requests": args.requests, "rounds": args.rounds}
+    return settings | {"sources": args.sources, "results": results}
 
 
 def summary(run: dict[str, Any]) -> str:
@@ -105,6 +117,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sources", type=int, default=16, help="loopback addresses the front door's requests use")
     parser.add_argument("--output", type=Path)
     arguments = parser.parse_args()
     run = asyncio.run(main(arguments))

@@ -268,7 +268,8 @@ def generated_requests(
 ) -> st.SearchStrategy[Any]:
     """(case, httpx arguments) for requests generated from the schema. Half of those that name a
     model (as a string) name a served one, or nearly all would stop at "unknown model" before reaching the
-    prompt and the engine. Surrogates go into the serialized body: schemathesis cannot revalidate them."""
+    prompt and the engine; half of those with a `generation_mode` get the fields that mode needs (`aim_at_mode`).
+    Surrogates go into the serialized body: schemathesis cannot revalidate them."""
     schema = schemathesis.openapi.from_dict(openapi)
 
     @st.composite
@@ -278,12 +279,28 @@ def generated_requests(
             for name in ("model_identifier", "model"):
                 if isinstance(case.body.get(name), str) and draw(st.booleans()):
                     case.body[name] = draw(st.sampled_from(models))
+            if mode == GenerationMode.POSITIVE and case.body.get("generation_mode") and draw(st.booleans()):
+                aim_at_mode(case.body, draw)
         request = case.as_transport_kwargs(base_url="http://app")
         if surrogates and "json" in request:
             request["json"] = with_lone_surrogates(draw, request["json"])
         return case, as_httpx(request)
 
     return aimed()
+
+
+def aim_at_mode(body: dict[str, Any], draw: st.DrawFn) -> None:
+    """`body` with the fields its `generation_mode` needs and without the other mode's. The schema cannot say
+    which fields go together: without this, whether any generated request reaches the engine depends on which
+    constants Hypothesis finds in the modules loaded before (it mixes them into what it draws)."""
+    text = draw(st.text(max_size=20))
+    if body["generation_mode"] == "chat":
+        body.pop("prompt", None)
+        body["messages"] = [{"role": "user", "text": text}]
+    else:
+        body.pop("messages", None)
+        body.pop("system_message", None)
+        body["prompt"] = text
 
 
 def with_lone_surrogates(draw: st.DrawFn, body: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -320,20 +320,25 @@ async def test_load_the_worker_reports_from_other_routers_counts_against_its_roo
     assert refused.status_code == 429
 
 
-async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_is_set_aside(
-    live_router: Router,
-) -> None:
-    breaking = ScriptedReplica()
+def breaking_after(first_event: bytes) -> Callable[[Request], Awaitable[Response]]:
+    """A replica's answer: an event stream that sends `first_event`, then its connection breaks."""
 
     async def broken(request: Request) -> Response:
         async def chunks() -> AsyncIterator[bytes]:
-            yield b'data: {"text": "Hel"}\n\n'
+            yield first_event
             await asyncio.sleep(0.1)  # the first event is on its way before the connection breaks
             raise httpx.ReadError("connection reset")
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
-    breaking.answer_with("/v1/completions", broken)
+    return broken
+
+
+async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_is_set_aside(
+    live_router: Router,
+) -> None:
+    breaking = ScriptedReplica()
+    breaking.answer_with("/v1/completions", breaking_after(b'data: {"text": "Hel"}\n\n'))
     live_router.add("breaking", breaking)
     await live_router.admitted("breaking")
     answer = await live_router.client.post("/v1/completions", json={"model": "fake-model", "stream": True})
@@ -347,16 +352,7 @@ async def test_a_worker_that_breaks_mid_stream_ends_it_with_an_error_event_and_i
 async def test_a_broken_anthropic_messages_stream_ends_with_anthropics_named_error_event(live_router: Router) -> None:
     """Anthropic's clients read only named events: an unnamed `data: {"error": ...}` would end the stream silently."""
     breaking = ScriptedReplica()
-
-    async def broken(request: Request) -> Response:
-        async def chunks() -> AsyncIterator[bytes]:
-            yield b'event: message_start\ndata: {"type": "message_start"}\n\n'
-            await asyncio.sleep(0.1)  # the first event is on its way before the connection breaks
-            raise httpx.ReadError("connection reset")
-
-        return StreamingResponse(chunks(), media_type="text/event-stream")
-
-    breaking.answer_with("/v1/messages", broken)
+    breaking.answer_with("/v1/messages", breaking_after(b'event: message_start\ndata: {"type": "message_start"}\n\n'))
     live_router.add("breaking", breaking)
     await live_router.admitted("breaking")
     answer = await live_router.client.post("/v1/messages", json={"model": "fake-model", "stream": True})

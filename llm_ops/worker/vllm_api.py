@@ -16,6 +16,7 @@ it uses.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -397,18 +398,25 @@ def embedding_handler(app: FastAPI) -> Any:
 async def embedding_answer(handler: Any, body: dict[str, Any], raw: Request) -> Any:
     """`handler`'s answer to an OpenAI embeddings `body`, as the JSON /v1/embeddings answers, or an `ErrorResponse`.
     pydantic's `ValidationError` is the caller's to answer."""
-    from pydantic import TypeAdapter
-    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
     from vllm.entrypoints.serve.exception_handling.error_response import create_error_response
     from vllm.exceptions import VLLMError
 
     try:
-        response = await handler(TypeAdapter(EmbeddingRequest).validate_python(body), raw)
+        response = await handler(_embedding_request().validate_python(body), raw)
     except ValidationError:
         raise
     except (VLLMError, ValueError, TypeError, OverflowError) as error:
         return create_error_response(error)
     return json.loads(response.body)
+
+
+@functools.cache
+def _embedding_request() -> Any:
+    """vLLM's embeddings request (a union of models) as a validator: built once, it takes milliseconds to build."""
+    from pydantic import TypeAdapter
+    from vllm.entrypoints.pooling.embed.protocol import EmbeddingRequest
+
+    return TypeAdapter(EmbeddingRequest)
 
 
 def error_of(answer: Any) -> tuple[int, str] | None:

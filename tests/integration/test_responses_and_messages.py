@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import httpx
@@ -26,8 +27,9 @@ ROUTES = ["", f"/api/{MODEL}"]  # /v1/...: the router picks a replica of the bod
 ROUTE_IDS = ["at /v1", "at /api/<model>/v1"]
 FOLLOW_UPS = 6
 CITIES = ["London", "Paris", "Tokyo"]
-WEATHER = {
+WEATHER = {  # `strict`: vLLM decodes the input to the schema only for a strict tool, as Anthropic and OpenAI do
     "name": "get_weather",
+    "strict": True,
     "description": "The weather in a city",
     "input_schema": {
         "type": "object",
@@ -150,28 +152,37 @@ def test_a_streamed_message_arrives_as_anthropics_events(claude: anthropic.Anthr
     assert len(text) > 3 and "Paris" in "".join(text) and stops == ["end_turn"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=anthropic.BadRequestError,
-    reason="vLLM 0.32 (CPU build) decodes this model's forced tool call to arguments '\"Paris\"', not the "
-    "schema's object, on its own /v1/chat/completions too; its Messages layer then refuses its own answer (400). "
-    "Strict: this test fails the day vLLM answers, and the xfail must go.",
-)
+FORCED_WEATHER_CALL: dict[str, Any] = {
+    "model": MODEL,
+    "max_tokens": 100,
+    "extra_body": GREEDY,
+    "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+    "tools": [WEATHER],
+    "tool_choice": {"type": "tool", "name": "get_weather"},
+}
+
+
 def test_a_tool_the_model_must_call_comes_back_as_a_tool_use_block(claude: anthropic.Anthropic) -> None:
-    """vLLM turns Anthropic's `{"type": "tool", "name": ...}` into OpenAI's named tool choice: the answer is
-    decoded to the tool's input schema (the 135M model calls no tool unless forced)."""
-    message = claude.messages.create(
-        model=MODEL,
-        max_tokens=100,
-        extra_body=GREEDY,
-        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
-        tools=[WEATHER],
-        tool_choice={"type": "tool", "name": "get_weather"},
-    )
+    """vLLM turns Anthropic's `{"type": "tool", "name": ...}` into OpenAI's named tool choice, and a `strict`
+    tool's input is decoded to its schema (the 135M model calls no tool unless forced)."""
+    message = claude.messages.create(**FORCED_WEATHER_CALL)
     calls = [block for block in message.content if block.type == "tool_use"]
     assert message.stop_reason == "tool_use" and len(calls) == 1
     assert calls[0].name == "get_weather" and calls[0].id
-    assert isinstance(calls[0].input, dict) and calls[0].input.get("city") in CITIES
+    assert calls[0].input == {"city": "Paris"}
+
+
+def test_a_streamed_tool_call_arrives_as_input_json_deltas_that_make_its_input(claude: anthropic.Anthropic) -> None:
+    with claude.messages.stream(**FORCED_WEATHER_CALL) as stream:
+        deltas = [
+            event.delta.partial_json
+            for event in stream
+            if event.type == "content_block_delta" and event.delta.type == "input_json_delta"
+        ]
+        message = stream.get_final_message()
+    calls = [block for block in message.content if block.type == "tool_use"]
+    assert len(deltas) > 3 and json.loads("".join(deltas)) == {"city": "Paris"}
+    assert message.stop_reason == "tool_use" and len(calls) == 1 and calls[0].input == {"city": "Paris"}
 
 
 def test_the_readmes_responses_and_messages_curl_examples_work_as_written(stack: Stack) -> None:

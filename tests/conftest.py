@@ -7,26 +7,30 @@ condition itself, polled, with a deadline and a failure that says what did not h
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import math
 import re
 import shlex
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 LOG_TAIL = 5000  # characters of a process's log shown when it exited too early
 README = Path(__file__).parents[1] / "README.md"
 README_CA = ".llm-ops/tls/ca.pem"
 README_BASE_URL = "https://localhost:8443"
 ENGINE_PROCESS = "VLLM::Worker"  # the process whose threads run the model (vLLM sets its title)
+EMBEDDING_DIMENSIONS = 384  # the packaged all-MiniLM-L6-v2's
 
 
 def free_port() -> int:
@@ -177,3 +181,41 @@ def run_bash(command: str) -> str:
     done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, timeout=120)
     assert done.returncode == 0, f"{command}\nexit {done.returncode}: {done.stderr.decode()} {done.stdout[-500:]!r}"
     return done.stdout.decode()
+
+
+@functools.cache
+def sentence_transformer() -> Any:
+    """sentence-transformers' model of the packaged embedding model, from the folder the worker serves."""
+    from sentence_transformers import SentenceTransformer
+
+    from llm_ops.models.embedding import ensure_embedding_model
+
+    return SentenceTransformer(str(ensure_embedding_model()), device="cpu")
+
+
+def assert_sentence_transformers_vectors(vectors: Sequence[Sequence[float]], texts: Sequence[str]) -> None:
+    """`vectors` are sentence-transformers' for `texts`: cosine >= 0.999 each, the same dimension, unit length."""
+    expected = sentence_transformer().encode(list(texts))
+    assert len(vectors) == len(expected)
+    for vector, reference in zip(vectors, expected, strict=True):
+        assert len(vector) == len(reference) == EMBEDDING_DIMENSIONS
+        norm = math.sqrt(sum(x * x for x in vector))
+        cosine = sum(x * float(y) for x, y in zip(vector, reference, strict=True)) / norm  # reference: unit length
+        assert cosine >= 0.999, cosine
+        assert math.isclose(norm, 1.0, abs_tol=1e-3)  # normalized, as the model is
+
+
+def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A Prometheus endpoint's samples: (name, labels) -> value."""
+    text = httpx.get(url, timeout=10).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (vLLM adds its engine's index, ...)."""
+    wanted = set(labels.items())
+    return sum(value for (sample, found), value in scraped.items() if sample == name and wanted <= found)

@@ -6,7 +6,8 @@ end). scripts/docker-images.sh builds every image offline: the worker image is t
 Dockerfile on a CPU stand-in for the official vLLM image. The compose project runs the production file
 unedited, plus docker-compose.cpu-test.yml for what a test machine cannot have (a GPU, Let's Encrypt).
 Traefik serves a certificate of the test's own CA, which every client here verifies. The stack requires
-an API key, runs the default model in two replicas and a second model under a dotted name, and is torn
+an API key, runs the default model in two replicas, a second model under a dotted name and the packaged
+embedding model, and is torn
 down (`docker compose down --volumes`) when the folder's tests are over.
 """
 
@@ -38,13 +39,15 @@ DEBIAN_IMAGE = "llm-ops-debian:bookworm"  # scripts/docker-images.sh imports it
 MODEL_SERVICE = "smollm2-135m-instruct"
 DOTTED_SERVICE = "smollm2-135m-instruct-v2-0"  # the override's second model
 DOTTED_MODEL = "SmolLM2-135M-Instruct-v2.0"
+EMBEDDING_SERVICE = "all-minilm-l6-v2"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 REPLICAS = 2
 SERVICE_KEY = "svc-llm-ops-deploy-test-0123456789"
-SERVICES = ["traefik", "controller", "router", MODEL_SERVICE, DOTTED_SERVICE]
+SERVICES = ["traefik", "controller", "router", MODEL_SERVICE, DOTTED_SERVICE, EMBEDDING_SERVICE]
 API_KEY = "sk-llm-ops-deploy-0123456789"
 CONTAINER_DYNAMIC_DIR = Path("/etc/traefik/dynamic")  # where the compose file mounts Traefik's dynamic folder
 ENGINE_START_TIMEOUT = 60.0
-START_TIMEOUT = 600.0  # three engines start at once on two cores (about 1.5 min, -O0); health checks run every 30 s
+START_TIMEOUT = 600.0  # four engines start at once on two cores (about 1.5 min, -O0); health checks run every 30 s
 STOP_TIMEOUT = 120
 
 

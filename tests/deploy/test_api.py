@@ -14,8 +14,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import pointed_at, readme_curl_examples, run_bash, wait_until
-from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, PROJECT, Deployment
+from tests.conftest import (
+    EMBEDDING_DIMENSIONS,
+    assert_sentence_transformers_vectors,
+    pointed_at,
+    readme_curl_examples,
+    run_bash,
+    wait_until,
+)
+from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, EMBEDDING_MODEL, PROJECT, Deployment
 from tests.integration.conftest import CAPITAL_QUESTION, MODEL, chat, completion
 
 pytestmark = pytest.mark.deploy
@@ -29,6 +36,7 @@ def answers_of(output: str) -> list[dict[str, object]]:
 
 FASTCHAT_EXAMPLES = [example for example in readme_curl_examples() if "/worker_generate" in example]
 API_EXAMPLES = [e for e in readme_curl_examples() if "/v1/responses" in e or "/v1/messages" in e]
+EMBEDDING_EXAMPLES = [example for example in readme_curl_examples() if "embeddings" in example]
 
 
 @pytest.mark.parametrize("endpoint", [None, *WORKER_ENDPOINTS], ids=["as written", "whole", "streamed"])
@@ -72,6 +80,19 @@ def test_the_openai_client_lists_both_models_and_chats_and_streams_through_v1(op
     )
     pieces = [chunk.choices[0].text for chunk in stream if chunk.choices]
     assert len(pieces) > 1 and "Paris" in "".join(pieces)
+
+
+def test_the_embedding_service_gives_sentence_transformers_vectors_through_v1(openai_client: openai.OpenAI) -> None:
+    texts = ["The capital of France is Paris.", "A dragon learns to fly."]
+    answer = openai_client.embeddings.create(model=EMBEDDING_MODEL, input=texts)
+    assert_sentence_transformers_vectors([item.embedding for item in answer.data], texts)
+
+
+@pytest.mark.parametrize("example", EMBEDDING_EXAMPLES, ids=["openai", "fastchat"])
+def test_the_readmes_embedding_curl_examples_answer_through_the_containers(deployed: Deployment, example: str) -> None:
+    answer = json.loads(run_bash(pointed_at(example, deployed)))
+    vectors = [item["embedding"] for item in answer["data"]] if "data" in answer else answer["embedding"]
+    assert vectors and all(len(vector) == EMBEDDING_DIMENSIONS for vector in vectors), answer
 
 
 @pytest.mark.parametrize("model", [MODEL, DOTTED_MODEL])

@@ -1,6 +1,6 @@
 """The packaged embedding model through the front door: every route gives sentence-transformers' vectors.
 
-The reference vectors are computed here, by sentence-transformers, from the same packaged weights (the
+The reference vectors are computed by sentence-transformers, from the same packaged weights (the
 folder the worker serves). Every path must match them: cosine >= 0.999 for every vector, 384 dimensions,
 unit length.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import struct
 from collections.abc import Iterator
 
@@ -18,7 +17,13 @@ import openai
 import pytest
 
 from llm_ops.models.embedding import ensure_embedding_model
-from tests.conftest import pointed_at, readme_curl_examples, run_bash
+from tests.conftest import (
+    EMBEDDING_DIMENSIONS,
+    assert_sentence_transformers_vectors,
+    pointed_at,
+    readme_curl_examples,
+    run_bash,
+)
 from tests.integration.conftest import EMBEDDING_MODEL, MODEL, Stack
 
 pytestmark = pytest.mark.integration
@@ -28,16 +33,7 @@ TEXTS = [
     "A dragon learns to fly.",
     "",  # an empty text is a text: its vector is the special tokens'
 ]
-DIMENSIONS = 384
 MAX_TOKENS = 256  # the model's max_seq_length
-
-
-@pytest.fixture(scope="module")
-def reference() -> list[list[float]]:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(ensure_embedding_model()), device="cpu")
-    return [list(map(float, vector)) for vector in model.encode(TEXTS)]
 
 
 @pytest.fixture
@@ -46,30 +42,15 @@ def client(stack: Stack) -> Iterator[openai.OpenAI]:
         yield openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=stack.api_key, http_client=http, max_retries=0)
 
 
-def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
-
-
-def assert_same_vectors(vectors: list[list[float]], reference: list[list[float]]) -> None:
-    assert len(vectors) == len(reference)
-    for vector, expected in zip(vectors, reference, strict=True):
-        assert len(vector) == DIMENSIONS
-        assert cosine(vector, expected) >= 0.999
-        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, abs_tol=1e-3)  # normalized, as the model is
-
-
 def from_base64(encoded: str) -> list[float]:
     raw = base64.b64decode(encoded)
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
-def test_the_openai_client_gets_sentence_transformers_vectors_through_v1(
-    client: openai.OpenAI, reference: list[list[float]]
-) -> None:
+def test_the_openai_client_gets_sentence_transformers_vectors_through_v1(client: openai.OpenAI) -> None:
     answer = client.embeddings.create(model=EMBEDDING_MODEL, input=TEXTS)
     assert [item.index for item in answer.data] == list(range(len(TEXTS)))
-    assert_same_vectors([item.embedding for item in answer.data], reference)
+    assert_sentence_transformers_vectors([item.embedding for item in answer.data], TEXTS)
     assert answer.usage.prompt_tokens > len(TEXTS) * 2  # [CLS] and [SEP] at least
 
 
@@ -77,17 +58,17 @@ def test_the_embedding_model_is_listed_beside_the_chat_model(client: openai.Open
     assert {MODEL, EMBEDDING_MODEL} <= {model.id for model in client.models.list()}
 
 
-def test_the_models_own_path_serves_base64_vectors(stack: Stack, reference: list[list[float]]) -> None:
+def test_the_models_own_path_serves_base64_vectors(stack: Stack) -> None:
     with stack.client() as http:
         answer = http.post(
             f"/api/{EMBEDDING_MODEL}/v1/embeddings",
             json={"model": EMBEDDING_MODEL, "input": TEXTS, "encoding_format": "base64"},
         )
     assert answer.status_code == 200, answer.text
-    assert_same_vectors([from_base64(item["embedding"]) for item in answer.json()["data"]], reference)
+    assert_sentence_transformers_vectors([from_base64(item["embedding"]) for item in answer.json()["data"]], TEXTS)
 
 
-def test_token_ids_embed_as_the_text_they_encode(stack: Stack, reference: list[list[float]]) -> None:
+def test_token_ids_embed_as_the_text_they_encode(stack: Stack) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedding_model())
@@ -95,13 +76,11 @@ def test_token_ids_embed_as_the_text_they_encode(stack: Stack, reference: list[l
     with stack.client() as http:
         answer = http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": [ids]})
     assert answer.status_code == 200, answer.text
-    assert_same_vectors([answer.json()["data"][0]["embedding"]], reference[:1])
+    assert_sentence_transformers_vectors([answer.json()["data"][0]["embedding"]], TEXTS[:1])
 
 
 @pytest.mark.parametrize("encoding_format", [None, "float", "base64"])
-def test_fastchats_worker_get_embeddings_answers_in_fastchats_shape(
-    stack: Stack, reference: list[list[float]], encoding_format: str | None
-) -> None:
+def test_fastchats_worker_get_embeddings_answers_in_fastchats_shape(stack: Stack, encoding_format: str | None) -> None:
     body: dict[str, object] = {"model": EMBEDDING_MODEL, "input": TEXTS}
     if encoding_format:
         body["encoding_format"] = encoding_format
@@ -110,15 +89,15 @@ def test_fastchats_worker_get_embeddings_answers_in_fastchats_shape(
     assert answer.status_code == 200, answer.text
     result = answer.json()
     vectors = [from_base64(v) for v in result["embedding"]] if encoding_format == "base64" else result["embedding"]
-    assert_same_vectors(vectors, reference)
+    assert_sentence_transformers_vectors(vectors, TEXTS)
     assert result["token_num"] > len(TEXTS) * 2 and result.get("error_code", 0) == 0
 
 
-def test_one_text_is_a_list_of_one(stack: Stack, reference: list[list[float]]) -> None:
+def test_one_text_is_a_list_of_one(stack: Stack) -> None:
     with stack.client() as http:
         answer = http.post(f"/api/{EMBEDDING_MODEL}/worker_get_embeddings", json={"input": TEXTS[0]})
     assert answer.status_code == 200, answer.text
-    assert_same_vectors(answer.json()["embedding"], reference[:1])
+    assert_sentence_transformers_vectors(answer.json()["embedding"], TEXTS[:1])
 
 
 @pytest.mark.parametrize(
@@ -190,5 +169,5 @@ def test_the_readmes_embedding_curl_examples_work_as_written(stack: Stack) -> No
     examples = [example for example in readme_curl_examples() if "embeddings" in example]
     assert len(examples) == 2, examples
     openai_answer, fastchat_answer = (json.loads(run_bash(pointed_at(example, stack))) for example in examples)
-    assert [len(item["embedding"]) for item in openai_answer["data"]] == [DIMENSIONS, DIMENSIONS]
-    assert [len(vector) for vector in fastchat_answer["embedding"]] == [DIMENSIONS]
+    assert [len(item["embedding"]) for item in openai_answer["data"]] == [EMBEDDING_DIMENSIONS, EMBEDDING_DIMENSIONS]
+    assert [len(vector) for vector in fastchat_answer["embedding"]] == [EMBEDDING_DIMENSIONS]

@@ -17,9 +17,8 @@ import openai
 import pytest
 
 from llm_ops.bench.vllm_server import service_argv
-from llm_ops.models.embedding import ensure_embedding_model
 from llm_ops.settings import DEFAULT_EMBEDDING_SERVICE, DEFAULT_SERVICE
-from tests.conftest import free_port, wait_until, wait_until_serving
+from tests.conftest import assert_sentence_transformers_vectors, free_port, wait_until, wait_until_serving
 from tests.integration.conftest import COMPOSE_FILE, HEART_BEAT_EXPIRATION, SERVICE_KEY, Stack
 
 pytestmark = pytest.mark.integration
@@ -162,15 +161,10 @@ def test_fastchats_stream_reader_reads_our_workers_stream(fastchat_worker: str, 
 def test_fastchats_openai_server_serves_embeddings_from_our_embedding_worker(
     fastchat_api: str, fastchat_embedding_worker: str
 ) -> None:
-    from sentence_transformers import SentenceTransformer
-
     texts = ["The capital of France is Paris.", "A dragon learns to fly."]
     client = openai.OpenAI(base_url=fastchat_api, api_key="none", max_retries=0)
     answer = client.embeddings.create(model=FASTCHAT_EMBEDDING_MODEL, input=texts)
-    reference = SentenceTransformer(str(ensure_embedding_model()), device="cpu").encode(texts)
-    for item, expected in zip(answer.data, reference, strict=True):
-        assert len(item.embedding) == len(expected) == 384
-        assert sum(a * float(b) for a, b in zip(item.embedding, expected, strict=True)) >= 0.999  # both unit length
+    assert_sentence_transformers_vectors([item.embedding for item in answer.data], texts)
     assert answer.usage.prompt_tokens > 2 * len(texts)
 
 

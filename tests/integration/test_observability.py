@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from llm_ops.frontdoor.compose import ROUTER_SERVICE
+from tests.conftest import samples, total
 from tests.integration.conftest import CAPITAL_QUESTION, MODEL, Stack, chat
 
 pytestmark = pytest.mark.integration
@@ -61,22 +61,6 @@ def test_a_request_id_sent_by_the_client_is_kept_through_the_openai_api_to_the_w
     access, servers = logged_with_id(stack, "client-trace-0042")
     assert [entry["RequestPath"] for entry in access] == ["/v1/chat/completions"]
     assert {line["logger"] for line in servers} >= {"llm_ops.router.forward", "uvicorn.access"}, servers
-
-
-def samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """A Prometheus endpoint's samples: (name, labels) -> value."""
-    text = httpx.get(url, timeout=10).text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def total(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    """The sum of a metric's samples whose labels include `labels` (vLLM adds its engine's index, ...)."""
-    wanted = set(labels.items())
-    return sum(value for (sample, found), value in scraped.items() if sample == name and wanted <= found)
 
 
 def test_the_worker_exports_vllms_metrics_of_the_real_engine_and_admissions_own(stack: Stack) -> None:

@@ -28,6 +28,7 @@ DEFAULT_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"  # the packaged embedding mode
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 DEFAULT_EMBEDDING_SERVICE = "all-minilm-l6-v2"  # the one that serves the packaged embedding model
 MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
+RoutingPolicy = Literal["least-loaded", "round-robin", "prefix"]  # llm_ops.router.app.POLICIES
 
 
 class LifecycleSettings(BaseModel):
@@ -135,10 +136,11 @@ class RouterSettings(LifecycleSettings, LimitSettings):
     host: str = Field("127.0.0.1", description="address the router listens on")
     port: int = Field(8000, ge=0, le=65535, description="port the router listens on")
     controller_address: str = Field("http://127.0.0.1:21001", description="the controller that knows the workers")
-    routing_policy: Literal["least-loaded", "round-robin"] = Field(
+    routing_policy: RoutingPolicy = Field(
         "least-loaded",
-        description="which replica gets a request: least-loaded (the smallest share of its running slots in use) "
-        "or round-robin",
+        description="which replica gets a request: least-loaded (the smallest share of its running slots in use), "
+        "round-robin, or prefix (the one that was sent the longest prefix of the prompt, so likely holds it in its "
+        "KV cache, unless loads are out of balance)",
     )
     probe_interval: float = Field(
         0.5, gt=0, description="seconds between reads of the controller's workers and each replica's health and load"
@@ -170,6 +172,9 @@ class StackSettings(AdmissionSettings):
     )
     controller_port: int = Field(21001, ge=0, le=65535, description="the controller, on loopback")
     router_port: int = Field(8000, ge=0, le=65535, description="the router, on loopback")
+    routing_policy: RoutingPolicy | None = Field(
+        None, description="the router's (`llm-ops router --help`); unset: the compose file's router's, or its default"
+    )
     heart_beat_interval: float | None = Field(None, gt=0, description="workers' heartbeat interval; unset: theirs")
     heart_beat_expiration: float | None = Field(
         None, gt=0, description="seconds the controller waits for a heartbeat; unset: the compose file's"

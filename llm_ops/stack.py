@@ -203,6 +203,8 @@ def router_command(settings: StackSettings, compose: ComposeFile) -> list[str]:
         "--controller-address",
         controller_url(settings),
     ]
+    if settings.routing_policy is not None:
+        local += ["--routing-policy", settings.routing_policy]
     return [*service.entrypoint, *service.command, *local]
 
 

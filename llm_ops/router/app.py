@@ -33,7 +33,8 @@ from llm_ops.logs import RequestId
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.router.forward import Router
-from llm_ops.router.policy import POLICIES, RoutedRequest
+from llm_ops.router.policy import LeastLoaded, Policy, RoundRobin, RoutedRequest
+from llm_ops.router.prefix import Prefix
 from llm_ops.router.replicas import Replicas
 from llm_ops.router.watch import watch_replicas
 from llm_ops.serving import health
@@ -44,6 +45,7 @@ from llm_ops.settings import MAX_BODY_BYTES
 # close before the workers' own keep-alive ends (75 s).
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0)
 POOL_LIMIT, IDLE_CONNECTION_SECONDS = 0, 30
+POLICIES: dict[str, type[Policy]] = {"least-loaded": LeastLoaded, "round-robin": RoundRobin, "prefix": Prefix}
 
 
 def router_of(request: Request) -> Router:

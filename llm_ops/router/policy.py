@@ -3,8 +3,8 @@
 A policy sees the request (its model, the worker's path, its body), the candidates (the model's
 admitted replicas with room that this request has not tried yet, never empty) with their loads, and
 the replicas already tried; it hears when a request starts on a replica and when it ends. One policy
-serves a deployment (`llm-ops router --routing-policy`). A prefix-cache-aware policy is one more
-class in `POLICIES`: `RoutedRequest.document` has the prompt or messages.
+serves a deployment (`llm-ops router --routing-policy`, `llm_ops.router.app.POLICIES`); the
+prefix-cache-aware one is `llm_ops.router.prefix`.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class LeastLoaded:
     ties: RoundRobin = field(default_factory=RoundRobin)
 
     def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
-        loads = {replica: (_share(replica), replica.load.kv_cache_usage) for replica in candidates}
+        loads = {replica: (share(replica), replica.load.kv_cache_usage) for replica in candidates}
         least = min(loads.values())
         return self.ties.choose(request, [replica for replica, load in loads.items() if load == least], tried)
 
@@ -81,8 +81,5 @@ class LeastLoaded:
         pass
 
 
-def _share(replica: Replica) -> float:
+def share(replica: Replica) -> float:
     return replica.busy / replica.load.capacity if replica.load.capacity else float(replica.busy)
-
-
-POLICIES: dict[str, type[Policy]] = {"least-loaded": LeastLoaded, "round-robin": RoundRobin}

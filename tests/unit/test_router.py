@@ -385,6 +385,25 @@ async def test_round_robin_sends_requests_to_each_replica_in_turn(live_router: R
     assert len(live_router.to("first")) == len(live_router.to("second")) == 2
 
 
+@pytest.mark.parametrize("policy", ["prefix"])
+async def test_prefix_sends_fastchat_and_openai_chats_with_one_history_to_the_replica_that_had_it(
+    live_router: Router,
+) -> None:
+    document = "A long shared document. " * 100
+    for name in ("first", "second"):
+        replica = ScriptedReplica()
+        replica.answer_with("/v1/chat/completions", replica.generate)
+        live_router.add(name, replica)
+    await live_router.admitted("first", "second")
+    fastchat = {"generation_mode": "chat", "system_message": document, "messages": [{"role": "human", "text": "Hi"}]}
+    await live_router.client.post("/api/fake-model/worker_generate_stream", json=fastchat)
+    holder = "first" if live_router.to("first") else "second"
+    for question in ("Hi", "Who wrote it?", "When?"):
+        messages = [{"role": "system", "content": document}, {"role": "user", "content": question}]
+        await live_router.client.post("/v1/chat/completions", json={"model": "fake-model", "messages": messages})
+    assert len(live_router.to(holder)) == 4 and len(live_router.to("first") + live_router.to("second")) == 4
+
+
 async def test_models_lists_the_workers_model_cards_with_root_set_to_the_id(router: Router) -> None:
     response = await router.client.get("/v1/models")
     data = response.json()["data"]

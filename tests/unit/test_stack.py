@@ -110,6 +110,8 @@ def test_the_controller_and_the_api_run_their_compose_commands_on_loopback() -> 
         "llm-ops", "router", "--host=0.0.0.0", "--controller-address=http://controller:21001",
         "--host", "127.0.0.1", "--port", "3000", "--controller-address", "http://127.0.0.1:2000",
     ]  # fmt: skip
+    chosen = StackSettings(controller_port=2000, router_port=3000, routing_policy="prefix")
+    assert router_command(chosen, COMPOSE)[-2:] == ["--routing-policy", "prefix"]
 
 
 def test_which_model_to_serve_is_the_compose_files_decision_not_a_flag_of_up() -> None:

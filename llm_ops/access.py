@@ -49,8 +49,10 @@ FASTCHAT_ROUTES = frozenset(
 OPENAI_ROUTES = frozenset(
     {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
 )
-# A worker's routes for services only (with a service key): what the controller asks it.
-WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
+# Where a worker publishes vLLM's KV-cache events (`llm_ops.router.kv_events` subscribes): for routers only.
+KV_EVENTS_ROUTE = "/kv_events"
+# A worker's routes for services only (with a service key): what the controller and the routers ask it.
+WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status", KV_EVENTS_ROUTE})
 # At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
 MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
 # vLLM's Responses API (OpenAI's) and Anthropic's Messages API, on generate models.
@@ -90,6 +92,8 @@ def stored_response_id(method: str, path: str) -> str | None:
 def is_public(method: str, path: str) -> bool:
     """Whether a worker answers `method path` (else 404: vLLM's other routes stay private)."""
     named = (FASTCHAT_ROUTES, OPENAI_ROUTES, RESPONSES_AND_MESSAGES_ROUTES, PROBES)
+    if path == KV_EVENTS_ROUTE:
+        return method == "GET"
     return any(path in routes for routes in named) or stored_response_id(method, path) is not None
 
 

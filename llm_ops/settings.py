@@ -27,8 +27,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDING_MODEL_NAME = "all-MiniLM-L6-v2"  # the packaged embedding model, served with --kind embedding
 DEFAULT_SERVICE = "smollm2-135m-instruct"  # the docker-compose.yml service that serves it
 DEFAULT_EMBEDDING_SERVICE = "all-minilm-l6-v2"  # the one that serves the packaged embedding model
+DEFAULT_KV_EVENTS_PORT = 5557  # vLLM's own default for its KV-cache events publisher
 MAX_BODY_BYTES = 1_048_576  # a long conversation is some 100 kB of JSON
-RoutingPolicy = Literal["least-loaded", "round-robin", "prefix"]  # llm_ops.router.app.POLICIES
+RoutingPolicy = Literal["least-loaded", "round-robin", "prefix", "kv-events"]  # llm_ops.router.app.POLICIES
 
 
 class LifecycleSettings(BaseModel):
@@ -113,6 +114,13 @@ class WorkerOptions(LimitSettings, AdmissionSettings, RegistrationSettings):
         "engine unpinned when none are free; unset, or VLLM_CPU_OMP_THREADS_BIND set: vLLM's own binding",
     )
     cores_per_engine: int = Field(1, ge=1, description="CPU only: the cores --claim-engine-cores claims")
+    kv_events_port: int | None = Field(
+        None,
+        ge=1,
+        le=65534,
+        description="publish vLLM's KV-cache events (ZeroMQ, on every interface) on this port, and replay missed "
+        "ones on the next, for routers with --routing-policy kv-events; unset: none (GET /kv_events says 404)",
+    )
 
 
 class ControllerSettings(LifecycleSettings):
@@ -139,8 +147,10 @@ class RouterSettings(LifecycleSettings, LimitSettings):
     routing_policy: RoutingPolicy = Field(
         "least-loaded",
         description="which replica gets a request: least-loaded (the smallest share of its running slots in use), "
-        "round-robin, or prefix (the one that was sent the longest prefix of the prompt, so likely holds it in its "
-        "KV cache, unless loads are out of balance)",
+        "round-robin, prefix (the one that was sent the longest prefix of the prompt, so likely holds it in its "
+        "KV cache, unless loads are out of balance), or kv-events (the one whose KV cache holds the longest run of the "
+        "prompt's leading blocks, as the workers' KV-cache events say: workers with --kv-events-port; unless loads are "
+        "out of balance)",
     )
     probe_interval: float = Field(
         0.5, gt=0, description="seconds between reads of the controller's workers and each replica's health and load"
@@ -176,6 +186,14 @@ class StackSettings(AdmissionSettings):
         None, description="the router's (`llm-ops router --help`); unset: the compose file's router's, or its default"
     )
     heart_beat_interval: float | None = Field(None, gt=0, description="workers' heartbeat interval; unset: theirs")
+    kv_events_port: int | None = Field(
+        None,
+        ge=1,
+        le=65000,
+        description="the --service's replicas publish vLLM's KV-cache events (`llm-ops worker --kv-events-port`): "
+        "the first on this port, each next one two ports up (replay on the port after each); unset: none, or "
+        f"{DEFAULT_KV_EVENTS_PORT} with --routing-policy kv-events",
+    )
     heart_beat_expiration: float | None = Field(
         None, gt=0, description="seconds the controller waits for a heartbeat; unset: the compose file's"
     )

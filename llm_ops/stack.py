@@ -44,7 +44,7 @@ from llm_ops.frontdoor.compose import (
 )
 from llm_ops.frontdoor.traefik import LocalAddresses, traefik_environment, write_local_front_door
 from llm_ops.models.packaged import PREPARED, PREPARING
-from llm_ops.settings import AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
+from llm_ops.settings import DEFAULT_KV_EVENTS_PORT, AdmissionSettings, StackSettings, WorkerOptions, to_cli_args
 from llm_ops.worker.cores import core_slices, cpu_list
 from llm_ops.worker.launch import CONTAINER_PORT, SHUTDOWN_TIMEOUT, served_names
 from llm_ops.worker.vllm_api import COMPILING_LOG_TEXT, CPU_CORES_VARIABLE, ENGINE_READY_LOG_TEXT, LOADING_LOG_TEXT
@@ -132,10 +132,23 @@ def worker_commands(
         url = worker_url(settings, worker)
         local = ["--host", settings.host, "--port", str(settings.port + worker)]
         local += ["--controller-address", controller_url(settings), "--worker-address", f"{url}/api"]
+        events_port = kv_events_port(settings, service, worker)
+        local += [] if events_port is None else ["--kv-events-port", str(events_port)]
         start = ["bash", str(service.start_script), *service.command, *overrides, *local]
         restarting = [sys.executable, "-m", "llm_ops.restart", "--stop-timeout", str(stop_timeout(settings))]
         commands.append([*restarting, *start])
     return commands, names
+
+
+def kv_events_port(settings: StackSettings, service: ModelService, worker: int) -> int | None:
+    """Where worker number `worker` publishes its KV-cache events: the --service's replicas only, two ports apart
+    (each one's replay socket takes the port after its own); None: it publishes none."""
+    first = settings.kv_events_port
+    if first is None and settings.routing_policy == "kv-events":
+        first = DEFAULT_KV_EVENTS_PORT
+    if first is None or service.name != settings.service:
+        return None
+    return first + 2 * worker
 
 
 def stack_workers(settings: StackSettings, compose: ComposeFile) -> tuple[dict[str, list[str]], list[str]]:

@@ -33,6 +33,7 @@ from llm_ops.logs import RequestId
 from llm_ops.playground import STATIC_DIR, URL_PREFIX
 from llm_ops.protocol.errors import ErrorCode, RequestError
 from llm_ops.router.forward import Router
+from llm_ops.router.kv_events import KvEvents
 from llm_ops.router.policy import LeastLoaded, Policy, RoundRobin, RoutedRequest
 from llm_ops.router.prefix import Prefix
 from llm_ops.router.replicas import Replicas
@@ -45,7 +46,12 @@ from llm_ops.settings import MAX_BODY_BYTES
 # close before the workers' own keep-alive ends (75 s).
 WORKER_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=2.0)
 POOL_LIMIT, IDLE_CONNECTION_SECONDS = 0, 30
-POLICIES: dict[str, type[Policy]] = {"least-loaded": LeastLoaded, "round-robin": RoundRobin, "prefix": Prefix}
+POLICIES: dict[str, type[Policy]] = {
+    "least-loaded": LeastLoaded,
+    "round-robin": RoundRobin,
+    "prefix": Prefix,
+    "kv-events": KvEvents,
+}
 
 
 def router_of(request: Request) -> Router:
@@ -154,13 +160,17 @@ def create_router_app(
             auto_decompress=False,  # bytes in, bytes out
             skip_auto_headers=("Accept-Encoding",),  # so that the workers send them as they are
         ) as http:
-            app.state.router = Router(http, Replicas(), POLICIES[policy]())
-            watch = asyncio.create_task(
-                watch_replicas(app.state.router.replicas, http, controller_address.rstrip("/"), probe_interval)
-            )
+            router = app.state.router = Router(http, Replicas(), POLICIES[policy]())
+            background = [
+                asyncio.create_task(
+                    watch_replicas(router.replicas, http, controller_address.rstrip("/"), probe_interval)
+                ),
+                asyncio.create_task(router.policy.follow(router.replicas, http)),
+            ]
             yield
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     # No redirects: /api/<name> is no route (404), not a redirect to /api/<name>/.
     app = FastAPI(title="LLM Ops router", lifespan=lifespan, redirect_slashes=False)

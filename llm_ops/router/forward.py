@@ -58,7 +58,7 @@ class Router:
         holder = self.holder(request, method, counted)
         tried: list[Replica] = []
         while True:
-            replica = holder or self.choose(request, tried, counted)
+            replica = holder or await self.choose(request, tried, counted)
             tried.append(replica)
             ended = self._start(request, replica) if counted else _nothing
             url = f"{replica.url}{request.path}" + (f"?{request.query}" if request.query else "")
@@ -90,7 +90,7 @@ class Router:
     async def _send(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         return await self.http.request(method, url, data=body, headers=headers)
 
-    def choose(self, request: RoutedRequest, tried: list[Replica], counted: bool) -> Replica:
+    async def choose(self, request: RoutedRequest, tried: list[Replica], counted: bool) -> Replica:
         replicas = self.replicas.of_model(request.model)
         if not replicas and not self.replicas.listed:
             message = "the router has not heard from the controller yet: try again in a moment"
@@ -101,7 +101,7 @@ class Router:
         healthy = [replica for replica in replicas if replica.admitted and replica not in tried]
         candidates = [replica for replica in healthy if replica.has_room or not counted]
         if candidates:
-            return self.policy.choose(request, candidates, tried)
+            return await self.policy.choose(request, candidates, tried)
         if healthy:
             running = sum(replica.busy for replica in healthy)
             message = (

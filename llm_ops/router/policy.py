@@ -2,9 +2,12 @@
 
 A policy sees the request (its model, the worker's path, its body), the candidates (the model's
 admitted replicas with room that this request has not tried yet, never empty) with their loads, and
-the replicas already tried; it hears when a request starts on a replica and when it ends. One policy
-serves a deployment (`llm-ops router --routing-policy`, `llm_ops.router.app.POLICIES`); the
-prefix-cache-aware one is `llm_ops.router.prefix`.
+the replicas already tried; it hears when a request starts on a replica and when it ends. Choosing
+may await (policy `kv-events` asks a replica for the prompt's tokens); `follow` runs while the router
+does, for a policy that keeps state of its own up to date in the background (it returns at once for the
+others). One policy serves a deployment (`llm-ops router --routing-policy`, `llm_ops.router.app.POLICIES`);
+the prefix-cache-aware ones are `llm_ops.router.prefix` (what the router sent) and
+`llm_ops.router.kv_events` (what the workers' KV caches hold).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from llm_ops.router.replicas import Replica
+import aiohttp
+
+from llm_ops.router.replicas import Replica, Replicas
 
 
 @dataclass
@@ -37,7 +42,11 @@ class RoutedRequest:
 
 
 class Policy(Protocol):
-    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica: ...
+    async def choose(
+        self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]
+    ) -> Replica: ...
+
+    async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None: ...
 
     def started(self, request: RoutedRequest, replica: Replica) -> None: ...
 
@@ -50,10 +59,16 @@ class RoundRobin:
 
     turns: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
-        turn = self.turns[request.model]
-        self.turns[request.model] = turn + 1
+    async def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+        return self.next_in_turn(request.model, candidates)
+
+    def next_in_turn(self, model: str, candidates: Sequence[Replica]) -> Replica:
+        turn = self.turns[model]
+        self.turns[model] = turn + 1
         return sorted(candidates, key=lambda replica: replica.url)[turn % len(candidates)]
+
+    async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
+        pass
 
     def started(self, request: RoutedRequest, replica: Replica) -> None:
         pass
@@ -69,10 +84,16 @@ class LeastLoaded:
 
     ties: RoundRobin = field(default_factory=RoundRobin)
 
-    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+    async def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+        return self.least_loaded(request.model, candidates)
+
+    def least_loaded(self, model: str, candidates: Sequence[Replica]) -> Replica:
         loads = {replica: (share(replica), replica.load.kv_cache_usage) for replica in candidates}
         least = min(loads.values())
-        return self.ties.choose(request, [replica for replica, load in loads.items() if load == least], tried)
+        return self.ties.next_in_turn(model, [replica for replica, load in loads.items() if load == least])
+
+    async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
+        pass
 
     def started(self, request: RoutedRequest, replica: Replica) -> None:
         pass

@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+import aiohttp
 
 from llm_ops.access import GENERATION_ROUTES, RESPONSES_ROUTE
 from llm_ops.protocol.worker import OPENAI_ROLES
 from llm_ops.router.policy import LeastLoaded, RoutedRequest, share
-from llm_ops.router.replicas import Replica
+from llm_ops.router.replicas import Replica, Replicas
 
 CHUNK_CHARS = 256  # about 60 tokens: finer than vLLM's KV blocks (16 tokens on a GPU, 128 on the CPU build)
 REMEMBERED_CHUNKS = 1 << 18  # 64 MiB of prompt text over all replicas, about 30 MB of memory
@@ -45,7 +46,7 @@ def prompt_text(request: RoutedRequest) -> str:
     if request.path not in GENERATION_ROUTES or request.path in EMBEDDINGS:
         return ""
     document = request.document
-    turns = list(_turns(document, request.path == RESPONSES_ROUTE))
+    turns = list(conversation_turns(request))
     if turns:
         return "".join(f"\x1e{role}\x1f{text}" for role, text in turns)
     prompt = document.get("prompt")
@@ -54,7 +55,10 @@ def prompt_text(request: RoutedRequest) -> str:
     return f"\x1d{prompt}" if isinstance(prompt, str) else ""
 
 
-def _turns(document: dict[str, Any], is_response: bool) -> Iterator[tuple[str, str]]:
+def conversation_turns(request: RoutedRequest) -> Iterator[tuple[str, str]]:
+    """The conversation of a chat request, whichever API it came through, as (OpenAI role, text): the system
+    message first. Nothing for a request that is no conversation."""
+    document, is_response = request.document, request.path == RESPONSES_ROUTE
     for system in (document.get("system_message"), document.get("system"), document.get("instructions")):
         if system is not None:
             yield "system", _text(system)
@@ -117,21 +121,24 @@ class Prefix:
     sent_prefixes: SentPrefixes = field(default_factory=SentPrefixes)
     by_load: LeastLoaded = field(default_factory=LeastLoaded)
 
-    def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+    async def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
         hashes = chunk_hashes(prompt_text(request))
-        chosen = self._by_prefix(hashes, candidates) or self.by_load.choose(request, candidates, tried)
+        chosen = self._by_prefix(hashes, candidates) or self.by_load.least_loaded(request.model, candidates)
         if hashes:
             self.sent_prefixes.sent(chosen.url, hashes)
         return chosen
 
     def _by_prefix(self, hashes: list[int], candidates: Sequence[Replica]) -> Replica | None:
-        if not hashes or _out_of_balance(candidates):
+        if not hashes or out_of_balance(candidates):
             return None
         matched = {replica: self.sent_prefixes.matched(replica.url, hashes) for replica in candidates}
         longest = max(matched.values())
         if longest <= CACHE_THRESHOLD * len(hashes):
             return None
         return min((replica for replica in candidates if matched[replica] == longest), key=share)
+
+    async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
+        pass
 
     def started(self, request: RoutedRequest, replica: Replica) -> None:
         pass
@@ -140,6 +147,6 @@ class Prefix:
         pass
 
 
-def _out_of_balance(candidates: Sequence[Replica]) -> bool:
+def out_of_balance(candidates: Sequence[Replica]) -> bool:
     loads = [replica.busy for replica in candidates]
     return max(loads) - min(loads) > BALANCE_ABS and max(loads) > BALANCE_REL * min(loads)

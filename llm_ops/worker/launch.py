@@ -12,6 +12,7 @@ fills in what a deployment of LLM Ops means by default:
 - `VLLM_PLUGINS` names the `llm_ops` plugin (`llm_ops.worker.plugin`), which adds FastChat's routes,
   admission, API keys and registration to vLLM's app;
 - a drain on SIGTERM (`--shutdown-timeout`), and idle connections kept longer than Traefik's;
+- `--kv-events-port PORT`: vLLM's KV-cache events on PORT (replay on PORT + 1), for `--routing-policy kv-events`;
 - `--claim-engine-cores DIR`: cores of its own for the engine on a CPU host (`llm_ops.worker.cores`), claimed
   before vLLM reads its environment and held while the worker runs;
 - a stop signal that stops the worker while its engine is still starting (`serve`).
@@ -51,6 +52,7 @@ CONTAINER_PORT = 21002  # where the start scripts (start_chat.sh, ...) have the 
 SHUTDOWN_TIMEOUT = 30  # seconds vLLM lets answers in flight finish after SIGTERM, unless told otherwise
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 SAFE_NAME = re.compile(MODEL_NAME_PATTERN)
+KV_EVENTS_TOPIC = "kv"
 
 
 def worker_parser() -> Any:
@@ -158,11 +160,21 @@ def resolve_defaults(args: Namespace, options: WorkerOptions) -> Namespace:
             raise ConfigurationError("give either --conv-template or --chat-template, not both")
         conv = get_conv_template(options.conv_template)
         args.chat_template = jinja_chat_template(conv, bos=tokenizer_adds_bos(args.tokenizer or args.model, args))
+    if options.kv_events_port is not None:
+        if args.kv_events_config is not None:
+            raise ConfigurationError("give either --kv-events-port or --kv-events-config, not both")
+        args.kv_events_config = vllm_api.kv_events_config(
+            options.kv_events_port, kv_events_replay_port(options.kv_events_port), KV_EVENTS_TOPIC
+        )
     if args.shutdown_timeout == 0:
         args.shutdown_timeout = SHUTDOWN_TIMEOUT
     if args.disable_access_log_for_endpoints is None:  # polled every few seconds: their lines say nothing
         args.disable_access_log_for_endpoints = ",".join(sorted(POLLED_PATHS))
     return args
+
+
+def kv_events_replay_port(port: int) -> int:
+    return port + 1
 
 
 def tokenizer_adds_bos(tokenizer_source: str, args: Namespace) -> bool:

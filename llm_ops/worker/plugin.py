@@ -32,6 +32,7 @@ from starlette.datastructures import State
 
 from llm_ops.access import (
     GENERATION_ROUTES,
+    KV_EVENTS_ROUTE,
     MESSAGES_ROUTE,
     RESPONSES_ROUTE,
     WORKER_SERVICE_PATHS,
@@ -52,7 +53,7 @@ from llm_ops.settings import ConfigurationError
 from llm_ops.worker import vllm_api
 from llm_ops.worker.admission import Admission, AdmitGeneration
 from llm_ops.worker.fastchat import router
-from llm_ops.worker.launch import worker_options
+from llm_ops.worker.launch import KV_EVENTS_TOPIC, kv_events_replay_port, worker_options
 from llm_ops.worker.registration import keep_registered
 from llm_ops.worker.state import WorkerState, worker_state
 
@@ -70,6 +71,7 @@ class LLMOpsPlugin:
         options = worker_options(vllm_api.server_args(app))
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
+        app.add_api_route(KV_EVENTS_ROUTE, kv_events, methods=["GET"])
         served = {getattr(route, "path", None) for route in app.routes}
         other_kinds = TEXT_GENERATION_ROUTES if served >= EMBEDDING_ROUTES else EMBEDDING_ROUTES
         for path in sorted(other_kinds - served):
@@ -168,6 +170,16 @@ async def health(raw: Request) -> JSONResponse:
     if state.draining:
         return JSONResponse({"status": "draining"} | counts, status_code=503)
     return JSONResponse({"status": "ok"} | counts)
+
+
+async def kv_events(raw: Request) -> JSONResponse:
+    """Where this worker's engine publishes its KV-cache events (on every interface of the worker's host), or
+    404 when it does not (no --kv-events-port)."""
+    port = worker_state(raw).options.kv_events_port
+    if port is None:
+        message = "this worker publishes no KV-cache events (start it with --kv-events-port)"
+        return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message, 404))
+    return JSONResponse({"port": port, "replay_port": kv_events_replay_port(port), "topic": KV_EVENTS_TOPIC})
 
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[Any]]

@@ -72,6 +72,7 @@ SERVE_ARGS = (
     "trust_remote_code",
     "shutdown_timeout",
     "disable_access_log_for_endpoints",
+    "kv_events_config",
     "host",
     "port",
 )
@@ -138,6 +139,8 @@ NAMES = (
     Name(ENGINE_CLIENT_LOGGER, "AsyncLLM", ("get_num_unfinished_requests",)),
     Name(ENGINE_CLIENT_LOGGER, "logger"),
     Name("vllm.v1.engine.exceptions", "EngineDeadError"),
+    # `--kv-events-port`: vLLM's KV-cache events publisher, which policy `kv-events` subscribes to.
+    Name("vllm.config.kv_events", "KVEventsConfig", ("enable_kv_cache_events", "endpoint", "replay_endpoint", "topic")),
     # Internal: `llm-ops worker` is `vllm serve` with LLM Ops' flags added to vLLM's parser and its stop signals
     # handled while the engine starts; vLLM's CLI can do neither, so the worker runs what vLLM's server entry
     # point runs (vllm.entrypoints.launchers.api_server.entry.main), step by step.
@@ -295,6 +298,20 @@ def configure_logging(args: Namespace) -> None:
     from vllm.logger import configure_logging_from_args
 
     configure_logging_from_args(args)
+
+
+def kv_events_config(port: int, replay_port: int, topic: str) -> Any:
+    """vLLM's `--kv-events-config` for a ZeroMQ publisher that binds `port` (and its replay socket `replay_port`) on
+    every interface, so that any number of routers subscribe (an address without `*` would make it connect)."""
+    from vllm.config.kv_events import KVEventsConfig
+
+    return KVEventsConfig(
+        enable_kv_cache_events=True,
+        publisher="zmq",
+        endpoint=f"tcp://*:{port}",
+        replay_endpoint=f"tcp://*:{replay_port}",
+        topic=topic,
+    )
 
 
 def validate_serve_args(args: Namespace) -> None:

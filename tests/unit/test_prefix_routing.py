@@ -13,6 +13,7 @@ from llm_ops.router.policy import RoutedRequest
 from llm_ops.router.prefix import CHUNK_CHARS, Prefix, SentPrefixes, chunk_hashes, prompt_text
 from llm_ops.router.replicas import Load, Replica
 
+pytestmark = pytest.mark.anyio
 DOCUMENT = "Chapter one. " * 200  # about 10 chunks
 OTHER_DOCUMENT = "Another story entirely. " * 120
 HISTORY = [
@@ -90,43 +91,43 @@ def test_each_chunks_hash_covers_every_chunk_before_it() -> None:
     assert chunk_hashes("a" * (CHUNK_CHARS - 1)) == []  # only whole chunks, as vLLM caches only whole blocks
 
 
-def test_the_replica_that_was_sent_the_longest_prefix_gets_the_follow_up_through_any_api() -> None:
+async def test_the_replica_that_was_sent_the_longest_prefix_gets_the_follow_up_through_any_api() -> None:
     policy, replicas = Prefix(), [replica("a"), replica("b"), replica("c")]
-    first = policy.choose(openai_chat(HISTORY[:2]), replicas, [])
-    other = policy.choose(openai_chat([("system", OTHER_DOCUMENT), ("user", "Hi")]), replicas, [])
+    first = await policy.choose(openai_chat(HISTORY[:2]), replicas, [])
+    other = await policy.choose(openai_chat([("system", OTHER_DOCUMENT), ("user", "Hi")]), replicas, [])
     assert other is not first
     for follow_up in (fastchat_chat(HISTORY), anthropic_message(HISTORY), response(HISTORY), openai_chat(HISTORY)):
-        assert policy.choose(follow_up, replicas, []) is first
+        assert await policy.choose(follow_up, replicas, []) is first
 
 
-def test_of_two_replicas_holding_a_prefix_the_longer_match_wins_even_when_busier() -> None:
+async def test_of_two_replicas_holding_a_prefix_the_longer_match_wins_even_when_busier() -> None:
     policy, short, long = Prefix(), replica("short"), replica("long", in_flight=5)
     policy.sent_prefixes.sent(short.url, chunk_hashes(prompt_text(openai_chat(HISTORY[:1]))))
     policy.sent_prefixes.sent(long.url, chunk_hashes(prompt_text(openai_chat(HISTORY[:3]))))
     longer_conversation = HISTORY[:3] + [("user", "And then? " * 80)]
-    assert policy.choose(openai_chat(longer_conversation), [short, long], []) is long
+    assert await policy.choose(openai_chat(longer_conversation), [short, long], []) is long
 
 
-def test_a_prompt_sharing_too_little_with_every_replica_goes_to_the_least_loaded() -> None:
+async def test_a_prompt_sharing_too_little_with_every_replica_goes_to_the_least_loaded() -> None:
     policy, holder, idle = Prefix(), replica("holder", in_flight=2), replica("idle")
     policy.sent_prefixes.sent(holder.url, chunk_hashes(prompt_text(openai_chat([("user", DOCUMENT)]))))
     shares_a_quarter = [("user", DOCUMENT[: len(DOCUMENT) // 4] + OTHER_DOCUMENT * 2)]
-    assert policy.choose(openai_chat(shares_a_quarter), [holder, idle], []) is idle
+    assert await policy.choose(openai_chat(shares_a_quarter), [holder, idle], []) is idle
 
 
-def test_when_loads_drift_apart_the_least_loaded_replica_gets_the_request_despite_the_prefix() -> None:
+async def test_when_loads_drift_apart_the_least_loaded_replica_gets_the_request_despite_the_prefix() -> None:
     policy = Prefix()
     holder, idle = replica("holder", in_flight=prefix.BALANCE_ABS + 1), replica("idle", in_flight=1)
     policy.sent_prefixes.sent(holder.url, chunk_hashes(prompt_text(openai_chat(HISTORY))))
-    assert policy.choose(openai_chat(HISTORY), [holder, idle], []) is holder  # within the absolute threshold
+    assert await policy.choose(openai_chat(HISTORY), [holder, idle], []) is holder  # within the absolute threshold
     holder.in_flight = prefix.BALANCE_ABS + 2
-    assert policy.choose(openai_chat(HISTORY), [holder, idle], []) is idle
+    assert await policy.choose(openai_chat(HISTORY), [holder, idle], []) is idle
 
 
-def test_a_request_without_a_prompt_to_route_by_goes_by_load_and_is_not_remembered() -> None:
+async def test_a_request_without_a_prompt_to_route_by_goes_by_load_and_is_not_remembered() -> None:
     policy, busy, idle = Prefix(), replica("busy", in_flight=3), replica("idle")
-    assert policy.choose(routed("/v1/embeddings", {"input": DOCUMENT}), [busy, idle], []) is idle
-    assert policy.choose(openai_chat([("user", "Hi")]), [busy, idle], []) is idle  # shorter than a chunk
+    assert await policy.choose(routed("/v1/embeddings", {"input": DOCUMENT}), [busy, idle], []) is idle
+    assert await policy.choose(openai_chat([("user", "Hi")]), [busy, idle], []) is idle  # shorter than a chunk
     assert len(policy.sent_prefixes.sent_chunks) == 0
 
 
@@ -140,8 +141,8 @@ def test_memory_is_bounded_and_forgets_the_least_recently_sent_tail_first() -> N
     assert 0 < remembered.matched("http://a", old) < len(old)  # the old prompt's head is still there
 
 
-def test_a_replica_that_was_tried_and_failed_is_not_chosen_again() -> None:
+async def test_a_replica_that_was_tried_and_failed_is_not_chosen_again() -> None:
     """The router passes the candidates it has not tried; the prefix's holder, set aside, is not one of them."""
     policy, holder, other = Prefix(), replica("holder"), replica("other")
     policy.sent_prefixes.sent(holder.url, chunk_hashes(prompt_text(openai_chat(HISTORY))))
-    assert policy.choose(openai_chat(HISTORY), [other], [holder]) is other
+    assert await policy.choose(openai_chat(HISTORY), [other], [holder]) is other

@@ -3,7 +3,8 @@
 vLLM loads it when `VLLM_PLUGINS` names it (`llm_ops.worker.launch` does) and calls:
 
 - `attach_router(app)` once its own routes are on the app: FastChat's routes (`worker.fastchat`), a
-  `/health` that turns 503 while the worker drains, and the middlewares, outermost first: request
+  `/health` that turns 503 while the worker drains, `/kv_events` (where its engine publishes its KV-cache
+  events, for the routers), and the middlewares, outermost first: request
   ids, API keys, the public routes only, the body limit, admission on every generation route;
 - `init_state(engine_client, state, args)` once its serving handlers exist: the engine client, the
   worker's names, chat template, conversation and admission (`WorkerState`).

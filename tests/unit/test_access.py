@@ -153,6 +153,19 @@ async def test_a_workers_status_route_takes_the_service_key_and_refuses_a_client
     assert status.status_code == 200 and status.json()["model_names"]
 
 
+async def test_where_a_worker_publishes_kv_cache_events_is_for_the_service_key_and_404_when_it_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
+    async with asgi_client(await fake_worker(flags=["--kv-events-port", "5557"])) as publishing:
+        assert (await publishing.get("/kv_events", headers=bearer("sk-first-key"))).status_code == 401
+        where = await publishing.get("/kv_events", headers=bearer(SERVICE_KEY))
+        assert where.status_code == 200 and where.json() == {"port": 5557, "replay_port": 5558, "topic": "kv"}
+    async with asgi_client(await fake_worker()) as silent:
+        assert (await silent.get("/kv_events", headers=bearer(SERVICE_KEY))).status_code == 404
+
+
 @pytest.mark.parametrize("key", ["sk-first-key", SERVICE_KEY])
 async def test_a_workers_generation_routes_take_a_client_key_or_the_service_key(
     service_keyed_worker: httpx.AsyncClient, key: str

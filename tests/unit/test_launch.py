@@ -246,3 +246,14 @@ def test_the_worker_claims_its_engines_cores_before_vllms_server_starts_and_hold
     assert seen == {"cores": "0", "another worker's": [1]}
     with claimed_cores(tmp_path, 1, [0, 1]) as after:
         assert after == [0]  # the worker's claim went with it
+
+
+def test_a_kv_events_port_makes_vllm_publish_there_bound_on_every_interface_and_excludes_a_config_given_too() -> None:
+    args = parse_worker_args(["--kv-events-port", "5557"])
+    config = resolve_defaults(args, worker_options(args)).kv_events_config
+    assert (config.enable_kv_cache_events, config.publisher, config.topic) == (True, "zmq", "kv")
+    assert (config.endpoint, config.replay_endpoint) == ("tcp://*:5557", "tcp://*:5558")  # `*`: vLLM binds
+    assert resolve_defaults(parse_worker_args([]), worker_options(parse_worker_args([]))).kv_events_config is None
+    both = parse_worker_args(["--kv-events-port", "5557", "--kv-events-config", '{"enable_kv_cache_events": true}'])
+    with pytest.raises(ConfigurationError, match="not both"):
+        resolve_defaults(both, worker_options(both))

@@ -175,3 +175,15 @@ def test_each_process_runs_in_a_process_group_of_its_own_in_the_stacks_session_r
 def test_the_banner_gives_the_playgrounds_address() -> None:
     banner = usage_banner(StackSettings(), [DEFAULT_MODEL_NAME], Path("ca.pem"), frozenset())
     assert "the playground: https://localhost:8443/\n" in banner
+
+
+def test_with_kv_events_each_replica_of_the_service_publishes_two_ports_apart_and_the_embedding_worker_none() -> None:
+    def events_ports(settings: StackSettings) -> list[str | None]:
+        workers, _ = stack_workers(settings, COMPOSE)
+        return [
+            next((c[i + 1] for i, arg in enumerate(c) if arg == "--kv-events-port"), None) for c in workers.values()
+        ]
+
+    assert events_ports(StackSettings(replicas=2)) == [None, None, None]
+    assert events_ports(StackSettings(replicas=2, routing_policy="kv-events")) == ["5557", "5559", None]
+    assert events_ports(StackSettings(replicas=2, kv_events_port=7000)) == ["7000", "7002", None]

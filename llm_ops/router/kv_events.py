@@ -96,10 +96,20 @@ ARRAY_FIELDS = {
 
 
 def decode_batch(payload: bytes) -> list[KvEvent]:
-    """The events of one published batch; unknown event types are skipped."""
-    batch = msgspec.msgpack.decode(payload)
-    events = batch[1] if isinstance(batch, list) and len(batch) > 1 else []
-    return [event for raw in events if (event := decode_event(raw)) is not None]
+    """The events of one published batch; unknown event types, and what is not msgpack, are skipped."""
+    try:
+        batch = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return []
+    events = batch[1] if isinstance(batch, list) and len(batch) > 1 and isinstance(batch[1], list) else []
+    return [event for raw in events if (event := _decoded_or_none(raw)) is not None]
+
+
+def _decoded_or_none(raw: object) -> KvEvent | None:
+    try:
+        return decode_event(raw)
+    except (KeyError, TypeError, ValueError):  # a field missing or of another type: not an event we know
+        return None
 
 
 def decode_event(raw: object) -> KvEvent | None:
@@ -330,7 +340,12 @@ class KvEventsIndex:
             return
         logger.info("following the KV-cache events of %s at %s", url, source.address(source.port))
         blocks = self.blocks[url] = CachedBlocks()
-        await Subscription(source, blocks, context).run()
+        try:
+            await Subscription(source, blocks, context).run()
+        except (zmq.ZMQError, ValueError, IndexError) as error:  # a socket that failed, a message that is no batch
+            logger.warning("KV events of %s stopped (%r): followed anew in a moment", url, error)
+            self.tasks.pop(url, None)
+            self.blocks.pop(url, None)
 
 
 async def event_source(http: aiohttp.ClientSession, replica_url: str) -> EventSource:
@@ -403,9 +418,9 @@ class KvEvents:
             blocks = self.index.of(replica)
             if blocks is None or blocks.block_size is None:
                 continue
-            size = blocks.block_size
-            keys = keys_by_size.setdefault(size, prompt_block_keys(tokens, size))
-            yield replica, blocks.matched(keys)
+            if blocks.block_size not in keys_by_size:
+                keys_by_size[blocks.block_size] = prompt_block_keys(tokens, blocks.block_size)
+            yield replica, blocks.matched(keys_by_size[blocks.block_size])
 
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
         self.http = http

@@ -113,6 +113,12 @@ def test_both_event_encodings_decode_to_the_same_events_from_recorded_frames() -
     assert len(first.token_ids) == BLOCK * len(first.block_hashes)
 
 
+def test_what_is_no_batch_of_known_events_is_skipped() -> None:
+    assert decode_batch(b"not msgpack \xc1") == []
+    malformed = msgspec.msgpack.encode([0.0, [{"type": "BlockStored"}, {"type": "Other"}, ["AllBlocksCleared"]]])
+    assert decode_batch(malformed) == [AllBlocksCleared()]
+
+
 def test_the_blocks_a_real_engine_stored_for_a_chat_match_its_tokens_and_its_follow_up_chains_to_them() -> None:
     blocks = CachedBlocks()
     for event in events_of("kv_events_vllm_0_32.msgpack"):

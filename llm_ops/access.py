@@ -49,8 +49,10 @@ FASTCHAT_ROUTES = frozenset(
 OPENAI_ROUTES = frozenset(
     {"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"}
 )
-# A worker's routes for services only (with a service key): what the controller asks it.
-WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status"})
+# A worker's routes for services only (with a service key): what the controller asks it, and the prefix
+# cache's reset (the routing benchmark's, between contenders). The router never forwards to the latter.
+RESET_PREFIX_CACHE = "/reset_prefix_cache"
+WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status", RESET_PREFIX_CACHE})
 # At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
 MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
 # vLLM's Responses API (OpenAI's) and Anthropic's Messages API, on generate models.
@@ -89,7 +91,7 @@ def stored_response_id(method: str, path: str) -> str | None:
 
 def is_public(method: str, path: str) -> bool:
     """Whether a worker answers `method path` (else 404: vLLM's other routes stay private)."""
-    named = (FASTCHAT_ROUTES, OPENAI_ROUTES, RESPONSES_AND_MESSAGES_ROUTES, PROBES)
+    named = (FASTCHAT_ROUTES, OPENAI_ROUTES, RESPONSES_AND_MESSAGES_ROUTES, PROBES, WORKER_SERVICE_PATHS)
     return any(path in routes for routes in named) or stored_response_id(method, path) is not None
 
 

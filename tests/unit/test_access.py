@@ -153,6 +153,16 @@ async def test_a_workers_status_route_takes_the_service_key_and_refuses_a_client
     assert status.status_code == 200 and status.json()["model_names"]
 
 
+async def test_a_workers_prefix_cache_is_reset_with_the_service_key_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
+    vllm = FakeVllm()
+    async with asgi_client(await fake_worker(vllm)) as client:
+        refused = await client.post("/reset_prefix_cache", headers=bearer("sk-first-key"))
+        reset = await client.post("/reset_prefix_cache", headers=bearer(SERVICE_KEY))
+    assert refused.status_code == 401 and reset.json() == {"reset": True} and vllm.prefix_cache_resets == 1
+
+
 @pytest.mark.parametrize("key", ["sk-first-key", SERVICE_KEY])
 async def test_a_workers_generation_routes_take_a_client_key_or_the_service_key(
     service_keyed_worker: httpx.AsyncClient, key: str
@@ -244,6 +254,7 @@ DOCUMENTED_ROUTES = {
     ("POST", "/v1/responses/{response_id}/cancel"),
     ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/reset_prefix_cache"),  # vLLM's in development mode; LLM Ops' otherwise, both for services only
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import random
@@ -39,6 +40,7 @@ from llm_ops.bench.stats import SLO, Arrival, RequestRecord, Summary, summarize
 from llm_ops.bench.vllm_server import LOOPBACK, free_port, running_server
 from llm_ops.protocol.controller import WorkerList
 from llm_ops.protocol.framing import iter_chunks
+from llm_ops.router.watch import replica_url
 
 SYSTEM_PROMPT = "You answer questions about the document below in one short sentence.\n\n"
 NAMES = ["Ada", "Bram", "Cleo", "Dov", "Elin", "Finn", "Gaia", "Hugo", "Iris", "Jon", "Kai", "Lena"]
@@ -145,7 +147,7 @@ async def sentences_for(settings: RoutingBenchSettings, http: httpx.AsyncClient,
 
 async def workers_of(http: httpx.AsyncClient, controller_url: str, model: str) -> list[str]:
     listed = WorkerList.model_validate_json((await http.get(f"{controller_url}/list_workers")).content)
-    return sorted(worker.name for worker in listed.workers if model in worker.model_names)
+    return sorted(replica_url(worker.name) for worker in listed.workers if model in worker.model_names)
 
 
 async def read_counts(http: httpx.AsyncClient, worker: str) -> ReplicaCounts:
@@ -196,12 +198,15 @@ async def send_openai(
     }
 
     async def pieces(response: httpx.Response) -> AsyncIterator[tuple[str, int]]:
+        """vllm-router drops `continuous_usage_stats`: without usage, a chunk of text counts as a token."""
+        chunks = 0
         async for event in EventSource(response).aiter_sse():
             if event.data == "[DONE]":
                 return
             data = json.loads(event.data)
             text = "".join(choice["delta"].get("content") or "" for choice in data.get("choices") or [])
-            yield text, int(data["usage"]["completion_tokens"])
+            chunks += bool(text)
+            yield text, int((data.get("usage") or {}).get("completion_tokens", chunks))
 
     return await _timed(http, f"{base}/v1/chat/completions", body, pieces)
 
@@ -425,6 +430,7 @@ def _output(settings: RoutingBenchSettings, started_at: str) -> Path:
 
 
 def run_routing_bench(settings: RoutingBenchSettings) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would hide the progress
     report = asyncio.run(bench_routing(settings))
     print(table(report.contenders))
     print("\n".join(comparisons(report.contenders)))

@@ -17,6 +17,8 @@ come from the engines themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import logging
 import math
@@ -65,6 +67,7 @@ class Contender:
     policy: str
     by_vllm_router: bool
     fastchat: bool
+    routers: int = 1  # instances of LLM Ops' router, each request to the next, as Traefik sends to its two
 
 
 class ReplicaCounts(BaseModel):
@@ -102,9 +105,10 @@ class RoutingReport(BaseModel):
 
 def contender(label: str) -> Contender:
     kind, _, policy = label.rpartition(":")
-    if kind not in ("", "fastchat", "vllm-router"):
-        raise ValueError(f"contender {label!r}: POLICY, fastchat:POLICY or vllm-router:POLICY")
-    return Contender(label, policy, by_vllm_router=kind == "vllm-router", fastchat=kind == "fastchat")
+    if kind not in ("", "fastchat", "two-routers", "vllm-router"):
+        raise ValueError(f"contender {label!r}: POLICY, fastchat:POLICY, two-routers:POLICY or vllm-router:POLICY")
+    routers = 2 if kind == "two-routers" else 1
+    return Contender(label, policy, by_vllm_router=kind == "vllm-router", fastchat=kind == "fastchat", routers=routers)
 
 
 def sentence(rng: random.Random) -> str:
@@ -302,16 +306,22 @@ async def run_contender(
     async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
         await reset_prefix_caches(http, workers)
         before = [await read_counts(http, worker) for worker in workers]
-        port = free_port()
-        base = f"http://{LOOPBACK}:{port}"
         environment = {name: value for name, value in os.environ.items() if name != API_KEYS_VARIABLE}
-        command = router_command(chosen, settings, workers, port)
-        log_file = log_dir / f"{chosen.label.replace(':', '-')}.log"
-        async with running_server(command, environment, base, log_file, settings.start_timeout):
-            await wait_until_routing(http, base, chosen, workers, settings.start_timeout)
-            sender = send_fastchat if chosen.fastchat else send_openai
+        async with contextlib.AsyncExitStack() as routers:
+            bases = []
+            for instance in range(chosen.routers):
+                port = free_port()
+                bases.append(f"http://{LOOPBACK}:{port}")
+                log_file = log_dir / f"{chosen.label.replace(':', '-')}-{instance}.log"
+                command = router_command(chosen, settings, workers, port)
+                await routers.enter_async_context(
+                    running_server(command, environment, bases[-1], log_file, settings.start_timeout)
+                )
+                await wait_until_routing(http, bases[-1], chosen, workers, settings.start_timeout)
+            sender, turn = send_fastchat if chosen.fastchat else send_openai, itertools.count()
 
             async def send(context: str, turns: list[dict[str, str]]) -> tuple[RequestRecord, str]:
+                base = bases[next(turn) % len(bases)]
                 return await sender(http, base, settings.model, settings.max_new_tokens, context, turns)
 
             start = time.perf_counter()

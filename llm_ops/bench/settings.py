@@ -89,7 +89,8 @@ class RoutingBenchSettings(BaseModel):
     contenders: list[str] = Field(
         ["round-robin", "least-loaded", "prefix", "vllm-router:cache_aware", "fastchat:round-robin", "fastchat:prefix"],
         description="in this order: POLICY (LLM Ops' router, /v1/chat/completions), fastchat:POLICY (its "
-        "/api/<model>/worker_generate_stream), vllm-router:POLICY (vllm-router, /v1/chat/completions)",
+        "/api/<model>/worker_generate_stream), two-routers:POLICY (two instances of it, taken in turn), "
+        "vllm-router:POLICY (vllm-router, /v1/chat/completions)",
     )
     controller_url: str = Field("http://127.0.0.1:21001", description="the running stack's controller")
     model: str = Field(DEFAULT_MODEL_NAME, description="the model the replicas serve")

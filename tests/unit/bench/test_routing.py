@@ -24,7 +24,7 @@ from llm_ops.bench.stats import Arrival, RequestRecord, summarize
 WORKERS = ["http://127.0.0.1:21002", "http://127.0.0.1:21003"]
 
 
-def test_a_contender_is_a_policy_of_our_router_on_v1_or_on_fastchats_route_or_one_of_vllm_routers() -> None:
+def test_a_contender_is_our_routers_policy_on_v1_on_fastchats_route_or_in_two_instances_or_vllm_routers() -> None:
     ours, fastchat, theirs = (
         contender("prefix"),
         contender("fastchat:round-robin"),
@@ -33,6 +33,7 @@ def test_a_contender_is_a_policy_of_our_router_on_v1_or_on_fastchats_route_or_on
     assert ours.policy == "prefix" and not ours.fastchat and not ours.by_vllm_router
     assert fastchat.fastchat and fastchat.policy == "round-robin" and not fastchat.by_vllm_router
     assert theirs.by_vllm_router and theirs.policy == "cache_aware" and not theirs.fastchat
+    assert contender("two-routers:prefix").routers == 2 and ours.routers == 1
     with pytest.raises(ValueError, match="POLICY"):
         contender("sglang:cache_aware")
 

@@ -51,8 +51,11 @@ OPENAI_ROUTES = frozenset(
 )
 # Where a worker publishes vLLM's KV-cache events (`llm_ops.router.kv_events` subscribes): for routers only.
 KV_EVENTS_ROUTE = "/kv_events"
-# A worker's routes for services only (with a service key): what the controller and the routers ask it.
-WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status", KV_EVENTS_ROUTE})
+# The prefix cache's reset (the routing benchmark's, between contenders); the router never forwards to it.
+RESET_PREFIX_CACHE = "/reset_prefix_cache"
+# A worker's routes for services only (with a service key): what the controller, the routers and the
+# routing benchmark ask it.
+WORKER_SERVICE_PATHS = frozenset({FASTCHAT_PREFIX + "worker_get_status", KV_EVENTS_ROUTE, RESET_PREFIX_CACHE})
 # At the front door, under /api/<model>/: vLLM's OpenAI routes of the model; the others are FastChat's.
 MODEL_OPENAI_ROUTES = ("v1/", "tokenize", "detokenize")
 # vLLM's Responses API (OpenAI's) and Anthropic's Messages API, on generate models.
@@ -94,6 +97,8 @@ def is_public(method: str, path: str) -> bool:
     named = (FASTCHAT_ROUTES, OPENAI_ROUTES, RESPONSES_AND_MESSAGES_ROUTES, PROBES)
     if path == KV_EVENTS_ROUTE:
         return method == "GET"
+    if path == RESET_PREFIX_CACHE:
+        return method == "POST"
     return any(path in routes for routes in named) or stored_response_id(method, path) is not None
 
 

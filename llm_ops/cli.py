@@ -15,7 +15,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from llm_ops.bench.settings import BenchSettings
+from llm_ops.bench.settings import BenchSettings, RoutingBenchSettings
 from llm_ops.logs import LogFormat, configure_logging, default_log_format
 from llm_ops.models.default import ensure_default_model
 from llm_ops.settings import (
@@ -56,16 +56,38 @@ class UpCommand(StackSettings):
         sys.exit(run_stack(self))
 
 
-class BenchCommand(BenchSettings):
-    """Load the stack (FastChat a, /v1 d, /api/<model>/v1 e), the worker (b) and vLLM's own server (c) in turn."""
+class RoutingBenchCommand(RoutingBenchSettings):
+    """Groups of users sharing long contexts, through each routing policy in turn on the running replicas
+    (`LLM_OPS_SERVICE_KEY=... llm-ops up --replicas 2 --also-serve '[]'` first, with the same key)."""
 
     def cli_cmd(self) -> None:
         try:
+            from llm_ops.bench.routing import run_routing_bench
+        except ModuleNotFoundError as missing:
+            raise _bench_extra_missing(missing) from None
+        sys.exit(run_routing_bench(self))
+
+
+class BenchCommand(BenchSettings):
+    """Load the stack (FastChat a, /v1 d, /api/<model>/v1 e), the worker (b) and vLLM's own server (c) in turn;
+    `llm-ops bench routing`: the routing policies against each other."""
+
+    routing: CliSubCommand[RoutingBenchCommand]
+
+    def cli_cmd(self) -> None:
+        if self.routing is not None:
+            CliApp.run_subcommand(self)
+            return
+        try:
             from llm_ops.bench.run import run_bench
-        except ModuleNotFoundError as missing:  # `make up` installs what the stack needs, not the load generator
-            message = f"llm-ops bench needs the bench extra ({missing.name} is missing): make install"
-            raise ConfigurationError(message) from None
+        except ModuleNotFoundError as missing:
+            raise _bench_extra_missing(missing) from None
         sys.exit(run_bench(self))
+
+
+def _bench_extra_missing(missing: ModuleNotFoundError) -> ConfigurationError:
+    # `make up` installs what the stack needs, not the load generator
+    return ConfigurationError(f"llm-ops bench needs the bench extra ({missing.name} is missing): make install")
 
 
 class PrepareModelCommand(BaseSettings):

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from llm_ops.settings import DEFAULT_SERVICE
+from llm_ops.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVICE
 
 TargetKey = Literal["a", "b", "c", "d", "e", "f"]
 TARGET_NAMES: dict[TargetKey, str] = {
@@ -77,3 +77,37 @@ class BenchSettings(BaseModel):
 
     def requests_at(self, concurrency: int) -> int:
         return self.requests_per_level or max(4, 2 * concurrency)
+
+
+class RoutingBenchSettings(BaseModel):
+    """`llm-ops bench routing`: groups of users sharing a long context (a system prompt and a document), each
+    asking their own questions over several turns, sent through each contender in turn on the same running
+    replicas (`llm-ops up --replicas 2`), whose prefix caches are reset in between. A contender is a policy of
+    LLM Ops' router on /v1 (`prefix`, `least-loaded`, ...), the same on FastChat's route (`fastchat:prefix`), or
+    vllm-router's (`vllm-router:cache_aware`) pointed at the same workers."""
+
+    contenders: list[str] = Field(
+        ["round-robin", "least-loaded", "prefix", "vllm-router:cache_aware", "fastchat:round-robin", "fastchat:prefix"],
+        description="in this order: POLICY (LLM Ops' router, /v1/chat/completions), fastchat:POLICY (its "
+        "/api/<model>/worker_generate_stream), two-routers:POLICY (two instances of it, taken in turn), "
+        "vllm-router:POLICY (vllm-router, /v1/chat/completions)",
+    )
+    controller_url: str = Field("http://127.0.0.1:21001", description="the running stack's controller")
+    model: str = Field(DEFAULT_MODEL_NAME, description="the model the replicas serve")
+    vllm_router: Path = Field(
+        Path("vllm-router"), description="vllm-router's binary (PyPI vllm-router, in a venv of its own)"
+    )
+    groups: int = Field(12, ge=1, description="contexts shared by a group of users")
+    users_per_group: int = Field(2, ge=1, description="users of each group, each with their own questions")
+    turns: int = Field(3, ge=1, description="questions per user; each turn's prompt holds the conversation so far")
+    document_tokens: int = Field(2500, ge=1, description="tokens of each group's document, about")
+    max_new_tokens: int = Field(24, ge=1, description="tokens of each answer")
+    session_interval: float = Field(
+        2.0, gt=0, description="seconds between users' arrivals (user 1 of every group, then user 2, ...)"
+    )
+    seed: int = Field(0, description="the documents and questions drawn")
+    request_timeout: float = Field(900, gt=0, description="seconds a request may take")
+    start_timeout: float = Field(60, gt=0, description="seconds for a contender's router to admit every replica")
+    output: Path | None = Field(
+        None, description="the JSON result (a PNG goes beside it); unset: benchmarks/results/routing-<time>.json"
+    )

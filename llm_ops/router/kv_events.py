@@ -32,7 +32,7 @@ from its replay buffer.
 
 Scoring as `llm_ops.router.prefix`: when loads are out of balance the least loaded replica gets the
 request; otherwise the replica with the longest run of cached leading blocks (the least loaded of
-those that tie), if any holds one; otherwise the least loaded.
+those that tie), if any holds one; otherwise the one holding the fewest blocks.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import zmq.asyncio
 
 from llm_ops.access import GENERATION_ROUTES, KV_EVENTS_ROUTE
 from llm_ops.router.policy import LeastLoaded, RoutedRequest, share
-from llm_ops.router.prefix import EMBEDDINGS, conversation_turns, out_of_balance
+from llm_ops.router.prefix import CHUNK_CHARS, EMBEDDINGS, conversation_turns, out_of_balance, prompt_text
 from llm_ops.router.replicas import Replica, Replicas
 
 logger = logging.getLogger(__name__)
@@ -392,11 +392,20 @@ class KvEvents:
     http: aiohttp.ClientSession | None = None
 
     async def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
+        if out_of_balance(candidates) or len(prompt_text(request)) < CHUNK_CHARS:  # too short to cache much
+            return self.by_load.least_loaded(request.model, candidates)
         holding = [replica for replica in candidates if (blocks := self.index.of(replica)) and blocks.held]
-        chosen = None
-        if holding and not out_of_balance(candidates):
-            chosen = await self._by_cache(request, candidates)
-        return chosen or self.by_load.least_loaded(request.model, candidates)
+        chosen = await self._by_cache(request, candidates) if holding else None
+        return chosen or self._holding_the_least(candidates)
+
+    def _holding_the_least(self, candidates: Sequence[Replica]) -> Replica:
+        """For a prompt no replica holds: the emptiest cache, as `llm_ops.router.prefix` does."""
+
+        def held(replica: Replica) -> int:
+            blocks = self.index.of(replica)
+            return len(blocks.held) if blocks else 0
+
+        return min(candidates, key=lambda replica: (held(replica), share(replica)))
 
     async def _by_cache(self, request: RoutedRequest, candidates: Sequence[Replica]) -> Replica | None:
         body = tokenize_body(request)

@@ -15,13 +15,14 @@ recently sent chunks go first, a prompt's tail before its head, as vLLM evicts b
 As in SGLang's cache-aware router: when loads drift apart (more than `BALANCE_ABS` requests and
 `BALANCE_REL` times the least busy one's), the least loaded replica gets the request; otherwise the
 replica that was sent the longest prefix, if that covers more than `CACHE_THRESHOLD` of the prompt;
-otherwise the least loaded one, which then holds the new prefix. What one router sent is all it knows:
-two router instances each keep their own memory, and may send one group to two replicas.
+otherwise the replica that holds the least prompt text, which then holds the new prefix (by load alone, the
+groups' contexts pile up unevenly: one replica computes and serves more of them). What one router sent is
+all it knows: two router instances each keep their own memory, and may send one group to two replicas.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -96,13 +97,19 @@ class SentPrefixes:
 
     capacity: int = REMEMBERED_CHUNKS
     sent_chunks: OrderedDict[tuple[str, int], None] = field(default_factory=OrderedDict)
+    held: Counter[str] = field(default_factory=Counter)  # chunks remembered per replica
 
     def sent(self, replica_url: str, hashes: Sequence[int]) -> None:
         for chunk in reversed(hashes):  # the head is the most recently sent: evicted last
-            self.sent_chunks[replica_url, chunk] = None
-            self.sent_chunks.move_to_end((replica_url, chunk))
+            key = (replica_url, chunk)
+            if key in self.sent_chunks:
+                self.sent_chunks.move_to_end(key)
+            else:
+                self.sent_chunks[key] = None
+                self.held[replica_url] += 1
         while len(self.sent_chunks) > self.capacity:
-            self.sent_chunks.popitem(last=False)
+            (evicted_from, _), _ = self.sent_chunks.popitem(last=False)
+            self.held[evicted_from] -= 1
 
     def matched(self, replica_url: str, hashes: Sequence[int]) -> int:
         """How many of the leading chunks were sent to `replica_url`."""
@@ -123,19 +130,24 @@ class Prefix:
 
     async def choose(self, request: RoutedRequest, candidates: Sequence[Replica], tried: Sequence[Replica]) -> Replica:
         hashes = chunk_hashes(prompt_text(request))
-        chosen = self._by_prefix(hashes, candidates) or self.by_load.least_loaded(request.model, candidates)
-        if hashes:
-            self.sent_prefixes.sent(chosen.url, hashes)
+        if not hashes:
+            return self.by_load.least_loaded(request.model, candidates)
+        if out_of_balance(candidates):
+            chosen = self.by_load.least_loaded(request.model, candidates)
+        else:
+            chosen = self._holding_the_longest_prefix(hashes, candidates) or self._holding_the_least(candidates)
+        self.sent_prefixes.sent(chosen.url, hashes)
         return chosen
 
-    def _by_prefix(self, hashes: list[int], candidates: Sequence[Replica]) -> Replica | None:
-        if not hashes or out_of_balance(candidates):
-            return None
+    def _holding_the_longest_prefix(self, hashes: list[int], candidates: Sequence[Replica]) -> Replica | None:
         matched = {replica: self.sent_prefixes.matched(replica.url, hashes) for replica in candidates}
         longest = max(matched.values())
         if longest <= CACHE_THRESHOLD * len(hashes):
             return None
         return min((replica for replica in candidates if matched[replica] == longest), key=share)
+
+    def _holding_the_least(self, candidates: Sequence[Replica]) -> Replica:
+        return min(candidates, key=lambda replica: (self.sent_prefixes.held[replica.url], share(replica)))
 
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
         pass

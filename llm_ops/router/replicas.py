@@ -9,7 +9,8 @@ one's state itself (`llm_ops.router.watch`):
   running and waiting requests (every router's, and clients calling it directly), its running slots
   (`capacity`) and vLLM's KV-cache usage;
 - `admitted`: it passed a health check and has not failed since. A replica that refuses a connection,
-  answers 503 or breaks mid-answer is set aside at once, and admitted again after a passing check.
+  answers 503 or breaks mid-answer is set aside at once (one that answers its checks late, after a few in
+  a row), and admitted again after a passing check.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Replica:
     load: Load = field(default_factory=Load)
     admitted: bool = False
     model_cards: list[dict[str, Any]] = field(default_factory=list)  # its /v1/models, read when admitted
+    slow_probes: int = 0  # health checks in a row it did not answer in time
 
     @property
     def busy(self) -> int:

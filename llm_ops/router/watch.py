@@ -3,8 +3,10 @@ healthy (its /health), and how loaded (its /metrics). Never on a request's path.
 
 Every `interval`: the controller's `GET /list_workers`, then every replica at once: `GET /health`; if
 it answers 200, `GET /metrics` (and, for a replica not admitted yet, its `/v1/models`). A replica that
-fails either is set aside; one that passes both is admitted. A controller that cannot be reached
-changes nothing: the replicas known so far keep serving.
+refuses the connection or answers an error is set aside at once; one that does not answer within
+`PROBE_TIMEOUT` is set aside after `SLOW_PROBES_TO_SET_ASIDE` such probes in a row (on a saturated CPU a
+worker busy with long prefills answers late, and is serving); one that passes both is admitted. A
+controller that cannot be reached changes nothing: the replicas known so far keep serving.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from llm_ops.router.replicas import Load, Replica, Replicas
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+SLOW_PROBES_TO_SET_ASIDE = 3  # as vllm-router's --health-failure-threshold
 FAILED = (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError)
 # The worker's admission (llm_ops.worker.admission) and vLLM's KV cache, as its /metrics names them.
 RUNNING, WAITING, CAPACITY = "llm_ops_requests_running", "llm_ops_requests_waiting", "llm_ops_requests_capacity"
@@ -72,6 +75,11 @@ async def probe(http: aiohttp.ClientSession, replica: Replica) -> None:
         replica.load = read_load(await read(http, f"{replica.url}/metrics"), in_flight)
         if not replica.admitted:
             replica.admit(await model_cards(http, replica))
+        replica.slow_probes = 0
+    except TimeoutError:
+        replica.slow_probes += 1
+        if replica.slow_probes >= SLOW_PROBES_TO_SET_ASIDE or not replica.admitted:
+            replica.set_aside(f"it did not answer {replica.slow_probes} health checks within {PROBE_TIMEOUT.total} s")
     except aiohttp.ClientResponseError as error:
         replica.set_aside(f"its {error.request_info.url.path} answered {error.status}")
     except FAILED as error:

@@ -35,6 +35,7 @@ from llm_ops.access import (
     GENERATION_ROUTES,
     KV_EVENTS_ROUTE,
     MESSAGES_ROUTE,
+    RESET_PREFIX_CACHE,
     RESPONSES_ROUTE,
     WORKER_SERVICE_PATHS,
     LimitBody,
@@ -73,6 +74,7 @@ class LLMOpsPlugin:
         app.include_router(router)
         app.add_api_route("/health", health, methods=["GET"])
         app.add_api_route(KV_EVENTS_ROUTE, kv_events, methods=["GET"])
+        app.add_api_route(RESET_PREFIX_CACHE, reset_prefix_cache, methods=["POST"])
         served = {getattr(route, "path", None) for route in app.routes}
         other_kinds = TEXT_GENERATION_ROUTES if served >= EMBEDDING_ROUTES else EMBEDDING_ROUTES
         for path in sorted(other_kinds - served):
@@ -153,6 +155,13 @@ async def not_served(raw: Request) -> JSONResponse:
     )
     message = f"{', '.join(state.model_names)} is {kind}: it does not answer {raw.url.path}; ask it {asked}"
     return refusal(raw.scope, RequestError(ErrorCode.VALIDATION_TYPE_ERROR, message))
+
+
+async def reset_prefix_cache(raw: Request) -> JSONResponse:
+    """Services only: the engine forgets its cached prefixes (409 while it runs requests, as vLLM refuses)."""
+    if await worker_state(raw).engine.reset_prefix_cache():
+        return JSONResponse({"reset": True})
+    return JSONResponse({"reset": False, "detail": "the engine is running requests: try again once idle"}, 409)
 
 
 async def health(raw: Request) -> JSONResponse:

@@ -365,6 +365,11 @@ class Engine:
         count: int = self.client.vllm_config.scheduler_config.max_num_seqs
         return count
 
+    async def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (vLLM's development route does the same); False while requests run."""
+        reset: bool = await self.client.reset_prefix_cache()
+        return reset
+
     def unfinished_requests(self) -> int:
         count: int = self.client.get_num_unfinished_requests()  # internal: AsyncLLM's (see NAMES)
         return count

@@ -123,6 +123,7 @@ class FakeVllm:
     started: int = 0
     finished: int = 0
     aborted: int = 0
+    prefix_cache_resets: int = 0
 
     def __post_init__(self) -> None:
         self.tokenizer = FakeTokenizer(self.chat_template)
@@ -146,6 +147,12 @@ class FakeVllm:
 
     def get_num_unfinished_requests(self) -> int:
         return self.started - self.finished - self.aborted
+
+    async def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
+        if self.get_num_unfinished_requests():  # as vLLM: not while requests run
+            return False
+        self.prefix_cache_resets += 1
+        return True
 
     # The serving handlers.
     async def create_chat_completion(self, request: ChatCompletionRequest, raw: Request | None) -> Any:

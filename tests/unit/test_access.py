@@ -166,6 +166,16 @@ async def test_where_a_worker_publishes_kv_cache_events_is_for_the_service_key_a
         assert (await silent.get("/kv_events", headers=bearer(SERVICE_KEY))).status_code == 404
 
 
+async def test_a_workers_prefix_cache_is_reset_with_the_service_key_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_OPS_API_KEYS", KEYS)
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY", SERVICE_KEY)
+    vllm = FakeVllm()
+    async with asgi_client(await fake_worker(vllm)) as client:
+        refused = await client.post("/reset_prefix_cache", headers=bearer("sk-first-key"))
+        reset = await client.post("/reset_prefix_cache", headers=bearer(SERVICE_KEY))
+    assert refused.status_code == 401 and reset.json() == {"reset": True} and vllm.prefix_cache_resets == 1
+
+
 @pytest.mark.parametrize("key", ["sk-first-key", SERVICE_KEY])
 async def test_a_workers_generation_routes_take_a_client_key_or_the_service_key(
     service_keyed_worker: httpx.AsyncClient, key: str
@@ -257,6 +267,7 @@ DOCUMENTED_ROUTES = {
     ("POST", "/v1/responses/{response_id}/cancel"),
     ("POST", "/v1/messages"),
     ("POST", "/v1/messages/count_tokens"),
+    ("POST", "/reset_prefix_cache"),  # vLLM's in development mode; LLM Ops' otherwise, both for services only
 }
 
 

@@ -63,6 +63,9 @@ def stored(tokens: list[int], parent_hash: int | None = None, first_hash: int = 
     return BlockStored(hashes, parent_hash, tokens[: blocks * BLOCK], BLOCK)
 
 
+LONG_TEXT = "a question long enough to be worth routing by cache " * 8  # a shorter prompt goes by load
+
+
 def chat(messages: list[dict[str, str]]) -> RoutedRequest:
     return RoutedRequest("m", "/v1/chat/completions", json.dumps({"model": "m", "messages": messages}).encode())
 
@@ -177,30 +180,31 @@ async def test_the_replica_holding_the_longest_prefix_wins_even_when_busier() ->
     tokens = list(range(6 * BLOCK))
     short, long, empty = replica("short"), replica("long", in_flight=5), replica("empty")
     policy = policy_with({short: [stored(tokens[: 2 * BLOCK])], long: [stored(tokens[: 5 * BLOCK])]}, tokens)
-    assert await policy.choose(chat([{"role": "user", "content": "x"}]), [short, long, empty], []) is long
+    assert await policy.choose(chat([{"role": "user", "content": LONG_TEXT}]), [short, long, empty], []) is long
 
 
 async def test_the_load_escape_takes_over_past_its_threshold() -> None:
     tokens = list(range(4 * BLOCK))
     holder, idle = replica("holder", in_flight=prefix.BALANCE_ABS + 1), replica("idle", in_flight=1)
     policy = policy_with({holder: [stored(tokens)]}, tokens)
-    request = chat([{"role": "user", "content": "x"}])
+    request = chat([{"role": "user", "content": LONG_TEXT}])
     assert await policy.choose(request, [holder, idle], []) is holder  # within the absolute threshold
     holder.in_flight = prefix.BALANCE_ABS + 2
     assert await policy.choose(request, [holder, idle], []) is idle
 
 
-async def test_without_a_cached_block_or_a_prompt_the_least_loaded_gets_it_and_nothing_is_tokenized() -> None:
+async def test_without_a_cached_block_the_emptiest_cache_gets_it_and_without_a_long_prompt_the_least_loaded() -> None:
     tokens = list(range(4 * BLOCK))
-    holder, idle = replica("holder", in_flight=3), replica("idle")
+    holder, empty = replica("holder"), replica("empty", in_flight=2)
     policy = policy_with({holder: [stored(tokens)]}, list(range(9000, 9000 + 4 * BLOCK)))
-    assert await policy.choose(chat([{"role": "user", "content": "x"}]), [holder, idle], []) is idle  # no match
-    embeddings = RoutedRequest("m", "/v1/embeddings", b'{"model": "m", "input": "x"}')
+    assert await policy.choose(chat([{"role": "user", "content": LONG_TEXT}]), [holder, empty], []) is empty
     asked = policy.http.asked  # type: ignore[union-attr]
-    assert await policy.choose(embeddings, [holder, idle], []) is idle
+    embeddings = RoutedRequest("m", "/v1/embeddings", b'{"model": "m", "input": "x"}')
+    assert await policy.choose(embeddings, [holder, empty], []) is holder
+    assert await policy.choose(chat([{"role": "user", "content": "Hi"}]), [holder, empty], []) is holder
     assert policy.http.asked == asked  # type: ignore[union-attr]
     nobody = policy_with({}, tokens)
-    assert await nobody.choose(chat([{"role": "user", "content": "x"}]), [holder, idle], []) is idle
+    assert await nobody.choose(chat([{"role": "user", "content": LONG_TEXT}]), [holder, empty], []) is holder
     assert nobody.http.asked == 0  # type: ignore[union-attr]
 
 

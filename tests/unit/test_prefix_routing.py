@@ -108,11 +108,21 @@ async def test_of_two_replicas_holding_a_prefix_the_longer_match_wins_even_when_
     assert await policy.choose(openai_chat(longer_conversation), [short, long], []) is long
 
 
-async def test_a_prompt_sharing_too_little_with_every_replica_goes_to_the_least_loaded() -> None:
-    policy, holder, idle = Prefix(), replica("holder", in_flight=2), replica("idle")
+async def test_a_prompt_sharing_too_little_with_every_replica_goes_to_the_one_holding_the_least_even_if_busier() -> (
+    None
+):
+    """As SGLang's smallest tree: by load alone, new contexts pile up on one replica while the others are busy."""
+    policy, holder, emptier = Prefix(), replica("holder"), replica("emptier", in_flight=2)
     policy.sent_prefixes.sent(holder.url, chunk_hashes(prompt_text(openai_chat([("user", DOCUMENT)]))))
     shares_a_quarter = [("user", DOCUMENT[: len(DOCUMENT) // 4] + OTHER_DOCUMENT * 2)]
-    assert await policy.choose(openai_chat(shares_a_quarter), [holder, idle], []) is idle
+    assert await policy.choose(openai_chat(shares_a_quarter), [holder, emptier], []) is emptier
+    assert policy.sent_prefixes.held[emptier.url] == len(chunk_hashes(prompt_text(openai_chat(shares_a_quarter))))
+
+
+async def test_new_contexts_alternate_between_replicas_holding_as_much() -> None:
+    policy, first, second = Prefix(), replica("first"), replica("second")
+    chosen = [await policy.choose(openai_chat([("system", f"{n} " + DOCUMENT)]), [first, second], []) for n in range(4)]
+    assert chosen == [first, second, first, second]
 
 
 async def test_when_loads_drift_apart_the_least_loaded_replica_gets_the_request_despite_the_prefix() -> None:
@@ -136,7 +146,7 @@ def test_memory_is_bounded_and_forgets_the_least_recently_sent_tail_first() -> N
     old, new = chunk_hashes(DOCUMENT), chunk_hashes(OTHER_DOCUMENT)
     remembered.sent("http://a", old)
     remembered.sent("http://b", new)
-    assert len(remembered.sent_chunks) == 12
+    assert len(remembered.sent_chunks) == 12 and sum(remembered.held.values()) == 12
     assert remembered.matched("http://b", new) == len(new)
     assert 0 < remembered.matched("http://a", old) < len(old)  # the old prompt's head is still there
 

@@ -11,15 +11,19 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from llm_ops.router import watch
 from llm_ops.router.app import create_router_app
+from llm_ops.router.replicas import Replica
 from tests.conftest import free_port, wait_until_async
 from tests.unit.fake_vllm import NAMES, FakeVllm, asgi_client, chat, fake_worker, fake_worker_to_serve, openai_chat
 from tests.unit.routed import PROBE_INTERVAL, PROBED, Router, serving_router
+from tests.unit.served import served
 
 pytestmark = pytest.mark.anyio
 
@@ -30,10 +34,10 @@ class ScriptedReplica(FastAPI):
 
     def __init__(self, capacity: int = 4) -> None:
         super().__init__()
-        self.health, self.capacity, self.running = 200, capacity, 0
+        self.health, self.capacity, self.running, self.health_delay = 200, capacity, 0, 0.0
         self.release = threading.Event()  # set from the test, waited for in a served replica's thread
         self.release.set()
-        self.add_api_route("/health", lambda: Response(status_code=self.health), methods=["GET"])
+        self.add_api_route("/health", self.answer_health, methods=["GET"])
         self.add_api_route("/metrics", self.metrics, methods=["GET"])
         self.add_api_route("/v1/models", lambda: {"data": [{"id": "fake-model", "max_model_len": 64}]}, methods=["GET"])
         for path in ("/v1/completions", "/api/worker_generate_stream"):
@@ -43,6 +47,10 @@ class ScriptedReplica(FastAPI):
         """`POST path` answered by `endpoint` instead."""
         self.add_api_route(path, endpoint, methods=["POST"])
         self.router.routes.insert(0, self.router.routes.pop())
+
+    async def answer_health(self) -> Response:
+        await asyncio.sleep(self.health_delay)
+        return Response(status_code=self.health)
 
     def metrics(self) -> Response:
         lines = [
@@ -362,6 +370,26 @@ async def test_a_broken_anthropic_messages_stream_ends_with_anthropics_named_err
     error = json.loads(data.removeprefix("data: "))
     assert error["type"] == "error" and error["error"]["type"] == "api_error"
     assert "stopped answering" in error["error"]["message"]
+
+
+async def test_a_replica_answering_its_health_checks_late_is_set_aside_only_after_three_in_a_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker on a saturated CPU, busy with long prefills, answers late and is serving all the same."""
+    monkeypatch.setattr(watch, "PROBE_TIMEOUT", aiohttp.ClientTimeout(total=0.05))
+    slow = ScriptedReplica()
+    slow.health_delay = 0.2
+    with served(slow) as url:
+        replica = Replica(url, frozenset({"fake-model"}), admitted=True)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(watch.SLOW_PROBES_TO_SET_ASIDE - 1):
+                await watch.probe(http, replica)
+            assert replica.admitted
+            await watch.probe(http, replica)
+            assert not replica.admitted
+            slow.health_delay = 0.0
+            await watch.probe(http, replica)
+            assert replica.admitted and replica.slow_probes == 0
 
 
 async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(live_router: Router) -> None:

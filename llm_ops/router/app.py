@@ -101,7 +101,8 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 async def list_replicas(request: Request) -> JSONResponse:
-    replicas = router_of(request).replicas
+    router = router_of(request)
+    replicas = router.replicas
     return JSONResponse(
         {
             "replicas": [
@@ -114,6 +115,7 @@ async def list_replicas(request: Request) -> JSONResponse:
                     "waiting": replica.load.waiting,
                     "capacity": replica.load.capacity,
                     "kv_cache_usage": replica.load.kv_cache_usage,
+                    "cached_blocks": router.policy.cached_blocks(replica),
                 }
                 for replica in replicas
             ]

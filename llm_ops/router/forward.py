@@ -138,7 +138,6 @@ class Router:
     def _start(self, request: RoutedRequest, replica: Replica) -> Callable[[], None]:
         """Count the request on `replica`; returns what ends it (once, however often it is called)."""
         replica.in_flight += 1
-        self.policy.started(request, replica)
         done = False
 
         def end() -> None:
@@ -146,7 +145,6 @@ class Router:
             if not done:
                 done = True
                 replica.in_flight -= 1
-                self.policy.ended(request, replica)
 
         return end
 

@@ -435,8 +435,6 @@ class KvEvents:
         self.http = http
         await self.index.follow(replicas, http)
 
-    def started(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
-
-    def ended(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
+    def cached_blocks(self, replica: Replica) -> int | None:
+        blocks = self.index.of(replica)
+        return len(blocks.held) if blocks else None

@@ -48,9 +48,9 @@ class Policy(Protocol):
 
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None: ...
 
-    def started(self, request: RoutedRequest, replica: Replica) -> None: ...
-
-    def ended(self, request: RoutedRequest, replica: Replica) -> None: ...
+    def cached_blocks(self, replica: Replica) -> int | None:
+        """KV-cache blocks the policy knows `replica` holds (for `GET /replicas`); None: it does not know."""
+        ...
 
 
 @dataclass
@@ -70,11 +70,8 @@ class RoundRobin:
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
         pass
 
-    def started(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
-
-    def ended(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
+    def cached_blocks(self, replica: Replica) -> int | None:
+        return None
 
 
 @dataclass
@@ -95,11 +92,8 @@ class LeastLoaded:
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
         pass
 
-    def started(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
-
-    def ended(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
+    def cached_blocks(self, replica: Replica) -> int | None:
+        return None
 
 
 def share(replica: Replica) -> float:

@@ -152,11 +152,8 @@ class Prefix:
     async def follow(self, replicas: Replicas, http: aiohttp.ClientSession) -> None:
         pass
 
-    def started(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
-
-    def ended(self, request: RoutedRequest, replica: Replica) -> None:
-        pass
+    def cached_blocks(self, replica: Replica) -> int | None:
+        return None  # it knows what it sent, not what the replica kept
 
 
 def out_of_balance(candidates: Sequence[Replica]) -> bool:

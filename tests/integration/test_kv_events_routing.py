@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ DOCUMENT = " ".join(f"Lamp {i} glows {i * 5 % 11} times a night by the harbour w
 QUESTIONS = ["Which lamp is first?", "Where are the lamps?", "How many lamps are there?", "Name one lamp."]
 WHOLE_BLOCKS = 13  # of the document's blocks, at least, whatever the template adds around it
 HITS = "vllm:prefix_cache_hits_total"  # tokens whose KV the engine found cached
-EVENTS_SETTLE = 1.0  # seconds for a finished prefill's BlockStored to reach both routers
+EVENTS_TIMEOUT = 10.0  # seconds for a finished prefill's BlockStored to reach both routers
 
 
 def _start_router(stack: Stack, log_file: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -72,6 +71,16 @@ def _subscriptions(router_log: Path) -> int:
     return router_log.read_text().count("following the KV-cache events")
 
 
+def _known_to_all(router_urls: list[str]) -> bool:
+    return all(_most_cached_blocks(url) >= WHOLE_BLOCKS for url in router_urls)
+
+
+def _most_cached_blocks(router_url: str) -> int:
+    """The most KV-cache blocks the router knows any replica holds (from the replicas' events)."""
+    replicas = httpx.get(f"{router_url}/replicas", timeout=5).json()["replicas"]
+    return max(replica["cached_blocks"] or 0 for replica in replicas)
+
+
 def _admitted(router_url: str) -> set[str]:
     replicas = httpx.get(f"{router_url}/replicas", timeout=5).json()["replicas"]
     return {replica["url"] for replica in replicas if replica["admitted"] and MODEL in replica["models"]}
@@ -95,7 +104,9 @@ def test_requests_sharing_a_long_prefix_land_where_the_events_say_it_is_cached_t
     before = {url: total(samples(f"{url}/metrics"), HITS) for url in stack.worker_urls}
     for index, question in enumerate(QUESTIONS):
         _ask(kv_routers[index % 2], question, fastchat=index % 2 == 1)
-        time.sleep(EVENTS_SETTLE)
+        wait_until(
+            lambda: all(_most_cached_blocks(url) >= WHOLE_BLOCKS for url in kv_routers), EVENTS_TIMEOUT, "events"
+        )
     grew = {url: total(samples(f"{url}/metrics"), HITS) - before[url] for url in stack.worker_urls}
     holder = max(grew, key=lambda url: grew[url])
     # The first request stored the document's blocks on one replica; every later one, through either router and

@@ -33,7 +33,9 @@ from tests.conftest import (
     FrontDoor,
     free_port,
     free_ports_in_a_row,
+    samples,
     still_running,
+    total,
     wait_until,
     wait_until_serving,
 )
@@ -241,3 +243,48 @@ def vllm_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def client(stack: Stack) -> Iterator[httpx.Client]:
     with stack.client() as client:
         yield client
+
+
+def start_router(stack: Stack, policy: str, log_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """One more `llm-ops router --routing-policy POLICY` over the stack's controller and replicas, without client
+    keys, on a free port; returns once it has admitted every replica of MODEL."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "llm_ops", "router",
+        "--port", str(port),
+        "--controller-address", stack.controller_url,
+        "--routing-policy", policy,
+    ]  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if name != "LLM_OPS_API_KEYS"}
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env | {"LLM_OPS_SERVICE_KEY": SERVICE_KEY}
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_serving(process, f"{url}/health", START_TIMEOUT, log_file)
+    wait_until(lambda: _admitted(url) == set(stack.worker_urls), 30, "the router to admit both replicas")
+    return process, url
+
+
+def _admitted(router_url: str) -> set[str]:
+    replicas = httpx.get(f"{router_url}/replicas", timeout=5).json()["replicas"]
+    return {replica["url"] for replica in replicas if replica["admitted"] and MODEL in replica["models"]}
+
+
+def ask_about(router_url: str, context: str, question: str, fastchat: bool) -> None:
+    """A short greedy answer to `question` about `context` (the system message), through FastChat's route or
+    /v1/chat/completions of the router at `router_url`."""
+    if fastchat:
+        path = f"/api/{MODEL}/worker_generate"
+        body = chat(system_message=context, messages=[{"role": "user", "text": question}], max_new_tokens=4)
+    else:
+        path = "/v1/chat/completions"
+        messages = [{"role": "system", "content": context}, {"role": "user", "content": question}]
+        body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0}
+    answer = httpx.post(f"{router_url}{path}", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+
+
+def prefix_cache_hits(stack: Stack) -> dict[str, float]:
+    """Each replica's tokens whose KV its engine found cached so far (vLLM's own counter)."""
+    return {url: total(samples(f"{url}/metrics"), "vllm:prefix_cache_hits_total") for url in stack.worker_urls}

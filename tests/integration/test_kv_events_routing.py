@@ -7,17 +7,15 @@ kv-events`, over the same controller and replicas, and alternates between them."
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import free_port, samples, total, wait_until, wait_until_serving
-from tests.integration.conftest import MODEL, SERVICE_KEY, START_TIMEOUT, Stack, chat
+from tests.conftest import wait_until
+from tests.integration.conftest import Stack, ask_about, prefix_cache_hits, start_router
 
 pytestmark = pytest.mark.integration
 # About 1,900 tokens: 14 of the CPU build's 128-token KV blocks, well under one replica's cache; unlike the
@@ -25,27 +23,7 @@ pytestmark = pytest.mark.integration
 DOCUMENT = " ".join(f"Lamp {i} glows {i * 5 % 11} times a night by the harbour wall." for i in range(120))
 QUESTIONS = ["Which lamp is first?", "Where are the lamps?", "How many lamps are there?", "Name one lamp."]
 WHOLE_BLOCKS = 13  # of the document's blocks, at least, whatever the template adds around it
-HITS = "vllm:prefix_cache_hits_total"  # tokens whose KV the engine found cached
 EVENTS_TIMEOUT = 10.0  # seconds for a finished prefill's BlockStored to reach both routers
-
-
-def _start_router(stack: Stack, log_file: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [
-        sys.executable, "-m", "llm_ops", "router",
-        "--port", str(port),
-        "--controller-address", stack.controller_url,
-        "--routing-policy", "kv-events",
-    ]  # fmt: skip
-    env = {name: value for name, value in os.environ.items() if name != "LLM_OPS_API_KEYS"}
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env | {"LLM_OPS_SERVICE_KEY": SERVICE_KEY}
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_serving(process, f"{url}/health", START_TIMEOUT, log_file)
-    wait_until(lambda: _admitted(url) == set(stack.worker_urls), 30, "the router to admit both replicas")
-    return process, url
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +33,7 @@ def kv_routers(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     urls: list[str] = []
     try:
         for name in ("first", "second"):
-            process, url = _start_router(stack, logs / f"{name}.log")
+            process, url = start_router(stack, "kv-events", logs / f"{name}.log")
             started.append(process)
             urls.append(url)
         for name in ("first", "second"):  # each follows both replicas' events
@@ -81,33 +59,14 @@ def _most_cached_blocks(router_url: str) -> int:
     return max(replica["cached_blocks"] or 0 for replica in replicas)
 
 
-def _admitted(router_url: str) -> set[str]:
-    replicas = httpx.get(f"{router_url}/replicas", timeout=5).json()["replicas"]
-    return {replica["url"] for replica in replicas if replica["admitted"] and MODEL in replica["models"]}
-
-
-def _ask(router_url: str, question: str, fastchat: bool) -> None:
-    if fastchat:
-        path = f"/api/{MODEL}/worker_generate"
-        body = chat(system_message=DOCUMENT, messages=[{"role": "user", "text": question}], max_new_tokens=4)
-    else:
-        path = "/v1/chat/completions"
-        messages = [{"role": "system", "content": DOCUMENT}, {"role": "user", "content": question}]
-        body = {"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0}
-    answer = httpx.post(f"{router_url}{path}", json=body, timeout=120)
-    assert answer.status_code == 200, answer.text
-
-
 def test_requests_sharing_a_long_prefix_land_where_the_events_say_it_is_cached_through_either_router(
     stack: Stack, kv_routers: list[str]
 ) -> None:
-    before = {url: total(samples(f"{url}/metrics"), HITS) for url in stack.worker_urls}
+    before = prefix_cache_hits(stack)
     for index, question in enumerate(QUESTIONS):
-        _ask(kv_routers[index % 2], question, fastchat=index % 2 == 1)
-        wait_until(
-            lambda: all(_most_cached_blocks(url) >= WHOLE_BLOCKS for url in kv_routers), EVENTS_TIMEOUT, "events"
-        )
-    grew = {url: total(samples(f"{url}/metrics"), HITS) - before[url] for url in stack.worker_urls}
+        ask_about(kv_routers[index % 2], DOCUMENT, question, fastchat=index % 2 == 1)
+        wait_until(lambda: _known_to_all(kv_routers), EVENTS_TIMEOUT, "the document's blocks to reach both routers")
+    grew = {url: hits - before[url] for url, hits in prefix_cache_hits(stack).items()}
     holder = max(grew, key=lambda url: grew[url])
     # The first request stored the document's blocks on one replica; every later one, through either router and
     # either API, went there and found them cached, as vLLM's own counter says.

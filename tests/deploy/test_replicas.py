@@ -18,8 +18,7 @@ from llm_ops.frontdoor.compose import load_compose
 from llm_ops.worker.launch import CONTAINER_PORT
 from tests.conftest import wait_until
 from tests.deploy.conftest import COMPOSE_FILES, MODEL_SERVICE, REPLICAS, Deployment
-from tests.integration.conftest import MODEL, completion
-from tests.traffic import Traffic, start_traffic, stop_all, wait_until_each_sent
+from tests.traffic import flows_through_both_apis, start_traffic, stop_all, wait_until_each_sent
 
 pytestmark = pytest.mark.deploy
 
@@ -40,15 +39,6 @@ def admitted_by_every_router(deployment: Deployment) -> set[str]:
     return set.intersection(*admitted)
 
 
-def traffic_flows() -> dict[str, Traffic]:
-    """Requests one after another through each API, through Traefik and the routers."""
-    openai_body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
-    return {
-        "openai": Traffic(lambda client: client.post("/v1/completions", json=openai_body)),
-        "worker": Traffic(lambda client: client.post(f"/api/{MODEL}/worker_generate", json=completion())),
-    }
-
-
 CLEAN_BOUND = heart_beat_expiration() + 15.0  # seconds after the kill by which no request fails any more
 # Seconds. 12, 17, 54 and over 180 s while every engine was pinned to core 0 (the dying one waited there behind the
 # live ones to free its memory); 1.8-2.5 s once the engines were unpinned. Now each replica's engine frees it on a
@@ -66,7 +56,7 @@ def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
     assert len(replicas) == REPLICAS
     victim = replicas[1]
     victim_address = deployed.worker_url(victim).split("//")[1].split(":")[0]
-    flows = traffic_flows()
+    flows = flows_through_both_apis()
     threads = start_traffic(flows.values(), deployed)
     try:
         killed = time.monotonic()
@@ -111,7 +101,7 @@ def test_docker_kill_of_one_router_under_traffic_fails_only_the_requests_it_was_
 ) -> None:
     routers = deployed.containers("router")
     assert len(routers) == 2, "docker-compose.yml runs two routers"
-    flows = traffic_flows()
+    flows = flows_through_both_apis()
     threads = start_traffic(flows.values(), deployed)
     try:
         wait_until_each_sent(flows.values(), after=time.monotonic())

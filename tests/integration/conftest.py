@@ -122,6 +122,19 @@ def completion(**fields: Any) -> dict[str, Any]:
     return body | {"temperature": 0, "max_new_tokens": 8} | fields
 
 
+def assert_every_api_refuses(door: FrontDoor, key: str | None) -> None:
+    """FastChat's route, the router's /v1 and a model's /api/<model>/v1 answer 401 to a request with `key`, a
+    wrong one, or none (None)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with door.client(headers=headers) as client:
+        worker = client.post(f"/api/{MODEL}/worker_generate", json=chat())
+        openai_router = client.post("/v1/chat/completions", json={"model": MODEL, "messages": CAPITAL_QUESTION})
+        model_openai = client.get(f"/api/{MODEL}/v1/models")
+    assert worker.status_code == 401 and worker.json()["error_code"] == 40101, worker.text
+    for response in (openai_router, model_openai):
+        assert response.status_code == 401 and "API key" in response.json()["error"]["message"], response.text
+
+
 def worker_processes(port: int) -> list[psutil.Process]:
     """The worker listening on `port` and its engine processes; not the wrapper that restarts it."""
     for process in psutil.process_iter(["cmdline"]):

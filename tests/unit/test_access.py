@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,6 +100,30 @@ def test_keys_come_from_the_environment_separated_by_commas_or_spaces(monkeypatc
     assert api_keys_from_environment() == {"sk-a", "sk-b", "sk-c"}
     monkeypatch.delenv("LLM_OPS_API_KEYS")
     assert api_keys_from_environment() == frozenset()
+
+
+def test_keys_come_from_the_files_the_file_variables_name_when_the_variables_are_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "api-keys").write_text("sk-a,sk-b\n")
+    (tmp_path / "service-key").write_text("svc-key\n")
+    monkeypatch.delenv("LLM_OPS_API_KEYS", raising=False)
+    monkeypatch.delenv("LLM_OPS_SERVICE_KEY", raising=False)
+    monkeypatch.setenv("LLM_OPS_API_KEYS_FILE", str(tmp_path / "api-keys"))
+    monkeypatch.setenv("LLM_OPS_SERVICE_KEY_FILE", str(tmp_path / "service-key"))
+    assert api_keys_from_environment() == {"sk-a", "sk-b"}
+    assert service_headers() == {"Authorization": "Bearer svc-key"}
+    monkeypatch.setenv("LLM_OPS_API_KEYS", "sk-c")
+    assert api_keys_from_environment() == {"sk-c"}  # the variable wins
+
+
+def test_a_key_file_that_cannot_be_read_stops_the_server_instead_of_leaving_it_open(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("LLM_OPS_API_KEYS", raising=False)
+    monkeypatch.setenv("LLM_OPS_API_KEYS_FILE", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        api_keys_from_environment()
 
 
 async def test_with_keys_the_router_refuses_clients_without_one_and_reaches_workers_with_the_service_key(

@@ -65,7 +65,7 @@ NODE_INTERFACE = "llmops-n2-node"
 MANAGER_ADDRESS = "10.199.0.1"  # the host's side, which the manager advertises
 NODE_ADDRESS = "10.199.0.2"
 PREFIX_LENGTH = 30
-CGROUP_PARENT = "llm-ops-node2"  # the second engine's containers' cgroups, apart from the first engine's
+CGROUP_PARENT = "llm-ops-node2"  # the second engine's containers' cgroups: /llm-ops-node2 in each hierarchy
 PROBE = f"{STACK}-probe"
 START_TIMEOUT = 900.0  # two engines, on two nodes sharing two cores (about 2 min); model health checks every 30 s
 STOP_TIMEOUT = 180.0
@@ -111,7 +111,7 @@ class SecondNode:
         dockerd = [
             "dockerd", f"--config-file={self.state_dir / 'daemon.json'}", f"--data-root={self.state_dir / 'data'}",
             f"--exec-root={self.state_dir / 'exec'}", f"--pidfile={self.state_dir / 'dockerd.pid'}",
-            f"--host=unix://{self.state_dir}/docker.sock", f"--cgroup-parent={CGROUP_PARENT}",
+            f"--host=unix://{self.state_dir}/docker.sock", f"--cgroup-parent=/{CGROUP_PARENT}",
         ]  # fmt: skip
         (self.state_dir / "daemon.json").write_text("{}")  # not /etc/docker/daemon.json, the first engine's
         in_namespace = ["nsenter", f"--net=/run/netns/{NAMESPACE}", "unshare", "--uts", "sh", "-c"]
@@ -225,7 +225,7 @@ def leftovers(node: SecondNode, before: Before) -> list[str]:
         found.append(f"the second engine's folder {node.state_dir}")
     if processes_of_the_node() or (node.dockerd is not None and node.dockerd.poll() is None):
         found.append("a process of the second node")
-    if any(Path("/sys/fs/cgroup", hierarchy, CGROUP_PARENT).exists() for hierarchy in ("pids", "memory", "cpu")):
+    if any((hierarchy / CGROUP_PARENT).exists() for hierarchy in Path("/sys/fs/cgroup").iterdir()):
         found.append(f"cgroup {CGROUP_PARENT}")
     if docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "inactive":
         found.append("the first engine in a swarm")
@@ -380,10 +380,13 @@ class Stack(OnLocalhostPorts):
         self.cores_dir.chmod(0o1777)  # the workers' user claims cores there, whichever node it runs on
 
     def deploy(self) -> None:
-        rendered = run(["bash", str(ROOT / "scripts" / "swarm-stack.sh"), "--file", str(STACK_OVERRIDE)],
-                       env=self.environment()).stdout  # fmt: skip
-        (self.state_dir / "stack.json").write_text(rendered)
-        docker("stack", "deploy", "--resolve-image=never", "--compose-file=-", STACK, input=rendered)
+        """The rendered stack, but the models this machine cannot run (GPU only, weights to download), which
+        would stay pending: as `docker compose up SERVICE...` picks services, which `docker stack` cannot."""
+        rendered = json.loads(run(["bash", str(ROOT / "scripts" / "swarm-stack.sh"), "--file", str(STACK_OVERRIDE)],
+                                  env=self.environment()).stdout)  # fmt: skip
+        rendered["services"] = {name: rendered["services"][name] for name in expected_services()}
+        (self.state_dir / "stack.json").write_text(json.dumps(rendered, indent=2))
+        docker("stack", "deploy", "--resolve-image=never", "--compose-file=-", STACK, input=json.dumps(rendered))
 
     def replicas(self) -> dict[str, str]:
         """Each service's running and wanted tasks, as `docker service ls` shows them ("2/2")."""
@@ -494,12 +497,13 @@ def stack(
 Engine = Callable[..., subprocess.CompletedProcess[str]]  # `docker` against one of the two engines
 
 
-def of_the_stack(engine: Engine, kind: str) -> list[str]:
-    """The stack's containers or volumes on one engine."""
-    label = f"--filter=label=com.docker.stack.namespace={STACK}"
-    return engine(
-        kind if kind == "ps" else "volume", *([] if kind == "ps" else ["ls"]), "--quiet", label
-    ).stdout.split()
+def stack_containers(engine: Engine) -> list[str]:
+    """The stack's containers on one engine, exited ones too: they hold its volumes until Swarm removes them."""
+    return engine("ps", "--all", "--quiet", f"--filter=label=com.docker.stack.namespace={STACK}").stdout.split()
+
+
+def stack_volumes(engine: Engine) -> list[str]:
+    return engine("volume", "ls", "--quiet", f"--filter=label=com.docker.stack.namespace={STACK}").stdout.split()
 
 
 def remove_stack(deployed: Stack) -> None:
@@ -508,8 +512,8 @@ def remove_stack(deployed: Stack) -> None:
     docker("stack", "rm", STACK, check=False)
     engines: list[Engine] = [docker, deployed.node.docker] if deployed.node.answers() else [docker]
     for engine in engines:
-        wait_until(lambda e=engine: not of_the_stack(e, "ps"), STOP_TIMEOUT, "the stack's containers to stop")
-        volumes = of_the_stack(engine, "volume")
+        wait_until(lambda e=engine: not stack_containers(e), STOP_TIMEOUT, "the stack's containers to go")
+        volumes = stack_volumes(engine)
         if volumes:
             engine("volume", "rm", *volumes, check=False)
     wait_until(lambda: NETWORK not in networks(), 60, "the stack's network to go")

@@ -145,12 +145,12 @@ class RouterSettings(LifecycleSettings, LimitSettings):
     port: int = Field(8000, ge=0, le=65535, description="port the router listens on")
     controller_address: str = Field("http://127.0.0.1:21001", description="the controller that knows the workers")
     routing_policy: RoutingPolicy = Field(
-        "least-loaded",
-        description="which replica gets a request: least-loaded (the smallest share of its running slots in use), "
-        "round-robin, prefix (the one that was sent the longest prefix of the prompt, so likely holds it in its "
-        "KV cache, unless loads are out of balance), or kv-events (the one whose KV cache holds the longest run of the "
-        "prompt's leading blocks, as the workers' KV-cache events say: workers with --kv-events-port; unless loads are "
-        "out of balance)",
+        "prefix",
+        description="which replica gets a request: prefix (the one that was sent the longest prefix of the prompt, "
+        "so likely holds it in its KV cache, unless loads are out of balance; the fastest in docs/benchmarks.md), "
+        "least-loaded (the smallest share of its running slots in use), round-robin, or kv-events (the one whose KV "
+        "cache holds the longest run of the prompt's leading blocks, as the workers' KV-cache events say: workers "
+        "with --kv-events-port; unless loads are out of balance)",
     )
     probe_interval: float = Field(
         0.5, gt=0, description="seconds between reads of the controller's workers and each replica's health and load"

@@ -35,7 +35,13 @@ from httpx_sse import EventSource
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, computed_field
 
-from llm_ops.access import API_KEYS_VARIABLE, RESET_PREFIX_CACHE, service_headers, service_key_from_environment
+from llm_ops.access import (
+    API_KEYS_VARIABLE,
+    KV_EVENTS_ROUTE,
+    RESET_PREFIX_CACHE,
+    service_headers,
+    service_key_from_environment,
+)
 from llm_ops.bench import report as bench_report
 from llm_ops.bench.settings import RoutingBenchSettings
 from llm_ops.bench.stats import SLO, Arrival, RequestRecord, Summary, summarize
@@ -272,12 +278,31 @@ async def run_session(session: Session, send: Send, delay: float) -> list[Reques
     return records
 
 
-def router_command(chosen: Contender, settings: RoutingBenchSettings, workers: list[str], port: int) -> list[str]:
+async def kv_event_sources(http: httpx.AsyncClient, workers: list[str], model: str) -> list[str]:
+    """vllm-router's `kv_aware` flags: where each worker's engine publishes its KV-cache events (the worker's
+    `GET /kv_events`; the stack must run with `--kv-events-port`) and its block size (vLLM's cache config)."""
+    flags, block_size = [], "16"
+    for worker in workers:
+        answer = await http.get(f"{worker}{KV_EVENTS_ROUTE}", headers=service_headers())
+        answer.raise_for_status()
+        published, host = answer.json(), httpx.URL(worker).host
+        flags += ["--kv-event-source", f"{worker}=tcp://{host}:{published['port']}"]
+        flags += ["--kv-event-replay-source", f"{worker}=tcp://{host}:{published['replay_port']}"]
+        for family in text_string_to_metric_families((await http.get(f"{worker}/metrics")).text):
+            if family.name == "vllm:cache_config_info":
+                block_size = family.samples[0].labels["block_size"]
+    return [*flags, "--kv-event-block-size", block_size, "--kv-event-model", model]
+
+
+async def router_command(
+    http: httpx.AsyncClient, chosen: Contender, settings: RoutingBenchSettings, workers: list[str], port: int
+) -> list[str]:
     if chosen.by_vllm_router:
         keys = ["--api-key", key] if (key := service_key_from_environment()) else []  # what workers accept
+        events = await kv_event_sources(http, workers, settings.model) if chosen.policy == "kv_aware" else []
         return [
             str(settings.vllm_router), "--host", LOOPBACK, "--port", str(port), "--policy", chosen.policy,
-            "--worker-urls", *workers, "--request-timeout-secs", str(int(settings.request_timeout)), *keys,
+            "--worker-urls", *workers, "--request-timeout-secs", str(int(settings.request_timeout)), *keys, *events,
         ]  # fmt: skip
     return [
         sys.executable, "-m", "llm_ops", "router", "--host", LOOPBACK, "--port", str(port),
@@ -313,7 +338,7 @@ async def run_contender(
                 port = free_port()
                 bases.append(f"http://{LOOPBACK}:{port}")
                 log_file = log_dir / f"{chosen.label.replace(':', '-')}-{instance}.log"
-                command = router_command(chosen, settings, workers, port)
+                command = await router_command(http, chosen, settings, workers, port)
                 await routers.enter_async_context(
                     running_server(command, environment, bases[-1], log_file, settings.start_timeout)
                 )

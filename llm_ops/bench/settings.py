@@ -90,7 +90,8 @@ class RoutingBenchSettings(BaseModel):
         ["round-robin", "least-loaded", "prefix", "vllm-router:cache_aware", "fastchat:round-robin", "fastchat:prefix"],
         description="in this order: POLICY (LLM Ops' router, /v1/chat/completions), fastchat:POLICY (its "
         "/api/<model>/worker_generate_stream), two-routers:POLICY (two instances of it, taken in turn), "
-        "vllm-router:POLICY (vllm-router, /v1/chat/completions)",
+        "vllm-router:POLICY (vllm-router, /v1/chat/completions). `kv-events` and `vllm-router:kv_aware` read the "
+        "engines' KV-cache events: start the stack with --kv-events-port",
     )
     controller_url: str = Field("http://127.0.0.1:21001", description="the running stack's controller")
     model: str = Field(DEFAULT_MODEL_NAME, description="the model the replicas serve")

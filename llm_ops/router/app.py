@@ -146,7 +146,7 @@ def create_router_app(
     api_keys: frozenset[str] = frozenset(),
     service_headers: dict[str, str] | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
-    policy: str = "least-loaded",
+    policy: str = "prefix",
     probe_interval: float = 0.5,
 ) -> FastAPI:
     """`api_keys`: when given, every route but the probes and the playground's files needs one.

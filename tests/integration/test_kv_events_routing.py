@@ -2,7 +2,7 @@
 share a long prefix land on the replica whose cache holds it, and vLLM's prefix cache there serves it again;
 two routers agree, as both read the same events.
 
-The stack's own router routes by load; this module starts two more, `llm-ops router --routing-policy
+The stack's own router routes by `prefix` (the default); this module starts two more, `llm-ops router --routing-policy
 kv-events`, over the same controller and replicas, and alternates between them."""
 
 from __future__ import annotations

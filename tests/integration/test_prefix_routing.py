@@ -1,8 +1,9 @@
 """Policy `prefix` on the session stack's two replicas: requests that share a long prefix, through FastChat's
 route and OpenAI's alike, land on one replica, and vLLM's prefix cache there serves the prefix again.
 
-The stack's own router routes by load; this module starts a second router, `llm-ops router
---routing-policy prefix`, over the same controller and replicas, and sends to it directly."""
+The stack's own router routes by `prefix` too (the default), but other tests' requests fill its memory; this
+module starts a router of its own, `llm-ops router --routing-policy prefix`, over the same controller and
+replicas, and sends to it directly."""
 
 from __future__ import annotations
 

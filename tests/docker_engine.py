@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,12 @@ def build_images() -> None:
     subprocess.run(["bash", str(ROOT / "scripts" / "docker-images.sh")], check=True, env=environment)
 
 
+@dataclass(frozen=True)
 class OnLocalhostPorts(FrontDoor):
-    """A front door published on this machine's HTTPS and HTTP ports (a compose project's, a stack's)."""
+    """A front door published on this machine's HTTPS and HTTP ports (a compose project's, a stack's), with a
+    folder of the test's own for what it deploys (its TLS files, its logs)."""
 
+    state_dir: Path
     https_port: int
     http_port: int
 

@@ -58,11 +58,9 @@ def images(docker_engine: None) -> None:
 
 @dataclass(frozen=True)
 class Deployment(OnLocalhostPorts):
-    """The compose project PROJECT on free host ports, and how tests reach it."""
+    """The compose project PROJECT on free host ports, and how tests reach it. Its state_dir holds Traefik's
+    dynamic folder (the repository's, plus the certificate) and the CA."""
 
-    state_dir: Path  # Traefik's dynamic folder (the repository's, plus the certificate) and the CA
-    https_port: int
-    http_port: int
     admin_port: int
     api_key: str = API_KEY
     service_key: str = SERVICE_KEY

@@ -236,7 +236,7 @@ def leftovers(node: SecondNode, before: Before) -> list[str]:
 
 @dataclass
 class Timings:
-    """Seconds each step took, for docs/deployment.md: shown at the end of the run and recorded as properties."""
+    """Seconds each step took, for docs/deployment.md: in the run's summary and recorded as properties."""
 
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -244,17 +244,24 @@ class Timings:
         self.seconds[name] = round(time.monotonic() - started, 1)
 
 
+MEASURED = pytest.StashKey[Timings]()
+
+
 @pytest.fixture(scope="package")
 def timings(
     request: pytest.FixtureRequest, record_testsuite_property: Callable[[str, object], None]
 ) -> Iterator[Timings]:
-    measured = Timings()
+    measured = request.config.stash[MEASURED] = Timings()
     yield measured
     for name, seconds in measured.seconds.items():
         record_testsuite_property(name, seconds)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\ntwo-node swarm, seconds: {json.dumps(measured.seconds)}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """The timings, printed here: what a fixture's teardown writes is captured, and never shown when it passes."""
+    measured = config.stash.get(MEASURED, None)
+    if measured is not None:
+        terminalreporter.write_line(f"two-node swarm, seconds: {json.dumps(measured.seconds)}")
 
 
 @pytest.fixture(scope="package")
@@ -327,14 +334,11 @@ def images_on_both_nodes(swarm: SecondNode, timings: Timings) -> None:
     timings.took("image_save_load_s", started)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Stack(OnLocalhostPorts):
     """The stack STACK, its front door on the first node's free ports, and what the tests ask of it."""
 
-    state_dir: Path
     node: SecondNode
-    https_port: int
-    http_port: int
     api_key: str = API_KEY
     service_key: str = SERVICE_KEY
 
@@ -476,7 +480,7 @@ def expected_services() -> dict[str, int]:
 def stack(
     swarm: SecondNode, images_on_both_nodes: None, timings: Timings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    deployed = Stack(tmp_path_factory.mktemp("stack"), swarm, https_port=free_port(), http_port=free_port())
+    deployed = Stack(tmp_path_factory.mktemp("stack"), https_port=free_port(), http_port=free_port(), node=swarm)
     try:
         deployed.prepare()
         started = time.monotonic()

@@ -18,7 +18,7 @@ from llm_ops.frontdoor.compose import load_compose
 from llm_ops.worker.launch import CONTAINER_PORT
 from tests.conftest import wait_until
 from tests.deploy.conftest import COMPOSE_FILES, MODEL_SERVICE, REPLICAS, Deployment
-from tests.traffic import flows_through_both_apis, start_traffic, stop_all, wait_until_each_sent
+from tests.traffic import flowing, flows_through_both_apis, wait_until_each_sent
 
 pytestmark = pytest.mark.deploy
 
@@ -57,8 +57,7 @@ def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
     victim = replicas[1]
     victim_address = deployed.worker_url(victim).split("//")[1].split(":")[0]
     flows = flows_through_both_apis()
-    threads = start_traffic(flows.values(), deployed)
-    try:
+    with flowing(flows.values(), deployed):
         killed = time.monotonic()
         kill = subprocess.run(["docker", "kill", victim], capture_output=True, text=True)
         # Docker 20.10 answers an error when the container has not exited 10 s after SIGKILL ("is zombie"):
@@ -80,9 +79,6 @@ def test_docker_kill_of_a_replica_under_traffic_fails_only_requests_in_its_gap(
         record_property("set_aside_by_the_routers_after_s", round(gone_after + out_after, 2))
         gap_over = killed + CLEAN_BOUND
         wait_until_each_sent(flows.values(), after=gap_over)
-    finally:
-        stop_all(flows.values(), threads, timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a request hung"
     for name, flow in flows.items():
         failed_at = [sent - killed for sent, _, ok, _ in flow.results if not ok]
         record_property(f"{name}_requests", len(flow.results))
@@ -102,8 +98,7 @@ def test_docker_kill_of_one_router_under_traffic_fails_only_the_requests_it_was_
     routers = deployed.containers("router")
     assert len(routers) == 2, "docker-compose.yml runs two routers"
     flows = flows_through_both_apis()
-    threads = start_traffic(flows.values(), deployed)
-    try:
+    with flowing(flows.values(), deployed):
         wait_until_each_sent(flows.values(), after=time.monotonic())
         before_kill = time.monotonic()
         subprocess.run(["docker", "kill", routers[1]], capture_output=True, text=True)
@@ -111,9 +106,6 @@ def test_docker_kill_of_one_router_under_traffic_fails_only_the_requests_it_was_
         # A request sent to the dead router's address meanwhile waits for Traefik's dial timeout (2 s), then
         # the retry middleware sends it to the other; Traefik's health check drops the dead one within 2 s.
         wait_until_each_sent(flows.values(), after=killed + ROUTER_GAP)
-    finally:
-        stop_all(flows.values(), threads, timeout=60)
-    assert not any(thread.is_alive() for thread in threads), "a request hung"
     for name, flow in flows.items():
         record_property(f"{name}_requests", len(flow.results))
         record_property(f"{name}_failed_in_flight", len(flow.failures()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -43,8 +42,8 @@ def stack_file() -> dict[str, Any]:
 
 
 def test_every_model_service_of_the_compose_file_has_the_swarm_model_settings() -> None:
-    services = stack_file()["services"]
-    swarm_model = stack_file()["x-swarm-model"]
+    stack = stack_file()
+    services, swarm_model = stack["services"], stack["x-swarm-model"]
     assert {service.name for service in MODELS} <= services.keys()
     for service in MODELS:
         assert services[service.name] == swarm_model, service.name
@@ -67,14 +66,7 @@ def rendered(profile: str = "smoke") -> dict[str, Any]:
     return stack
 
 
-needs_tools = pytest.mark.skipif(
-    not COMPOSE.exists() or shutil.which("jq") is None or shutil.which("docker") is None,
-    reason="needs Compose v2 (the test extra), jq and the docker CLI (`make install`)",
-)
-
-
-@pytest.mark.slow
-@needs_tools
+@pytest.mark.slow  # Compose v2 (the test extra), jq and the docker CLI: `make test` installs them
 def test_the_rendered_stack_is_accepted_by_docker_stack_and_holds_no_key(tmp_path: Path) -> None:
     path = tmp_path / "stack.json"
     path.write_text(json.dumps(rendered()))
@@ -86,7 +78,6 @@ def test_the_rendered_stack_is_accepted_by_docker_stack_and_holds_no_key(tmp_pat
 
 
 @pytest.mark.slow
-@needs_tools
 def test_the_stack_keeps_the_grace_periods_routes_traefik_on_a_manager_and_takes_the_keys_from_secrets() -> None:
     services = rendered()["services"]
     for name in ("traefik", "router", *(service.name for service in MODELS)):

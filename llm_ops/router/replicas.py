@@ -41,6 +41,7 @@ class Replica:
     admitted: bool = False
     model_cards: list[dict[str, Any]] = field(default_factory=list)  # its /v1/models, read when admitted
     slow_probes: int = 0  # health checks in a row it did not answer in time
+    times_set_aside: int = 0  # a health check begun before the last time passes and still does not admit it
 
     @property
     def busy(self) -> int:
@@ -56,6 +57,7 @@ class Replica:
         if self.admitted:
             logger.warning("replica %s set aside: %s", self.url, reason)
         self.admitted = False
+        self.times_set_aside += 1
 
     def admit(self, model_cards: list[dict[str, Any]]) -> None:
         logger.info("replica %s admitted, serving %s", self.url, ", ".join(sorted(self.models)))

@@ -5,8 +5,9 @@ Every `interval`: the controller's `GET /list_workers`, then every replica at on
 it answers 200, `GET /metrics` (and, for a replica not admitted yet, its `/v1/models`). A replica that
 refuses the connection or answers an error is set aside at once; one that does not answer within
 `PROBE_TIMEOUT` is set aside after `SLOW_PROBES_TO_SET_ASIDE` such probes in a row (on a saturated CPU a
-worker busy with long prefills answers late, and is serving); one that passes both is admitted. A
-controller that cannot be reached changes nothing: the replicas known so far keep serving.
+worker busy with long prefills answers late, and is serving); one that passes both is admitted, unless
+a request set it aside while the check ran (its next check decides). A controller that cannot be
+reached changes nothing: the replicas known so far keep serving.
 """
 
 from __future__ import annotations
@@ -69,10 +70,12 @@ async def read(http: aiohttp.ClientSession, url: str) -> str:
 
 async def probe(http: aiohttp.ClientSession, replica: Replica) -> None:
     """Health, then load; sets the replica aside, or admits it."""
-    in_flight = replica.in_flight
+    in_flight, times_set_aside = replica.in_flight, replica.times_set_aside
     try:
         await read(http, f"{replica.url}/health")
         replica.load = read_load(await read(http, f"{replica.url}/metrics"), in_flight)
+        if replica.times_set_aside != times_set_aside:
+            return  # a request failed on it while this check ran: what the check saw is out of date
         if not replica.admitted:
             replica.admit(await model_cards(http, replica))
         replica.slow_probes = 0

@@ -37,6 +37,8 @@ class ScriptedReplica(FastAPI):
         self.health, self.capacity, self.running, self.health_delay = 200, capacity, 0, 0.0
         self.release = threading.Event()  # set from the test, waited for in a served replica's thread
         self.release.set()
+        self.metrics_asked, self.metrics_release = threading.Event(), threading.Event()
+        self.metrics_release.set()
         self.add_api_route("/health", self.answer_health, methods=["GET"])
         self.add_api_route("/metrics", self.metrics, methods=["GET"])
         self.add_api_route("/v1/models", lambda: {"data": [{"id": "fake-model", "max_model_len": 64}]}, methods=["GET"])
@@ -53,6 +55,8 @@ class ScriptedReplica(FastAPI):
         return Response(status_code=self.health)
 
     def metrics(self) -> Response:
+        self.metrics_asked.set()
+        self.metrics_release.wait()
         lines = [
             f"llm_ops_requests_running {self.running}",
             "llm_ops_requests_waiting 0",
@@ -390,6 +394,26 @@ async def test_a_replica_answering_its_health_checks_late_is_set_aside_only_afte
             slow.health_delay = 0.0
             await watch.probe(http, replica)
             assert replica.admitted and replica.slow_probes == 0
+
+
+async def test_a_health_check_that_passed_before_a_request_set_the_replica_aside_does_not_admit_it_again() -> None:
+    draining = ScriptedReplica()
+    draining.metrics_release.clear()
+    with served(draining) as url:
+        replica = Replica(url, frozenset({"fake-model"}), admitted=True)
+        async with aiohttp.ClientSession() as http:
+            checking = asyncio.create_task(watch.probe(http, replica))
+            await wait_until_async(draining.metrics_asked.is_set, 5, "the check passes /health and asks for /metrics")
+            draining.health = 503
+            replica.set_aside("it answered 503")
+            draining.metrics_release.set()
+            await checking
+            assert not replica.admitted
+            await watch.probe(http, replica)
+            assert not replica.admitted
+            draining.health = 200
+            await watch.probe(http, replica)
+            assert replica.admitted
 
 
 async def test_least_loaded_sends_each_request_to_the_replica_with_the_most_room(live_router: Router) -> None:

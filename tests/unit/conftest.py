@@ -3,14 +3,25 @@ of a worker over it."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from llm_ops.models.default import ensure_default_model
 from tests.unit.fake_vllm import FakeVllm, asgi_client, fake_worker
+
+
+@pytest.fixture(autouse=True)
+def root_logger_restored() -> Iterator[None]:
+    """`llm_ops.cli.main` sets up the root logger on the stderr of the moment, pytest's capture of this
+    test, which is closed when the test ends: a later test's server thread logging there would fail."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

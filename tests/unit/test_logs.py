@@ -27,13 +27,10 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def json_logs() -> Iterator[io.StringIO]:
-    """The servers' logging as `llm-ops` sets it up, into a buffer; pytest's own handlers restored afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    """The servers' logging as `llm-ops` sets it up, into a buffer (conftest restores pytest's own handlers)."""
     buffer = io.StringIO()
     configure_logging("json", stream=buffer)
     yield buffer
-    root.handlers[:], root.level = handlers, level
 
 
 def logged(buffer: io.StringIO) -> list[dict[str, Any]]:
